@@ -1,0 +1,309 @@
+"""Typed pipeline configuration: YAML in ``configs/`` validated into frozen pydantic models.
+
+Config is data. Secrets never live here: database credentials come from
+``SEGMENTATION_DATABASE_URL`` (or the password alone from ``SEGMENTATION_DATABASE_PASSWORD``),
+and :meth:`DatabaseConfig.safe_url` is the only form of the URL that may be logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy.engine import URL, make_url
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+ENV_CONFIG = "SEGMENTATION_CONFIG"
+ENV_DATABASE_URL = "SEGMENTATION_DATABASE_URL"
+ENV_DATABASE_PASSWORD = "SEGMENTATION_DATABASE_PASSWORD"
+ENV_DATA_DIR = "SEGMENTATION_DATA_DIR"
+ENV_MLFLOW_URI = "MLFLOW_TRACKING_URI"
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the field."""
+
+
+def validate_identifier(name: str, what: str = "identifier") -> str:
+    """Table and column names reach SQL; only plain identifiers are allowed (no quoting tricks)."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ConfigError(
+            f"invalid {what} {name!r}: use letters, digits and underscores, starting with a letter "
+            "or underscore, at most 64 characters"
+        )
+    return name
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Model):
+    url: str
+    chunk_size: int = Field(200_000, gt=0, description="rows per extraction/write-back chunk")
+    lock_timeout_s: int = Field(600, ge=0, description="wait for a concurrent run's write-back")
+
+    def sqlalchemy_url(self) -> URL:
+        """The URL with the password from the environment filled in when the file omits it."""
+        url = make_url(self.url)
+        password = os.environ.get(ENV_DATABASE_PASSWORD)
+        if password and url.password is None and not url.drivername.startswith("sqlite"):
+            url = url.set(password=password)
+        if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
+            path = Path(url.database)
+            if not path.is_absolute():
+                url = url.set(database=str((PROJECT_ROOT / path).resolve()))
+        return url
+
+    def safe_url(self) -> str:
+        """The URL with any password masked: the only form allowed in logs and metadata."""
+        return self.sqlalchemy_url().render_as_string(hide_password=True)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return make_url(self.url).drivername.startswith("sqlite")
+
+
+class SourceConfig(_Model):
+    table: str
+    id_column: str = "customer_id"
+    updated_at_column: str | None = None
+
+    @field_validator("table", "id_column", "updated_at_column")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        return None if value is None else validate_identifier(value, "source identifier")
+
+
+class Range(_Model):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"range min {self.min} is above max {self.max}")
+        return self
+
+
+class CategoricalRule(_Model):
+    allowed: list[str]
+    required: bool = False
+
+
+class OutlierConfig(_Model):
+    enabled: bool = True
+    iqr_multiplier: float = Field(1.5, gt=0)
+    features: list[str] | None = Field(None, description="defaults to all features")
+    action: Literal["flag", "reject"] = Field(
+        "flag", description="flag: keep out of fitting but still segment; reject: record as rejected"
+    )
+    method: Literal["auto", "pooled", "segment_aware"] = Field(
+        "auto", description="auto: pooled fences unless they exclude more than max_share"
+    )
+    max_share: float = Field(0.05, ge=0, le=1)
+    on_excess: Literal["segment_aware", "widen", "fail"] = "segment_aware"
+
+
+class CleaningConfig(_Model):
+    ranges: dict[str, Range] = Field(default_factory=dict)
+    categorical: dict[str, CategoricalRule] = Field(default_factory=dict)
+    missing: Literal["reject", "impute_median"] = "reject"
+    outliers: OutlierConfig = OutlierConfig()
+
+
+class TransformConfig(_Model):
+    log1p: list[str] = Field(default_factory=list)
+    pca_components: int | float | None = Field(
+        0.95, description="int: number of components; float in (0,1]: explained-variance target; null: no PCA"
+    )
+    float32: bool = True
+
+    @field_validator("pca_components")
+    @classmethod
+    def _pca(cls, value: int | float | None) -> int | float | None:
+        if value is None:
+            return None
+        if isinstance(value, float) and not value.is_integer() and not 0 < value <= 1:
+            raise ValueError(f"pca_components {value} must be an integer >= 1 or a fraction in (0, 1]")
+        if isinstance(value, float) and value.is_integer() and value > 1:
+            return int(value)
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"pca_components {value} must be >= 1")
+        return value
+
+
+class KSelectionConfig(_Model):
+    silhouette_sample: int = Field(10_000, ge=100, description="rows sampled for silhouette once n is larger")
+    silhouette_tolerance: float = Field(
+        0.02, ge=0, description="the knee wins when its silhouette is this close to the best"
+    )
+    sweep_n_init: int = Field(3, ge=1)
+    sweep_max_rows: int = Field(
+        200_000, ge=1000, description="rows sampled for the sweep fits; the final model uses all rows"
+    )
+
+
+class ModelConfig(_Model):
+    name: str = "customer_segmentation"
+    n_init: int = Field(10, ge=1)
+    max_iter: int = Field(300, ge=10)
+    random_state: int = 42
+    alias: str = "champion"
+    challenger_alias: str = "challenger"
+
+
+class NamingConfig(_Model):
+    value_feature: str | None = None
+    tiers: list[str] = Field(default_factory=list, description="e.g. [VIP, Gold, Premium, Regular], best first")
+    high_threshold: float = Field(0.5, description="z-score of a segment mean above which it reads 'High'")
+
+
+class MlflowConfig(_Model):
+    tracking_uri: str
+    experiment: str = "customer-segmentation"
+    artifact_location: str | None = None
+
+
+class OutputConfig(_Model):
+    segments_table: str = "customer_segments"
+    rejects_table: str = "customer_rejects"
+    history_table: str = "segment_assignments"
+
+    @field_validator("segments_table", "rejects_table", "history_table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return validate_identifier(value, "output table")
+
+
+class PipelineConfig(_Model):
+    database: DatabaseConfig
+    source: SourceConfig
+    features: list[str] = Field(min_length=1)
+    k_range: tuple[int, int] = (2, 10)
+    k: int | None = Field(None, ge=1)
+    cleaning: CleaningConfig = CleaningConfig()
+    transform: TransformConfig = TransformConfig()
+    k_selection: KSelectionConfig = KSelectionConfig()
+    model: ModelConfig = ModelConfig()
+    naming: NamingConfig = NamingConfig()
+    mlflow: MlflowConfig
+    output: OutputConfig = OutputConfig()
+    data_dir: str = "data"
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, value: list[str]) -> list[str]:
+        for name in value:
+            validate_identifier(name, "feature column")
+        if len(set(value)) != len(value):
+            raise ValueError(f"features listed twice: {sorted({f for f in value if value.count(f) > 1})}")
+        return value
+
+    @field_validator("k_range")
+    @classmethod
+    def _k_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if low < 2 or high < low:
+            raise ValueError(f"k_range {list(value)} must satisfy 2 <= low <= high")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "PipelineConfig":
+        known = set(self.features)
+        for section, names in (
+            ("cleaning.ranges", self.cleaning.ranges),
+            ("transform.log1p", self.transform.log1p),
+            ("cleaning.outliers.features", self.cleaning.outliers.features or []),
+        ):
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ValueError(f"{section} names columns that are not features: {unknown}")
+        for name in self.cleaning.categorical:
+            validate_identifier(name, "categorical column")
+        if self.naming.value_feature is not None and self.naming.value_feature not in known:
+            raise ValueError(f"naming.value_feature {self.naming.value_feature!r} is not a feature")
+        if isinstance(self.transform.pca_components, int) and self.transform.pca_components > len(self.features):
+            raise ValueError(
+                f"transform.pca_components={self.transform.pca_components} exceeds the "
+                f"{len(self.features)} features"
+            )
+        return self
+
+    @property
+    def k_candidates(self) -> list[int]:
+        return [self.k] if self.k is not None else list(range(self.k_range[0], self.k_range[1] + 1))
+
+    @property
+    def data_path(self) -> Path:
+        path = Path(self.data_dir)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def params(self) -> dict[str, Any]:
+        """Flat, secret-free parameters for MLflow: the effective config with the URL masked."""
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), inner)
+            else:
+                flat[prefix] = value
+
+        data = self.model_dump(mode="json")
+        data["database"]["url"] = self.database.safe_url()
+        walk("", data)
+        return {key: str(value)[:500] for key, value in flat.items()}
+
+
+def _resolve_relative(uri: str) -> str:
+    """Make ``sqlite:///relative`` and plain relative paths project-relative so cwd never matters."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((PROJECT_ROOT / uri[len("sqlite:///") :]).resolve())
+    if "://" not in uri and not Path(uri).is_absolute():
+        return str((PROJECT_ROOT / uri).resolve())
+    return uri
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load YAML (``path`` > ``$SEGMENTATION_CONFIG`` > configs/default.yaml), then env overrides."""
+    chosen = Path(path or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
+    if not chosen.is_absolute() and not chosen.exists():
+        chosen = PROJECT_ROOT / chosen
+    if not chosen.exists():
+        raise ConfigError(f"config file not found: {chosen}")
+    try:
+        raw = yaml.safe_load(chosen.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{chosen}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{chosen}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    if os.environ.get(ENV_DATABASE_URL):
+        raw.setdefault("database", {})["url"] = os.environ[ENV_DATABASE_URL]
+    if os.environ.get(ENV_MLFLOW_URI):
+        raw.setdefault("mlflow", {})["tracking_uri"] = os.environ[ENV_MLFLOW_URI]
+    if os.environ.get(ENV_DATA_DIR):
+        raw["data_dir"] = os.environ[ENV_DATA_DIR]
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except Exception as exc:  # pydantic.ValidationError names every failing field
+        raise ConfigError(f"{chosen}: invalid configuration:\n{exc}") from exc
+    mlflow_cfg = config.mlflow.model_copy(update={"tracking_uri": _resolve_relative(config.mlflow.tracking_uri)})
+    if mlflow_cfg.artifact_location:
+        mlflow_cfg = mlflow_cfg.model_copy(update={"artifact_location": _resolve_relative(mlflow_cfg.artifact_location)})
+    return config.model_copy(update={"mlflow": mlflow_cfg})
