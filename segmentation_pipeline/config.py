@@ -185,6 +185,51 @@ class OutputConfig(_Model):
         return validate_identifier(value, "output table")
 
 
+class PromotionConfig(_Model):
+    """Champion/challenger gate; field names match ``core.promotion.PromotionGate``."""
+
+    min_silhouette_gain: float = -0.01
+    max_davies_bouldin_ratio: float = Field(1.05, gt=0)
+    min_stability: float = Field(0.8, ge=0, le=1)
+    min_agreement: float | None = Field(None, ge=-1, le=1)
+    bootstrap_rounds: int = Field(10, ge=2, description="stability compares pairs of fits")
+    sample: int = Field(20_000, ge=100)
+
+
+class DriftConfig(_Model):
+    """Thresholds for the drift check; field names match ``core.drift.DriftThresholds``."""
+
+    feature_share_warn: float = Field(0.3, ge=0, le=1)
+    feature_share_error: float = Field(0.5, ge=0, le=1)
+    segment_psi_warn: float = Field(0.1, ge=0)
+    segment_psi_error: float = Field(0.25, ge=0)
+    sample: int = Field(50_000, ge=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DriftConfig":
+        if self.feature_share_warn > self.feature_share_error or self.segment_psi_warn > self.segment_psi_error:
+            raise ValueError("drift warn thresholds must not exceed their error thresholds")
+        return self
+
+
+class ScheduleConfig(_Model):
+    cron: str
+    timezone: str = "UTC"
+    enabled: bool = True
+
+
+class SensorConfig(_Model):
+    enabled: bool = True
+    interval_s: int = Field(60, ge=5)
+
+
+class AutomationConfig(_Model):
+    retrain: ScheduleConfig = ScheduleConfig(cron="0 3 * * 1")
+    score: ScheduleConfig = ScheduleConfig(cron="0 4 * * *")
+    new_customers_sensor: SensorConfig = SensorConfig()
+    drift_sensor: SensorConfig = SensorConfig(interval_s=300)
+
+
 class PipelineConfig(_Model):
     database: DatabaseConfig
     source: SourceConfig
@@ -198,6 +243,9 @@ class PipelineConfig(_Model):
     naming: NamingConfig = NamingConfig()
     mlflow: MlflowConfig
     output: OutputConfig = OutputConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    drift: DriftConfig = DriftConfig()
+    automation: AutomationConfig = AutomationConfig()
     data_dir: str = "data"
 
     @field_validator("features")
