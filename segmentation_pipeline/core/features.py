@@ -1,0 +1,186 @@
+"""Feature matrix for clustering: log1p -> standardise -> (optional) PCA, as one sklearn Pipeline.
+
+Why one Pipeline: the exact same fitted object transforms the training rows, scores new
+customers later, and is logged with the model, so train/serve skew is impossible.
+
+Why fit on a mask: outliers are still segmented, but they must not move the scaler's mean/std
+or rotate the PCA axes; the preprocessor is fitted on ``fit_mask`` rows and applied to all rows.
+
+The fitted preprocessor only references numpy/sklearn callables, so it unpickles without this
+package installed.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from segmentation_pipeline.config import PipelineConfig
+
+__all__ = ["FeatureMatrix", "build_features", "build_preprocessor"]
+
+
+@dataclass
+class FeatureMatrix:
+    """The clustering input plus everything needed to explain and reproduce it."""
+
+    customer_ids: np.ndarray
+    X: np.ndarray
+    fit_mask: np.ndarray
+    preprocessor: Pipeline
+    component_names: list[str]
+    explained_variance_ratio: np.ndarray
+    loadings: pd.DataFrame
+
+    @property
+    def X_fit(self) -> np.ndarray:
+        """Rows the preprocessor (and the model) are fitted on."""
+        return self.X[self.fit_mask]
+
+
+def _pca_n_components(value: int | float | None, n_features: int) -> int | float | None:
+    """Translate the config value to sklearn's: 1.0 means 'keep all variance' (all components)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"transform.pca_components must be a number, got {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        if not 0 < value < 1:
+            raise ValueError(f"transform.pca_components={value} must be a fraction in (0, 1] or an integer")
+        return value
+    count = int(value)
+    if isinstance(value, float) and count == 1:
+        return n_features  # 1.0 is the 100% variance target, not "one component"
+    if count < 1:
+        raise ValueError(f"transform.pca_components={value} must be >= 1")
+    if count > n_features:
+        raise ValueError(
+            f"transform.pca_components={count} exceeds the number of features ({n_features}); "
+            "use at most that many components, a variance fraction in (0, 1], or null"
+        )
+    return count
+
+
+def build_preprocessor(config: PipelineConfig) -> Pipeline:
+    """Unfitted preprocessing Pipeline for a DataFrame holding ``config.features``.
+
+    Steps: ``log1p`` (ColumnTransformer; one entry per feature in config order so the output
+    column order equals ``config.features``; columns outside the features are dropped so an id
+    column in the frame can never leak into the model), ``scale`` (StandardScaler), ``pca``
+    (covariance_eigh: few features, many rows -> one pass over X^T X, exact and deterministic),
+    ``float32`` (halves memory and speeds KMeans; cluster assignments are unaffected in practice).
+    """
+    features = list(config.features)
+    transform = config.transform
+    log_columns = set(transform.log1p)
+    unknown = sorted(log_columns - set(features))
+    if unknown:
+        raise ValueError(f"transform.log1p names columns that are not features: {unknown}")
+    n_components = _pca_n_components(transform.pca_components, len(features))
+
+    columns = ColumnTransformer(
+        [
+            (
+                name,
+                FunctionTransformer(np.log1p, feature_names_out="one-to-one")
+                if name in log_columns
+                else "passthrough",
+                [name],
+            )
+            for name in features
+        ],
+        remainder="drop",
+        verbose_feature_names_out=False,
+    )
+    steps: list[tuple[str, object]] = [("log1p", columns), ("scale", StandardScaler())]
+    if n_components is not None:
+        steps.append(
+            (
+                "pca",
+                PCA(
+                    n_components=n_components,
+                    svd_solver="covariance_eigh",
+                    random_state=config.model.random_state,
+                ),
+            )
+        )
+    if transform.float32:
+        steps.append(
+            (
+                "float32",
+                FunctionTransformer(
+                    functools.partial(np.asarray, dtype=np.float32), feature_names_out="one-to-one"
+                ),
+            )
+        )
+    # numpy out: KMeans is fitted on arrays, so the served pipeline must hand it arrays too.
+    return Pipeline(steps).set_output(transform="default")
+
+
+def _check_frame(clean: pd.DataFrame, config: PipelineConfig) -> None:
+    """Fail with the column name instead of a deep sklearn/numpy error."""
+    missing = [name for name in config.features if name not in clean.columns]
+    if missing:
+        raise ValueError(f"feature columns missing from the cleaned frame: {missing}")
+    values = clean[list(config.features)]
+    nulls = values.isna().sum()
+    nulls = nulls[nulls > 0]
+    if len(nulls):
+        detail = ", ".join(f"{name}: {int(count)}" for name, count in nulls.items())
+        raise ValueError(f"features must be cleaned before building features; missing values in {detail}")
+    for name in config.transform.log1p:
+        low = values[name].min()
+        if len(values) and low <= -1:
+            raise ValueError(f"log1p column {name} has values <= -1 (min {low}); clean the range first")
+
+
+def build_features(
+    clean: pd.DataFrame,
+    config: PipelineConfig,
+    id_column: str,
+    fit_mask: np.ndarray | None = None,
+) -> FeatureMatrix:
+    """Fit the preprocessor on ``fit_mask`` rows (default: all) and transform every row."""
+    if id_column not in clean.columns:
+        raise ValueError(f"id column {id_column!r} is not in the cleaned frame")
+    _check_frame(clean, config)
+    n = len(clean)
+    mask = np.ones(n, dtype=bool) if fit_mask is None else np.asarray(fit_mask, dtype=bool)
+    if mask.shape != (n,):
+        raise ValueError(f"fit_mask has shape {mask.shape}; expected ({n},) to match the frame")
+    n_fit = int(mask.sum())
+    if n_fit < 2:
+        raise ValueError(f"need at least 2 rows to fit the preprocessor; fit_mask selects {n_fit}")
+
+    features = list(config.features)
+    values = clean[features]
+    preprocessor = build_preprocessor(config)
+    preprocessor.fit(values[mask] if n_fit < n else values)
+    X = preprocessor.transform(values)
+    component_names = [str(name) for name in preprocessor.get_feature_names_out()]
+
+    pca: PCA | None = preprocessor.named_steps.get("pca")
+    if pca is not None:
+        explained = np.asarray(pca.explained_variance_ratio_, dtype=np.float64)
+        loadings = pd.DataFrame(pca.components_.T, index=features, columns=component_names)
+    else:
+        variances = np.asarray(X[mask], dtype=np.float64).var(axis=0)
+        total = variances.sum()
+        explained = variances / total if total > 0 else np.zeros_like(variances)
+        loadings = pd.DataFrame(np.eye(len(features)), index=features, columns=component_names)
+    return FeatureMatrix(
+        customer_ids=clean[id_column].to_numpy(),
+        X=X,
+        fit_mask=mask,
+        preprocessor=preprocessor,
+        component_names=component_names,
+        explained_variance_ratio=explained,
+        loadings=loadings,
+    )

@@ -1,0 +1,186 @@
+"""KMeans fitting, the served model Pipeline, quality metrics and canonical cluster ids.
+
+Canonical ids: KMeans numbers clusters in the order its random init happened to find them, so the
+same customers can be "segment 2" in one run and "segment 4" in the next. The canonical order is
+descending cluster size on the fit rows (ties: lexicographic centroid order), so ids depend only
+on the partition, not on the seed; segment 0 is the largest.
+
+* :func:`canonical_relabel` returns the mapping array ``mapping[kmeans_label] = canonical_id``
+  (apply it as ``mapping[kmeans.predict(X)]``);
+* :func:`canonicalize_kmeans` returns a KMeans copy whose own labels already are canonical;
+  :func:`fit_kmeans` applies it by default, after which ``canonical_relabel`` is the identity.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.spatial.distance import cdist
+from sklearn.cluster import KMeans
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+from sklearn.pipeline import Pipeline
+
+__all__ = [
+    "build_model_pipeline",
+    "canonical_order",
+    "canonical_relabel",
+    "canonicalize_kmeans",
+    "cluster_scores",
+    "fit_kmeans",
+    "quality_metrics",
+    "sample_distances",
+    "sample_indices",
+]
+
+# A precomputed float32 distance matrix is reused across k when it fits in this budget;
+# sklearn's silhouette otherwise recomputes all pairwise distances on every call.
+PRECOMPUTED_DISTANCE_BUDGET_BYTES = 512 * 1024**2
+_DISTANCE_BLOCK_ROWS = 256  # ~20 MB float64 scratch per block: stays cache- and page-friendly
+
+
+def sample_indices(n: int, size: int, seed: int | Sequence[int]) -> np.ndarray:
+    """Sorted, seeded row sample (all rows when ``n <= size``): same seed, same rows, every time."""
+    if n <= size:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def sample_distances(X_sample: np.ndarray) -> np.ndarray | None:
+    """Pairwise distances of the silhouette sample, or None when they exceed the memory budget.
+
+    Computed once per sweep (scipy cdist in row blocks into float32: half the memory of float64,
+    and far fewer page faults than sklearn's upcasting float32 path) and reused for every k.
+    """
+    n = len(X_sample)
+    if n * n * 4 > PRECOMPUTED_DISTANCE_BUDGET_BYTES:
+        return None
+    points = np.asarray(X_sample, dtype=np.float64)
+    distances = np.empty((n, n), dtype=np.float32)
+    for start in range(0, n, _DISTANCE_BLOCK_ROWS):
+        stop = start + _DISTANCE_BLOCK_ROWS
+        distances[start:stop] = cdist(points[start:stop], points)
+    np.fill_diagonal(distances, 0.0)
+    return distances
+
+
+def _defined(labels: np.ndarray) -> bool:
+    """Cluster scores need 2 <= distinct labels <= rows - 1 (not k=1, not a one-cluster sample)."""
+    return 2 <= len(np.unique(labels)) <= len(labels) - 1
+
+
+def _spread_scores(X: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Davies-Bouldin and Calinski-Harabasz: O(n), cheap enough for all rows."""
+    if not _defined(labels):
+        return {"davies_bouldin": float("nan"), "calinski_harabasz": float("nan")}
+    return {
+        "davies_bouldin": float(davies_bouldin_score(X, labels)),
+        "calinski_harabasz": float(calinski_harabasz_score(X, labels)),
+    }
+
+
+def cluster_scores(
+    X: np.ndarray, labels: np.ndarray, *, distances: np.ndarray | None = None
+) -> dict[str, float]:
+    """Silhouette, Davies-Bouldin and Calinski-Harabasz on these rows; NaN when undefined.
+
+    NaN (rather than an exception) for e.g. k=1 or a sample where every row fell in one cluster,
+    so a sweep keeps going. ``distances`` (from :func:`sample_distances`) lets a sweep pay for
+    the O(n^2) distance matrix once instead of once per k.
+    """
+    labels = np.asarray(labels)
+    return {"silhouette": _silhouette(X, labels, distances), **_spread_scores(X, labels)}
+
+
+def _silhouette(X: np.ndarray, labels: np.ndarray, distances: np.ndarray | None = None) -> float:
+    if not _defined(labels):
+        return float("nan")
+    if distances is not None:
+        return float(silhouette_score(distances, labels, metric="precomputed"))
+    return float(silhouette_score(X, labels))
+
+
+def fit_kmeans(
+    X_fit: np.ndarray,
+    k: int,
+    *,
+    n_init: int,
+    max_iter: int,
+    random_state: int,
+    canonical: bool = True,
+) -> KMeans:
+    """Lloyd KMeans with k-means++ init; ids made canonical (see module docstring) by default."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if len(X_fit) < k:
+        raise ValueError(f"k={k} needs at least {k} rows to fit; got {len(X_fit)}")
+    model = KMeans(
+        n_clusters=k,
+        init="k-means++",
+        algorithm="lloyd",
+        n_init=n_init,
+        max_iter=max_iter,
+        random_state=random_state,
+    ).fit(X_fit)
+    return canonicalize_kmeans(model) if canonical else model
+
+
+def canonical_order(kmeans: KMeans) -> np.ndarray:
+    """Old cluster ids in canonical order: ``order[new_id] == old_id`` (size desc, then centroid)."""
+    centers = np.asarray(kmeans.cluster_centers_, dtype=np.float64)
+    sizes = np.bincount(kmeans.labels_, minlength=len(centers))
+    # np.lexsort sorts by the last key first: -size, then centroid coordinates left to right.
+    keys = [centers[:, j] for j in range(centers.shape[1] - 1, -1, -1)] + [-sizes]
+    return np.lexsort(keys)
+
+
+def canonical_relabel(kmeans: KMeans) -> np.ndarray:
+    """Mapping array ``mapping[kmeans_label] = canonical_id`` for a fitted KMeans (module docstring)."""
+    order = canonical_order(kmeans)
+    mapping = np.empty(len(order), dtype=np.int64)
+    mapping[order] = np.arange(len(order))  # invert the permutation
+    return mapping
+
+
+def canonicalize_kmeans(kmeans: KMeans) -> KMeans:
+    """A copy of a fitted KMeans whose cluster ids are canonical; the input is not modified.
+
+    Only ``cluster_centers_`` drives ``predict``/``transform``, so permuting it (and ``labels_``)
+    yields an ordinary KMeans whose ids are stable across seeds.
+    """
+    order = canonical_order(kmeans)
+    mapping = np.empty(len(order), dtype=np.int64)
+    mapping[order] = np.arange(len(order))
+    relabeled = copy.deepcopy(kmeans)
+    relabeled.cluster_centers_ = np.ascontiguousarray(kmeans.cluster_centers_[order])
+    relabeled.labels_ = mapping[kmeans.labels_].astype(kmeans.labels_.dtype, copy=False)
+    return relabeled
+
+
+def build_model_pipeline(preprocessor: Pipeline, kmeans: KMeans) -> Pipeline:
+    """The served model: raw feature DataFrame in, segment ids out, from already-fitted steps."""
+    return Pipeline([("preprocess", preprocessor), ("kmeans", kmeans)])
+
+
+def quality_metrics(
+    X: np.ndarray, labels: np.ndarray, *, sample: int, random_state: int
+) -> dict[str, float]:
+    """Final-model scores: silhouette on a seeded sample (O(n^2)), DB and CH on all rows (O(n)).
+
+    The silhouette sample uses the same seed rule as the k sweep, so for the same X the rows match.
+    Also returns ``silhouette_sample_size`` and ``n_clusters`` for the record.
+    """
+    labels = np.asarray(labels)
+    if len(labels) != len(X):
+        raise ValueError(f"labels has {len(labels)} entries for {len(X)} rows")
+    idx = sample_indices(len(X), sample, random_state)
+    X_sample = X[idx]
+    silhouette = _silhouette(X_sample, labels[idx], sample_distances(X_sample))
+    return {
+        "silhouette": silhouette,
+        **_spread_scores(X, labels),
+        "silhouette_sample_size": float(len(idx)),
+        "n_clusters": float(len(np.unique(labels))),
+    }

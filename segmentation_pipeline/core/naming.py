@@ -1,0 +1,146 @@
+"""Segment profiles and human-readable, deterministic segment names.
+
+Why z-scores: "High annual income" must mean high *relative to this customer base*; a segment
+mean is compared with the population mean in population standard deviations, so the rule works
+for any feature and unit. Features within ``high_threshold`` of average are left out of the name.
+
+Naming rule (deterministic: depends only on the profile and population, never on dict order):
+
+* parts = features with ``|z| >= high_threshold``, at most :data:`MAX_NAME_FEATURES` of the most
+  distinctive, written in feature order: "High annual income · Low spending score";
+  no part -> "Average customers".
+* tiers (optional): segments ranked by mean ``value_feature`` (desc; ties by segment id) get
+  ``tiers[0]``, ``tiers[1]``, ... and the last tier for the rest, as a prefix: "VIP · High ...".
+* names must be unique: colliding segments each add their next most distinctive feature
+  ("Above-average age" / "Below-average age" when under the threshold) until they differ;
+  if features run out, a " #2", " #3" suffix is added by segment id.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["MAX_NAME_FEATURES", "SEPARATOR", "name_segments", "profile_segments", "segment_z_scores"]
+
+SEPARATOR = " · "
+# Longer names stop being read; this caps the threshold-passing parts (not disambiguation).
+MAX_NAME_FEATURES = 3
+AVERAGE_NAME = "Average customers"
+
+
+def profile_segments(
+    frame: pd.DataFrame, labels: np.ndarray, features: list[str], value_feature: str | None
+) -> pd.DataFrame:
+    """One row per segment: segment_id, count, share_pct, mean_<feature>..., total_<value_feature>."""
+    labels = np.asarray(labels)
+    if len(labels) != len(frame):
+        raise ValueError(f"labels has {len(labels)} entries for {len(frame)} rows")
+    if len(frame) == 0:
+        raise ValueError("cannot profile an empty frame")
+    columns = list(features) + ([value_feature] if value_feature and value_feature not in features else [])
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"columns missing from the frame: {missing}")
+    grouped = frame[columns].groupby(labels, sort=True)
+    means = grouped[list(features)].mean().add_prefix("mean_")
+    counts = grouped.size()
+    profile = pd.DataFrame(
+        {
+            "segment_id": counts.index.astype(np.int64),
+            "count": counts.to_numpy(dtype=np.int64),
+            "share_pct": counts.to_numpy(dtype=np.float64) * 100.0 / len(frame),
+        }
+    )
+    profile = pd.concat([profile, means.reset_index(drop=True)], axis=1)
+    if value_feature:
+        profile[f"total_{value_feature}"] = grouped[value_feature].sum().to_numpy(dtype=np.float64)
+    return profile
+
+
+def segment_z_scores(profile: pd.DataFrame, population: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """(segment mean - population mean) / population std per feature; 0 for constant features."""
+    means = profile[[f"mean_{f}" for f in features]].to_numpy(dtype=np.float64)
+    values = population[list(features)]
+    centre = values.mean().to_numpy(dtype=np.float64)
+    spread = values.std(ddof=0).to_numpy(dtype=np.float64)
+    safe = np.where(spread > 0, spread, 1.0)
+    z = np.where(spread > 0, (means - centre) / safe, 0.0)
+    return pd.DataFrame(z, index=profile["segment_id"].to_numpy(), columns=list(features))
+
+
+def _words(feature: str) -> str:
+    return feature.replace("_", " ").strip()
+
+
+def _part(feature: str, z: float, high_threshold: float) -> str:
+    if abs(z) >= high_threshold:
+        return f"{'High' if z > 0 else 'Low'} {_words(feature)}"
+    if z == 0:
+        return f"Average {_words(feature)}"
+    return f"{'Above-average' if z > 0 else 'Below-average'} {_words(feature)}"
+
+
+def _tier_prefixes(profile: pd.DataFrame, tiers: list[str], value_feature: str | None) -> dict[int, str]:
+    if not tiers:
+        return {}
+    if value_feature is None:
+        raise ValueError("naming.tiers needs naming.value_feature to rank segments by")
+    column = f"mean_{value_feature}"
+    if column not in profile.columns:
+        raise ValueError(f"profile has no {column} column to rank tiers by")
+    ranked = profile.sort_values([column, "segment_id"], ascending=[False, True], kind="mergesort")
+    return {
+        int(segment): tiers[min(rank, len(tiers) - 1)]
+        for rank, segment in enumerate(ranked["segment_id"].to_numpy())
+    }
+
+
+def name_segments(
+    profile: pd.DataFrame,
+    population: pd.DataFrame,
+    features: list[str],
+    *,
+    high_threshold: float,
+    tiers: list[str],
+    value_feature: str | None,
+) -> dict[int, str]:
+    """Unique, deterministic human names per segment id (rule in the module docstring)."""
+    if profile.empty:
+        return {}
+    z = segment_z_scores(profile, population, features)
+    segments = [int(s) for s in z.index]
+    position = {f: i for i, f in enumerate(features)}
+    # features by distinctiveness, most first; ties keep feature order (stable sort)
+    ranked = {
+        s: [features[i] for i in np.argsort(-np.abs(z.loc[s].to_numpy()), kind="stable")] for s in segments
+    }
+    used = {
+        s: min(MAX_NAME_FEATURES, int((np.abs(z.loc[s].to_numpy()) >= high_threshold).sum()))
+        for s in segments
+    }
+    prefixes = _tier_prefixes(profile, tiers, value_feature)
+
+    def render(s: int) -> str:
+        chosen = sorted(ranked[s][: used[s]], key=position.__getitem__)
+        body = SEPARATOR.join(_part(f, float(z.loc[s, f]), high_threshold) for f in chosen) or AVERAGE_NAME
+        return f"{prefixes[s]}{SEPARATOR}{body}" if s in prefixes else body
+
+    while True:
+        names = {s: render(s) for s in segments}
+        groups: dict[str, list[int]] = {}
+        for s in segments:
+            groups.setdefault(names[s], []).append(s)
+        colliding = [s for members in groups.values() if len(members) > 1 for s in members]
+        extendable = [s for s in colliding if used[s] < len(features)]
+        if not extendable:
+            break
+        for s in extendable:
+            used[s] += 1
+
+    seen: dict[str, int] = {}
+    unique: dict[int, str] = {}
+    for s in sorted(segments):
+        seen[names[s]] = seen.get(names[s], 0) + 1
+        unique[s] = names[s] if seen[names[s]] == 1 else f"{names[s]} #{seen[names[s]]}"
+    return unique

@@ -1,0 +1,94 @@
+"""Model fitting: the served Pipeline matches the parts, canonical ids do not depend on the seed."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.metrics import silhouette_score
+
+from segmentation_pipeline.config import load_config
+from segmentation_pipeline.core.demo_data import generate_customers
+from segmentation_pipeline.core.features import build_features
+from segmentation_pipeline.core.modeling import (
+    build_model_pipeline,
+    canonical_relabel,
+    canonicalize_kmeans,
+    fit_kmeans,
+    quality_metrics,
+)
+
+
+def _blobs(n: int = 3000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10], [10, 10, 10]], dtype=float)
+    labels = rng.choice(5, size=n, p=[0.3, 0.25, 0.2, 0.15, 0.1])
+    return (centers[labels] + rng.normal(size=(n, 3))).astype(np.float32)
+
+
+def test_pipeline_predict_on_raw_frame_equals_kmeans_on_transformed() -> None:
+    config = load_config("configs/default.yaml")
+    frame, planted = generate_customers(3000, seed=3, dirty=False)
+    fm = build_features(frame, config, "customer_id")
+    kmeans = fit_kmeans(fm.X_fit, 5, n_init=3, max_iter=300, random_state=0)
+    model = build_model_pipeline(fm.preprocessor, kmeans)
+
+    expected = kmeans.predict(fm.preprocessor.transform(frame[config.features]))
+    np.testing.assert_array_equal(model.predict(frame), expected)
+    np.testing.assert_array_equal(expected, kmeans.labels_)
+    # the raw frame may carry ids/categoricals in any column order
+    reordered = frame[["gender", "spending_score", "customer_id", "annual_income", "age", "updated_at"]]
+    np.testing.assert_array_equal(model.predict(reordered), expected)
+    # it survives pickling (how MLflow stores it)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).predict(frame), expected)
+
+
+def test_canonical_ids_do_not_depend_on_random_state() -> None:
+    X = _blobs()
+    canonical = [fit_kmeans(X, 5, n_init=1, max_iter=300, random_state=seed) for seed in range(6)]
+    raw = [fit_kmeans(X, 5, n_init=1, max_iter=300, random_state=seed, canonical=False) for seed in range(6)]
+    # the test is only meaningful if KMeans' own numbering does change with the seed
+    assert any(not np.array_equal(raw[0].labels_, other.labels_) for other in raw[1:])
+    for model in canonical[1:]:
+        np.testing.assert_array_equal(model.labels_, canonical[0].labels_)
+        np.testing.assert_array_equal(model.predict(X), canonical[0].predict(X))
+        np.testing.assert_allclose(model.cluster_centers_, canonical[0].cluster_centers_, atol=1e-4)
+    sizes = np.bincount(canonical[0].labels_)
+    assert (np.diff(sizes) <= 0).all()  # segment 0 is the largest
+
+
+def test_canonical_relabel_mapping_matches_canonical_model() -> None:
+    X = _blobs(seed=1)
+    models = [fit_kmeans(X, 5, n_init=1, max_iter=300, random_state=seed, canonical=False) for seed in (3, 4)]
+    canonical_labels = []
+    for raw in models:
+        mapping = canonical_relabel(raw)
+        assert sorted(mapping.tolist()) == [0, 1, 2, 3, 4]  # a permutation: same groups, renamed
+        labels = mapping[raw.predict(X)]
+        canonical = canonicalize_kmeans(raw)
+        np.testing.assert_array_equal(canonical.predict(X), labels)
+        np.testing.assert_array_equal(canonical.labels_, labels)
+        assert canonical.inertia_ == raw.inertia_
+        assert canonical is not raw and canonical.cluster_centers_ is not raw.cluster_centers_
+        canonical_labels.append(labels)
+        # on an already canonical model the mapping is the identity
+        np.testing.assert_array_equal(canonical_relabel(canonical), np.arange(5))
+    np.testing.assert_array_equal(canonical_labels[0], canonical_labels[1])
+
+
+def test_quality_metrics() -> None:
+    X = _blobs(n=4000, seed=2)
+    model = fit_kmeans(X, 5, n_init=2, max_iter=300, random_state=0)
+    metrics = quality_metrics(X, model.labels_, sample=1500, random_state=0)
+    assert set(metrics) >= {"silhouette", "davies_bouldin", "calinski_harabasz", "silhouette_sample_size"}
+    assert metrics["silhouette_sample_size"] == 1500
+    assert abs(metrics["silhouette"] - silhouette_score(X, model.labels_)) <= 0.02
+    assert metrics["davies_bouldin"] < 0.5 and metrics["calinski_harabasz"] > 1000
+    single = quality_metrics(X, np.zeros(len(X), dtype=int), sample=500, random_state=0)
+    assert np.isnan(single["silhouette"]) and np.isnan(single["davies_bouldin"])
+
+
+def test_fit_kmeans_rejects_impossible_k() -> None:
+    with pytest.raises(ValueError, match="k=5 needs at least 5 rows"):
+        fit_kmeans(np.zeros((3, 2)), 5, n_init=1, max_iter=10, random_state=0)
