@@ -18,6 +18,8 @@ Naming rule (deterministic: depends only on the profile and population, never on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -58,10 +60,22 @@ def profile_segments(
     return profile
 
 
-def segment_z_scores(profile: pd.DataFrame, population: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """(segment mean - population mean) / population std per feature; 0 for constant features."""
+def segment_z_scores(
+    profile: pd.DataFrame, population: pd.DataFrame, features: list[str], log_features: Sequence[str] = ()
+) -> pd.DataFrame:
+    """(segment mean - population mean) / population std per feature; 0 for constant features.
+
+    Skewed (log1p) features are compared on the log scale: on raw dollars a few rich customers
+    inflate the std so much that a clearly affluent segment would read as merely average.
+    """
     means = profile[[f"mean_{f}" for f in features]].to_numpy(dtype=np.float64)
-    values = population[list(features)]
+    values = population[list(features)].astype("float64")
+    logged = [i for i, f in enumerate(features) if f in set(log_features)]
+    if logged:
+        means[:, logged] = np.log1p(np.clip(means[:, logged], 0, None))
+        values = values.copy()
+        for i in logged:
+            values[features[i]] = np.log1p(values[features[i]].clip(lower=0))
     centre = values.mean().to_numpy(dtype=np.float64)
     spread = values.std(ddof=0).to_numpy(dtype=np.float64)
     safe = np.where(spread > 0, spread, 1.0)
@@ -104,11 +118,12 @@ def name_segments(
     high_threshold: float,
     tiers: list[str],
     value_feature: str | None,
+    log_features: Sequence[str] = (),
 ) -> dict[int, str]:
     """Unique, deterministic human names per segment id (rule in the module docstring)."""
     if profile.empty:
         return {}
-    z = segment_z_scores(profile, population, features)
+    z = segment_z_scores(profile, population, features, log_features)
     segments = [int(s) for s in z.index]
     position = {f: i for i, f in enumerate(features)}
     # features by distinctiveness, most first; ties keep feature order (stable sort)

@@ -1,0 +1,49 @@
+# Two commands for a new machine with only Python 3.11+: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+
+.PHONY: setup run test ui mlflow-ui score drift bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+
+$(DAGSTER_HOME)/dagster.yaml: configs/dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp configs/dagster.yaml $@
+
+## run: set up, seed demo data on first run, run the whole pipeline on the embedded default
+run: setup
+	$(BIN)/segmentation demo-data --if-missing
+	$(BIN)/segmentation run
+
+## test: the whole test suite (MariaDB on 127.0.0.1:3306; tests start their own MLflow server)
+test: setup
+	$(BIN)/python -m pytest
+
+## ui: the Dagster UI with the daemon (schedules and sensors) at http://127.0.0.1:3000
+ui: setup
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## mlflow-ui: the MLflow UI over the embedded store at http://127.0.0.1:5000
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow.db --host 127.0.0.1 --port 5000
+
+score: setup
+	$(BIN)/segmentation score
+
+drift: setup
+	$(BIN)/segmentation drift
+
+## bench: the benchmark suite (see benchmarks/RESULTS.md)
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf data .dagster_home

@@ -1,0 +1,82 @@
+"""Scoring without retraining: the registered champion assigns new or changed customers."""
+
+
+import dagster as dg
+import pandas as pd
+
+from segmentation_pipeline.assets._metadata import jsonable
+from segmentation_pipeline.assets.extraction import high_water_mark, source_columns
+from segmentation_pipeline.core.cleaning import clean_customers
+from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
+from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource
+from segmentation_pipeline.storage import mlflow_registry as registry
+from segmentation_pipeline.storage.database import read_table, table_columns
+from segmentation_pipeline.storage.segment_store import publish_segments, upsert_segments
+
+
+class ScoreConfig(dg.Config):
+    """Which customers to score: all of them, or only those past a high-water mark."""
+
+    after_id: str | None = None
+    after_updated_at: str | None = None
+
+
+@dg.asset(
+    group_name="scoring",
+    kinds={"mlflow", "sql"},
+    pool="customer_db",
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+    description="Assign segments with models:/<name>@champion (no refit) and upsert them atomically.",
+)
+def scored_customers(
+    context: dg.AssetExecutionContext,
+    config: ScoreConfig,
+    settings: SettingsResource,
+    database: DatabaseResource,
+    mlflow_tracking: MlflowResource,
+) -> dg.MaterializeResult:
+    cfg = settings.load()
+    engine = database.engine()
+    optional = [*cfg.cleaning.categorical, *([cfg.source.updated_at_column] if cfg.source.updated_at_column else [])]
+    columns = source_columns(table_columns(engine, cfg.source.table), cfg.source.id_column, cfg.features, optional)
+    where = None
+    if config.after_updated_at and cfg.source.updated_at_column:
+        where = {"column": cfg.source.updated_at_column, "value": config.after_updated_at}
+    elif config.after_id is not None:
+        where = {"column": cfg.source.id_column, "value": config.after_id}
+    raw = read_table(
+        engine, cfg.source.table, columns, id_column=cfg.source.id_column,
+        chunk_size=cfg.database.chunk_size, where_after=where,
+    )
+    incremental = where is not None
+    if raw.empty:
+        context.log.info(f"no customers to score past {where}")
+        return dg.MaterializeResult(metadata={"n_input": 0, "n_segmented": 0, "n_rejected": 0})
+    target = mlflow_tracking.target()
+    assigner, version = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
+    # The same validation as training: rows that cannot be segmented are recorded as rejected.
+    result = clean_customers(raw, cfg, table=cfg.source.table, allow_all_rejected=incremental)
+    segment_ids = assigner.assign(result.clean)["segment_id"].to_numpy() if len(result.clean) else []
+    run_ids = {"mlflow_run_id": "", "dagster_run_id": context.run.run_id}
+    segments = build_segments_table(
+        result.clean, cfg.source.id_column, segment_ids, assigner.segment_names,
+        model_name=cfg.model.name, model_version=version, **run_ids,
+    )
+    rejects = build_rejects_table(result.rejects, **run_ids)
+    write = upsert_segments if incremental else publish_segments
+    written = write(
+        engine, cfg.output, segments, rejects, run_key=context.run.run_id,
+        lock_timeout_s=cfg.database.lock_timeout_s,
+    )
+    mark = high_water_mark(raw, cfg.source.id_column, cfg.source.updated_at_column)
+    return dg.MaterializeResult(
+        metadata={
+            "n_input": dg.MetadataValue.int(len(raw)),
+            "n_segmented": dg.MetadataValue.int(len(segments)),
+            "n_rejected": dg.MetadataValue.int(len(rejects)),
+            "mode": dg.MetadataValue.text("incremental" if incremental else "full"),
+            "model": dg.MetadataValue.text(f"{cfg.model.name} v{version} ({cfg.model.alias})"),
+            "max_id": dg.MetadataValue.text(str(mark["max_id"])),
+            "tables": dg.MetadataValue.json(jsonable(written)),
+        }
+    )

@@ -1,0 +1,44 @@
+"""The scoring contract shared by batch write-back, the ``score`` job and online serving.
+
+One object maps raw feature columns to (segment_id, segment_name) so that every path that
+assigns customers — training, scheduled scoring, ``mlflow models serve`` — gives the same answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+
+@dataclass
+class SegmentAssigner:
+    """A fitted preprocess→KMeans pipeline plus the stable ids and names of its clusters.
+
+    ``label_to_segment[i]`` is the stable segment id of KMeans cluster ``i``; it differs from
+    ``i`` after a retrain was matched to the previous champion's segments.
+    """
+
+    pipeline: Pipeline
+    features: list[str]
+    label_to_segment: np.ndarray
+    segment_names: dict[int, str]
+    centroids_original: np.ndarray | None = None  # per stable segment, raw feature means
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def labels(self, frame: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise ValueError(f"input lacks feature columns {missing}; expected {self.features}")
+        raw = frame[self.features].apply(pd.to_numeric, errors="coerce").astype("float64")
+        if raw.isna().any().any():
+            bad = raw.columns[raw.isna().any()].tolist()
+            raise ValueError(f"non-numeric or missing values in {bad}; every feature is required")
+        return self.pipeline.predict(raw)
+
+    def assign(self, frame: pd.DataFrame) -> pd.DataFrame:
+        segment_ids = self.label_to_segment[self.labels(frame)].astype("int64")
+        names = pd.Series(segment_ids).map(self.segment_names).fillna("").astype(str).to_numpy()
+        return pd.DataFrame({"segment_id": segment_ids, "segment_name": names}, index=frame.index)

@@ -1,0 +1,65 @@
+"""The code location: assets, checks, jobs, schedules, sensors and typed resources in one place."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from segmentation_pipeline.assets.cleaning import clean_and_reject
+from segmentation_pipeline.assets.extraction import raw_customers
+from segmentation_pipeline.assets.features import customer_features
+from segmentation_pipeline.assets.monitoring import segment_drift
+from segmentation_pipeline.assets.scoring import scored_customers
+from segmentation_pipeline.assets.segments import customer_segments
+from segmentation_pipeline.assets.training import k_selection, model_promotion, segmentation_model
+from segmentation_pipeline.automation import (
+    build_schedules,
+    build_sensors,
+    drift_job,
+    score_job,
+    segmentation_job,
+)
+from segmentation_pipeline.config import ENV_CONFIG, PipelineConfig, load_config
+from segmentation_pipeline.resources import (
+    AssetStoreIOManager,
+    DatabaseResource,
+    MlflowResource,
+    SettingsResource,
+)
+
+ASSETS = [
+    raw_customers,
+    clean_and_reject,
+    customer_features,
+    k_selection,
+    segmentation_model,
+    model_promotion,
+    customer_segments,
+    scored_customers,
+    segment_drift,
+]
+
+
+def build_resources(settings: SettingsResource, cfg: PipelineConfig, io_manager: object | None = None) -> dict:
+    return {
+        "settings": settings,
+        "database": DatabaseResource(settings=settings),
+        "mlflow_tracking": MlflowResource(settings=settings),
+        "io_manager": io_manager or AssetStoreIOManager(base_dir=str(cfg.data_path / "dagster_storage")),
+    }
+
+
+def build_definitions(config_path: str | None = None) -> dg.Definitions:
+    settings = SettingsResource(config_path=config_path)
+    cfg = settings.load()
+    return dg.Definitions(
+        assets=ASSETS,
+        jobs=[segmentation_job, score_job, drift_job],
+        schedules=build_schedules(cfg),
+        sensors=build_sensors(cfg),
+        resources=build_resources(settings, cfg),
+    )
+
+
+defs = build_definitions(os.environ.get(ENV_CONFIG))

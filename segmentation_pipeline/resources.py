@@ -1,0 +1,98 @@
+"""Typed Dagster resources: the pipeline config, the customer database, MLflow, and asset storage.
+
+Thin by design: each resource turns Dagster config into the plain objects the core and storage
+modules take (a ``PipelineConfig``, a SQLAlchemy engine, a ``TrackingTarget``).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+
+from segmentation_pipeline.config import PipelineConfig, load_config
+from segmentation_pipeline.storage.database import create_db_engine
+from segmentation_pipeline.storage.mlflow_registry import TrackingTarget
+
+
+@lru_cache(maxsize=16)
+def _load(path: str | None, overrides_json: str) -> PipelineConfig:
+    return load_config(path, json.loads(overrides_json))
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """Which YAML config to use (None: $SEGMENTATION_CONFIG, then configs/default.yaml)."""
+
+    config_path: str | None = None
+    overrides_json: str = "{}"
+
+    def load(self) -> PipelineConfig:
+        return _load(self.config_path, self.overrides_json)
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> sa.Engine:
+    return create_db_engine(url)
+
+
+class DatabaseResource(dg.ConfigurableResource):
+    """The customer database. The URL (with any password) comes from config/env, never from here."""
+
+    settings: SettingsResource
+
+    def engine(self) -> sa.Engine:
+        url = self.settings.load().database.sqlalchemy_url()
+        return _engine(url.render_as_string(hide_password=False))
+
+
+class MlflowResource(dg.ConfigurableResource):
+    settings: SettingsResource
+
+    def target(self) -> TrackingTarget:
+        cfg = self.settings.load().mlflow
+        return TrackingTarget(cfg.tracking_uri, cfg.experiment, cfg.artifact_location)
+
+
+class AssetStoreIOManager(dg.ConfigurableIOManager):
+    """Hands assets between steps: DataFrames as Parquet (Arrow), other values pickled.
+
+    Used when steps run in separate processes (the Dagster UI); the in-process ``segmentation
+    run`` keeps values in memory instead.
+    """
+
+    base_dir: str
+
+    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
+        key = context.asset_key.path if context.has_asset_key else [context.step_key, context.name]
+        return Path(self.base_dir).joinpath(*key)
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        path = self._path(context)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        if isinstance(obj, pd.DataFrame):
+            obj.to_parquet(tmp, index=False)
+            target = path.with_suffix(".parquet")
+        else:
+            with tmp.open("wb") as handle:
+                pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            target = path.with_suffix(".pkl")
+        tmp.replace(target)  # a crashed step never leaves a half-written hand-off
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        path = self._path(context)
+        if path.with_suffix(".parquet").exists():
+            return pd.read_parquet(path.with_suffix(".parquet"))
+        if path.with_suffix(".pkl").exists():
+            with path.with_suffix(".pkl").open("rb") as handle:
+                return pickle.load(handle)
+        raise FileNotFoundError(
+            f"no stored value for asset {context.asset_key.to_user_string()} under {self.base_dir}; "
+            "materialize its upstream assets first"
+        )

@@ -1,0 +1,112 @@
+"""The segment tables as one unit: full replacement after training, upserts after scoring.
+
+Both paths hold the same database lock, so a scheduled retrain and a sensor-triggered scoring
+run never interleave their writes, and both keep the append-only history per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, timezone
+
+import pandas as pd
+import sqlalchemy as sa
+
+from segmentation_pipeline.config import OutputConfig
+from segmentation_pipeline.storage.database import ProgressFn, is_mysql, quote_identifier, table_exists, write_lock
+from segmentation_pipeline.storage.writeback import append_history, write_table_atomic
+
+HISTORY_COLUMNS = ["dagster_run_id", "customer_id", "segment_id", "segment_name", "is_outlier", "model_version", "scored_at"]
+FAILURES_TABLE = "pipeline_run_failures"
+
+
+def lock_name(output: OutputConfig) -> str:
+    return f"segmentation:{output.segments_table}"
+
+
+def publish_segments(
+    engine: sa.Engine,
+    output: OutputConfig,
+    segments: pd.DataFrame,
+    rejects: pd.DataFrame,
+    *,
+    run_key: str,
+    lock_timeout_s: int,
+    progress: ProgressFn | None = None,
+) -> list[str]:
+    """Replace both tables (each swapped atomically) and record the run in the history."""
+    with write_lock(engine, lock_name(output), lock_timeout_s):
+        write_table_atomic(engine, output.segments_table, segments, primary_key="customer_id", progress=progress)
+        write_table_atomic(engine, output.rejects_table, rejects)
+        append_history(
+            engine, output.history_table, segments[HISTORY_COLUMNS], run_key_column="dagster_run_id",
+            run_key=run_key, id_column="customer_id",
+        )
+    return [output.segments_table, output.rejects_table, output.history_table]
+
+
+def upsert_segments(
+    engine: sa.Engine,
+    output: OutputConfig,
+    segments: pd.DataFrame,
+    rejects: pd.DataFrame,
+    *,
+    run_key: str,
+    lock_timeout_s: int,
+    progress: ProgressFn | None = None,
+) -> list[str]:
+    """Replace only these customers' rows, in one transaction; a customer sits in one table only."""
+    if not table_exists(engine, output.segments_table) or not table_exists(engine, output.rejects_table):
+        return publish_segments(engine, output, segments, rejects, run_key=run_key,
+                                lock_timeout_s=lock_timeout_s, progress=progress)
+    incoming_segments = f"{output.segments_table}__incoming"
+    incoming_rejects = f"{output.rejects_table}__incoming"
+    touched = pd.DataFrame({"customer_id": pd.concat([segments["customer_id"].astype(str),
+                                                      rejects["customer_id"].astype(str)], ignore_index=True)})
+    incoming_ids = f"{output.segments_table}__incoming_ids"
+    with write_lock(engine, lock_name(output), lock_timeout_s):
+        try:
+            write_table_atomic(engine, incoming_segments, segments, primary_key="customer_id", progress=progress)
+            write_table_atomic(engine, incoming_rejects, rejects)
+            write_table_atomic(engine, incoming_ids, touched.drop_duplicates())
+            q = lambda name: quote_identifier(engine, name)  # noqa: E731 - local shorthand
+            seg, rej, inc_seg, inc_rej, ids = map(q, (output.segments_table, output.rejects_table,
+                                                      incoming_segments, incoming_rejects, incoming_ids))
+            seg_cols = ", ".join(q(c) for c in segments.columns)
+            rej_cols = ", ".join(q(c) for c in rejects.columns)
+            with engine.begin() as conn:  # DML only: one InnoDB / SQLite transaction
+                if is_mysql(engine):
+                    conn.execute(sa.text(f"DELETE s FROM {seg} s JOIN {ids} i ON CAST(s.customer_id AS CHAR) = i.customer_id"))
+                    conn.execute(sa.text(f"DELETE r FROM {rej} r JOIN {ids} i ON r.customer_id = i.customer_id"))
+                else:
+                    conn.execute(sa.text(f"DELETE FROM {seg} WHERE CAST(customer_id AS TEXT) IN (SELECT customer_id FROM {ids})"))
+                    conn.execute(sa.text(f"DELETE FROM {rej} WHERE customer_id IN (SELECT customer_id FROM {ids})"))
+                conn.execute(sa.text(f"INSERT INTO {seg} ({seg_cols}) SELECT {seg_cols} FROM {inc_seg}"))
+                conn.execute(sa.text(f"INSERT INTO {rej} ({rej_cols}) SELECT {rej_cols} FROM {inc_rej}"))
+        finally:
+            with contextlib.suppress(Exception), engine.begin() as conn:
+                for name in (incoming_segments, incoming_rejects, incoming_ids):
+                    conn.execute(sa.text(f"DROP TABLE IF EXISTS {quote_identifier(engine, name)}"))
+        if len(segments):
+            append_history(engine, output.history_table, segments[HISTORY_COLUMNS], run_key_column="dagster_run_id",
+                           run_key=run_key, id_column="customer_id")
+    return [output.segments_table, output.rejects_table, output.history_table]
+
+
+def record_run_failure(engine: sa.Engine, *, run_id: str, job_name: str, message: str) -> None:
+    """Where operators look first: a table next to the segments, one row per failed run."""
+    metadata = sa.MetaData()
+    table = sa.Table(
+        FAILURES_TABLE, metadata,
+        sa.Column("run_id", sa.String(64), primary_key=True),
+        sa.Column("job_name", sa.String(255), nullable=False),
+        sa.Column("failed_at", sa.DateTime, nullable=False),
+        sa.Column("message", sa.Text, nullable=False),
+    )
+    metadata.create_all(engine, checkfirst=True)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(table).where(table.c.run_id == run_id))
+        conn.execute(sa.insert(table).values(
+            run_id=run_id, job_name=job_name, message=message[:10_000],
+            failed_at=datetime.now(timezone.utc).replace(tzinfo=None),
+        ))

@@ -1,0 +1,106 @@
+"""Config validation: every mistake is caught at load time with the field named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segmentation_pipeline.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    PipelineConfig,
+    load_config,
+    validate_identifier,
+)
+
+
+def _raw() -> dict:
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_shipped_configs_load(monkeypatch):
+    monkeypatch.delenv("SEGMENTATION_DATABASE_URL", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = load_config()
+    mysql = load_config("configs/mysql.yaml")
+    assert default.database.is_sqlite and not mysql.database.is_sqlite
+    assert default.k_candidates == list(range(2, 11))
+    assert default.features == ["age", "annual_income", "spending_score"]
+    # relative stores resolve against the project, not the caller's cwd
+    assert default.mlflow.tracking_uri.startswith("sqlite:////")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.update(k_range=[1, 5]), "k_range"),
+        (lambda r: r.update(k_range=[6, 3]), "k_range"),
+        (lambda r: r.update(features=[]), "features"),
+        (lambda r: r.update(features=["age", "age"]), "listed twice"),
+        (lambda r: r["source"].update(table="customers; DROP TABLE x"), "invalid source identifier"),
+        (lambda r: r["cleaning"]["ranges"].update(height={"min": 0}), "not features"),
+        (lambda r: r["cleaning"]["ranges"].update(age={"min": 50, "max": 10}), "above max"),
+        (lambda r: r["transform"].update(pca_components=1.5), "pca_components"),
+        (lambda r: r["transform"].update(pca_components=7), "exceeds"),
+        (lambda r: r["naming"].update(value_feature="height"), "value_feature"),
+        (lambda r: r["cleaning"]["outliers"].update(action="drop"), "action"),
+        (lambda r: r.update(unknown_section=1), "unknown_section"),
+        (lambda r: r["drift"].update(feature_share_warn=0.9, feature_share_error=0.5), "warn thresholds"),
+    ],
+)
+def test_invalid_configs_name_the_problem(tmp_path, change, message):
+    raw = _raw()
+    change(raw)
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, raw))
+
+
+def test_fixed_k_and_env_overrides(tmp_path, monkeypatch):
+    raw = _raw()
+    raw["k"] = 4
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", "mysql+pymysql://seg:s3cret@db:3306/crm")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    cfg = load_config(_write(tmp_path, raw))
+    assert cfg.k_candidates == [4]
+    assert cfg.mlflow.tracking_uri == "http://127.0.0.1:5999"
+    assert "s3cret" not in cfg.database.safe_url() and "s3cret" in cfg.database.sqlalchemy_url().render_as_string(False)
+    assert all("s3cret" not in value for value in cfg.params().values())
+
+
+def test_password_only_from_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEGMENTATION_DATABASE_URL", raising=False)
+    monkeypatch.setenv("SEGMENTATION_DATABASE_PASSWORD", "p@ss/word")
+    cfg = load_config("configs/mysql.yaml")
+    assert cfg.database.sqlalchemy_url().password == "p@ss/word"
+    assert "p@ss" not in cfg.database.safe_url()
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("features: [a, b\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("name", ["a`b", "x y", "1abc", "t;drop", "", "a" * 65, "naïve"])
+def test_identifiers_reject_injection(name):
+    with pytest.raises(ConfigError):
+        validate_identifier(name)
+
+
+def test_model_is_frozen():
+    cfg = PipelineConfig.model_validate(
+        {"database": {"url": "sqlite://"}, "source": {"table": "t"}, "features": ["a"], "mlflow": {"tracking_uri": "x"}}
+    )
+    with pytest.raises(Exception):
+        cfg.features = ["b"]  # type: ignore[misc]
