@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from segmentation_pipeline_tests.helpers import free_port
+
 MYSQL_ADMIN_URL = os.environ.get("SEGMENTATION_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
@@ -72,14 +74,6 @@ def local_mlflow_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` on a free loopback port, spoken to over HTTP."""
@@ -89,7 +83,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import urllib.request
 
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    port = free_port()
     log = (root / "server.log").open("wb")
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     process = subprocess.Popen(

@@ -3,46 +3,20 @@
 from __future__ import annotations
 
 import json
-import urllib.parse
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-import yaml
 from sklearn.metrics import adjusted_rand_score
 
 from segmentation_pipeline.cli import main, run_pipeline
-from segmentation_pipeline.config import DEFAULT_CONFIG
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.storage.database import create_db_engine, load_frame
+from segmentation_pipeline_tests.helpers import mlflow_rest as rest
+from segmentation_pipeline_tests.helpers import write_config
 
 pytestmark = [pytest.mark.mysql, pytest.mark.e2e]
-
-
-def write_config(tmp_path: Path, database_url: str, tracking_uri: str, **changes) -> Path:
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    raw["database"]["url"] = database_url
-    raw["mlflow"]["tracking_uri"] = tracking_uri
-    raw["mlflow"].pop("artifact_location", None)
-    raw["data_dir"] = str(tmp_path / "data")
-    for dotted, value in changes.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def rest(url: str, path: str, **params: str) -> dict:
-    query = urllib.parse.urlencode(params)
-    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/{path}?{query}", timeout=30) as response:
-        return json.loads(response.read())
 
 
 @pytest.fixture()

@@ -1,0 +1,694 @@
+"""Database access for the pipeline: engines, safe identifiers, chunked reads and write locks.
+
+Both backends are first class: MySQL/MariaDB (``mysql+pymysql://``) for production and a SQLite
+file for the embedded default. Table and column names come from config or the CLI, so they are
+validated and dialect-quoted, never interpolated raw. URLs are only ever shown masked.
+
+Writing lives in :mod:`segmentation_pipeline.storage.writeback` (re-exported here lazily, so
+``from segmentation_pipeline.storage.database import write_table_atomic`` works too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import decimal
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine.interfaces import ReflectedColumn
+
+from segmentation_pipeline.config import validate_identifier
+
+try:  # POSIX only; elsewhere SQLite locks fall back to in-process locks
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SourceError",
+    "WriteLockTimeout",
+    "create_db_engine",
+    "masked_url",
+    "is_mysql",
+    "quote_identifier",
+    "table_exists",
+    "table_columns",
+    "read_table",
+    "high_water_mark",
+    "write_lock",
+]  # plus write_table_atomic, append_history, load_frame, read_csv_file via __getattr__
+
+ProgressFn = Callable[[int, int], None]
+ReadBackend = Literal["auto", "connectorx", "sqlalchemy"]
+
+# Bounded retries when a writer swaps the table between two chunks of one read.
+_MAX_READ_ATTEMPTS = 3
+
+
+class SourceError(ValueError):
+    """A table or column the pipeline needs is missing or unusable; says what exists instead."""
+
+
+class WriteLockTimeout(TimeoutError):
+    """Another run holds the write lock; raised instead of writing concurrently."""
+
+
+# --------------------------------------------------------------------------- engines and names
+
+
+def create_db_engine(url: str | URL, *, local_infile: bool = True) -> sa.Engine:
+    """One place that knows how each backend must be configured for this pipeline.
+
+    MySQL: PyMySQL with ``local_infile`` (bulk loads via LOAD DATA LOCAL; only point it at
+    servers you trust, as with any LOCAL INFILE client), utf8mb4, and pre-ping/recycle so
+    long Dagster runs survive ``wait_timeout``. SQLite: WAL so readers never block on the
+    writer, a busy timeout, and SQLAlchemy-emitted BEGIN so DDL is transactional (the
+    atomic table swap depends on it).
+    """
+    parsed = make_url(url) if isinstance(url, str) else url
+    backend = parsed.get_backend_name()
+    if backend in ("mysql", "mariadb"):
+        if "+" not in parsed.drivername:  # bare mysql:// would pick mysqlclient, which is not installed
+            parsed = parsed.set(drivername=f"{backend}+pymysql")
+        connect_args: dict[str, Any] = {}
+        if parsed.get_driver_name() == "pymysql":
+            connect_args["local_infile"] = local_infile
+            if "charset" not in parsed.query:
+                connect_args["charset"] = "utf8mb4"
+        return sa.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True, pool_recycle=3600)
+    if backend == "sqlite":
+        database = parsed.database or ""
+        file_backed = database not in ("", ":memory:") and not database.startswith("file:")
+        if file_backed:
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (transactional DDL)
+            cursor = dbapi_connection.cursor()
+            if file_backed:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+        return engine
+    return sa.create_engine(parsed, pool_pre_ping=True)
+
+
+def masked_url(engine_or_url: sa.Engine | sa.Connection | URL | str) -> str:
+    """The only form of a URL allowed in logs and error messages."""
+    if isinstance(engine_or_url, (sa.Engine, sa.Connection)):
+        url = engine_or_url.engine.url
+    else:
+        url = make_url(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+    return url.render_as_string(hide_password=True)
+
+
+def is_mysql(engine: sa.Engine | sa.Connection) -> bool:
+    return engine.dialect.name in ("mysql", "mariadb")
+
+
+def is_sqlite(engine: sa.Engine | sa.Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def quote_identifier(engine: sa.Engine | sa.Connection, name: str, what: str = "identifier") -> str:
+    """Validate, then quote as the dialect requires (reserved words, case): config/CLI names never smuggle SQL."""
+    validate_identifier(name, what)
+    return engine.dialect.identifier_preparer.quote(name)
+
+
+# --------------------------------------------------------------------------- introspection
+
+
+def table_exists(engine: sa.Engine, table: str) -> bool:
+    validate_identifier(table, "table")
+    return sa.inspect(engine).has_table(table)
+
+
+def _missing_table(engine: sa.Engine, table: str) -> SourceError:
+    tables = sorted(sa.inspect(engine).get_table_names())
+    shown = tables[:30] + (["..."] if len(tables) > 30 else [])
+    return SourceError(f"table {table!r} not found in {masked_url(engine)}; tables: {shown}")
+
+
+def _reflect_columns(engine: sa.Engine, table: str) -> list[ReflectedColumn]:
+    validate_identifier(table, "table")
+    inspector = sa.inspect(engine)
+    if not inspector.has_table(table):
+        raise _missing_table(engine, table)
+    return list(inspector.get_columns(table))
+
+
+def table_columns(engine: sa.Engine, table: str) -> list[str]:
+    """Column names in table order; SourceError (listing the tables) when the table is missing."""
+    return [column["name"] for column in _reflect_columns(engine, table)]
+
+
+def _check_columns(engine: sa.Engine, table: str, available: Sequence[str], wanted: Sequence[str]) -> None:
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        label = f"column {missing[0]!r}" if len(missing) == 1 else f"columns {missing}"
+        raise SourceError(
+            f"{label} not found in table {table!r} ({masked_url(engine)}); available columns: {list(available)}"
+        )
+
+
+def _declared_unique_not_null(engine: sa.Engine, table: str, column: str, nullable: bool) -> bool:
+    """True when the schema alone guarantees keyset pagination sees each row exactly once."""
+    if nullable:
+        return False
+    inspector = sa.inspect(engine)
+    if inspector.get_pk_constraint(table).get("constrained_columns") == [column]:
+        return True
+    for index in inspector.get_indexes(table):
+        if index.get("unique") and list(index.get("column_names") or []) == [column]:
+            return True
+    return any(list(c.get("column_names") or []) == [column] for c in inspector.get_unique_constraints(table))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _plain(value: Any) -> Any:
+    """numpy/pandas scalars -> Python, so SQLAlchemy can type and render them."""
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _coerce_bound(value: Any, sa_type: sa.types.TypeEngine[Any]) -> Any:
+    """Give a where_after bound the column's type: cursors arrive as strings ("1000", str(datetime)).
+
+    Comparing as text would be wrong ("999" > "1000"), and on SQLite "2024-01-01 00:00:00" sorts
+    below the stored "2024-01-01 00:00:00.000000", re-reading the high-water-mark row.
+    """
+    if not isinstance(value, str):
+        return value
+    affinity = _affinity(sa_type)
+    try:
+        if affinity == "int":
+            return int(value)
+        if affinity == "float":
+            return float(value)
+        if affinity == "datetime":
+            return pd.Timestamp(value).to_pydatetime()
+        if affinity == "date":
+            return pd.Timestamp(value).date()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"where_after value {value!r} does not fit column type {sa_type}") from exc
+    return value
+
+
+def _connectorx_uri(url: URL) -> str | None:
+    """A connectorx connection string, or None when connectorx cannot honour this URL.
+
+    URLs with extra options (TLS, sockets, ...) are not translated: silently dropping
+    ``ssl_ca`` would send credentials in clear text, so those go through SQLAlchemy.
+    """
+    backend = url.get_backend_name()
+    if backend in ("mysql", "mariadb"):
+        if set(url.query) - {"charset", "local_infile"}:
+            return None
+        auth = quote(url.username or "", safe="")
+        if url.password is not None:
+            auth += ":" + quote(str(url.password), safe="")
+        host = url.host or "localhost"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"mysql://{auth}@{host}:{url.port or 3306}/{quote(url.database or '', safe='')}"
+    # SQLite is deliberately not read through connectorx: it links its own copy of SQLite, and
+    # two SQLite copies in one process break POSIX locking. Measured here: connectorx reading a
+    # WAL database this process has open returned stale rows, deleted the -wal/-shm files
+    # (losing committed rows) and left "disk I/O error" for sqlite3. sqlite3 is fast enough.
+    return None
+
+
+def _scrub(message: str, url: URL) -> str:
+    """Remove the password (raw and URL-escaped) from a driver's error text."""
+    if url.password:
+        for secret in {str(url.password), quote(str(url.password), safe="")}:
+            message = message.replace(secret, "***")
+    return message
+
+
+@dataclass(frozen=True)
+class _ReadPlan:
+    table: str
+    columns: list[str]  # selected, id column included
+    keep: list[str]  # returned to the caller
+    id_column: str
+    types: dict[str, sa.types.TypeEngine[Any]]
+    where_column: str | None
+    where_value: Any
+    chunk_size: int
+
+    def clause(self) -> sa.TableClause:
+        names = dict.fromkeys([*self.columns, *([self.where_column] if self.where_column else [])])
+        return sa.table(self.table, *(sa.column(c, self.types[c]) for c in names))
+
+    def select(self, last: Any) -> sa.Select[Any]:
+        """One keyset page; bounds are literals for connectorx, bound parameters otherwise."""
+        tbl = self.clause()
+        stmt = sa.select(*(tbl.c[c] for c in self.columns))
+        if self.where_column is not None:
+            stmt = stmt.where(tbl.c[self.where_column] > sa.literal(self.where_value))
+        if last is not None:
+            stmt = stmt.where(tbl.c[self.id_column] > sa.literal(last))
+        return stmt.order_by(tbl.c[self.id_column]).limit(self.chunk_size)
+
+
+def _table_version(conn: sa.Connection, table: str) -> tuple[Any, ...]:
+    """A token that changes when the table is swapped (see writeback's per-write table comment)."""
+    if is_mysql(conn):
+        row = conn.execute(
+            sa.text(
+                "SELECT CREATE_TIME, TABLE_COMMENT FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+            ),
+            {"t": table},
+        ).first()
+        return tuple(row) if row is not None else ()
+    if is_sqlite(conn):
+        return (conn.exec_driver_sql("PRAGMA schema_version").scalar(),)
+    return ()
+
+
+def _chunk_connectorx(engine: sa.Engine, uri: str, stmt: sa.Select[Any], backslash_escapes: bool) -> pa.Table:
+    import connectorx
+
+    return connectorx.read_sql(uri, _literal_sql(engine, stmt, backslash_escapes), return_type="arrow")
+
+
+def _server_backslash_escapes(engine: sa.Engine) -> bool:
+    """Whether connectorx's sessions (server default sql_mode) treat backslash as an escape."""
+    with engine.connect() as conn:
+        mode = conn.exec_driver_sql("SELECT @@GLOBAL.sql_mode").scalar() or ""
+    return "NO_BACKSLASH_ESCAPES" not in str(mode).upper()
+
+
+def _literal_sql(engine: sa.Engine, stmt: sa.Select[Any], backslash_escapes: bool) -> str:
+    """The statement with its bounds inlined, exactly as connectorx's session must read it.
+
+    PyMySQL's dialect doubles every '%' (its paramstyle is "format"), but connectorx sends text
+    verbatim, so an id like '50%off' would become '50%%off'. Compile with a named-paramstyle
+    twin, escaping backslashes per the server's default sql_mode (connectorx's sessions use it,
+    whatever our own engine's sessions set).
+    """
+    dialect: Any = type(engine.dialect)(paramstyle="named")  # type: ignore[call-arg]
+    dialect._backslash_escapes = backslash_escapes
+    return str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+def _chunk_sqlalchemy(engine: sa.Engine, stmt: sa.Select[Any], plan: _ReadPlan) -> pa.Table:
+    with engine.connect() as conn:
+        result = conn.execute(stmt)
+        keys = list(result.keys())
+        rows = result.fetchall()
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in keys]
+    del rows
+    arrays = []
+    for name, values in zip(keys, columns, strict=True):
+        try:
+            arrays.append(pa.array(list(values), from_pandas=True))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise SourceError(
+                f"column {name!r} of table {plan.table!r} holds values of mixed types ({masked_url(engine)}): {exc}"
+            ) from exc
+    return pa.Table.from_arrays(arrays, names=keys)
+
+
+def _affinity(sa_type: sa.types.TypeEngine[Any]) -> str:
+    if isinstance(sa_type, sa.Boolean):
+        return "bool"
+    if isinstance(sa_type, sa.Integer):
+        return "int"
+    if isinstance(sa_type, sa.Numeric):  # includes Float/DOUBLE/DECIMAL
+        return "float"
+    if isinstance(sa_type, sa.DateTime):
+        return "datetime"
+    if isinstance(sa_type, sa.Date):
+        return "date"
+    if isinstance(sa_type, (sa.String, sa.Enum)):
+        return "string"
+    return "other"
+
+
+def _normalise_chunk(table: pa.Table, types: dict[str, sa.types.TypeEngine[Any]]) -> pa.Table:
+    """Give every chunk the same, pandas-friendly types whichever reader produced it.
+
+    DECIMAL -> float64, integers and booleans -> int64 (float64 once NULLs appear in pandas),
+    timestamps -> microseconds, and typeless (all-NULL) columns take their declared type.
+    """
+    columns = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        t = column.type
+        affinity = _affinity(types[name])
+        target: pa.DataType | None = None
+        if pa.types.is_decimal(t) or pa.types.is_floating(t):
+            target = pa.float64()
+        elif pa.types.is_integer(t) and t != pa.uint64():
+            target = pa.int64()
+        elif pa.types.is_boolean(t):
+            target = pa.int64()  # MySQL has no boolean type: 0/1 on both backends
+        elif pa.types.is_timestamp(t) and t.unit != "us":
+            target = pa.timestamp("us", tz=t.tz)
+        elif pa.types.is_null(t):
+            target = {
+                "int": pa.int64(),
+                "float": pa.float64(),
+                "bool": pa.int64(),
+                "datetime": pa.timestamp("us"),
+                "date": pa.date32(),
+                "string": pa.string(),
+            }.get(affinity)
+        elif pa.types.is_string(t) and affinity in ("int", "float"):
+            target = pa.float64()  # SQLite reports NUMERIC as text on empty results
+        if target is not None and target != t:
+            # on failure keep what the database gave; cleaning decides what to do with it
+            with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                column = column.cast(target)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def read_table(
+    engine: sa.Engine,
+    table: str,
+    columns: Sequence[str] | None,
+    *,
+    id_column: str,
+    chunk_size: int,
+    progress: ProgressFn | None = None,
+    where_after: dict[str, Any] | None = None,
+    backend: ReadBackend = "auto",
+) -> pd.DataFrame:
+    """Read ``columns`` (None: all) of ``table`` by keyset pages on ``id_column``.
+
+    Keyset pages (``WHERE id > :last ORDER BY id LIMIT n``) keep each query short, let us
+    report progress, and never materialise the result twice: pages stay Arrow until one final
+    ``to_pandas``. MySQL pages go through connectorx (~15x faster than PyMySQL), falling back to
+    SQLAlchemy when it cannot handle a type; SQLite always uses SQLAlchemy (see _connectorx_uri).
+    ``where_after={"column": c, "value": v}`` keeps rows with ``c > v`` (incremental scoring;
+    string values such as cursor JSON are converted to the column's type). If a writer swaps
+    the table mid-read, the read restarts, so the frame always comes from one table version.
+    Booleans come back as 0/1 integers on both backends (MySQL has no boolean type).
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    validate_identifier(id_column, "id column")
+    reflected = _reflect_columns(engine, table)
+    available = [c["name"] for c in reflected]
+    types = {c["name"]: c["type"] for c in reflected}
+    wanted = list(dict.fromkeys(columns)) if columns is not None else list(available)
+    for name in wanted:
+        validate_identifier(name, "column")
+    where_column: str | None = None
+    where_value: Any = None
+    if where_after is not None:
+        unknown = set(where_after) - {"column", "value"}
+        if unknown or "column" not in where_after or "value" not in where_after:
+            raise ValueError(f"where_after must be {{'column': ..., 'value': ...}}, got keys {sorted(where_after)}")
+        where_column = validate_identifier(where_after["column"], "where_after column")
+        where_value = _plain(where_after["value"])
+        if where_column in types:
+            where_value = _coerce_bound(where_value, types[where_column])
+    _check_columns(engine, table, available, [*wanted, id_column, *([where_column] if where_column else [])])
+
+    selected = wanted if id_column in wanted else [*wanted, id_column]
+    plan = _ReadPlan(table, selected, wanted, id_column, types, where_column, where_value, chunk_size)
+    nullable = next(bool(c.get("nullable", True)) for c in reflected if c["name"] == id_column)
+    total, keyset_ok = _count_and_check_ids(
+        engine, plan, check_ids=not _declared_unique_not_null(engine, table, id_column, nullable)
+    )
+    if not keyset_ok:
+        plan = dataclasses.replace(plan, chunk_size=max(total, 1) + 1)
+
+    uri = _connectorx_uri(engine.url) if backend != "sqlalchemy" else None
+    if backend == "connectorx" and uri is None:
+        raise ValueError(f"connectorx cannot read from {masked_url(engine)} (SQLite, or URL options it would ignore)")
+    use_cx = uri is not None
+    backslash_escapes = _server_backslash_escapes(engine) if use_cx else True
+
+    for attempt in range(1, _MAX_READ_ATTEMPTS + 1):
+        with engine.connect() as conn:
+            version = _table_version(conn, table)
+        chunks: list[pa.Table] = []
+        rows = 0
+        last: Any = None
+        started = time.perf_counter()
+        while True:
+            stmt = plan.select(last)
+            chunk: pa.Table | None = None
+            if use_cx:
+                assert uri is not None
+                try:
+                    chunk = _chunk_connectorx(engine, uri, stmt, backslash_escapes)
+                except Exception as exc:  # noqa: BLE001 - connectorx raises bare RuntimeErrors
+                    if backend == "connectorx":
+                        detail = _scrub(str(exc), engine.url)
+                        raise RuntimeError(
+                            f"connectorx failed reading {table!r} from {masked_url(engine)}: {detail}"
+                        ) from None
+                    log.warning(
+                        "connectorx failed reading %r from %s (%s); falling back to SQLAlchemy",
+                        table,
+                        masked_url(engine),
+                        _scrub(str(exc), engine.url)[:300],
+                    )
+                    use_cx = False
+            if chunk is None:
+                chunk = _chunk_sqlalchemy(engine, stmt, plan)
+            chunk = _normalise_chunk(chunk, types)
+            chunks.append(chunk)
+            rows += chunk.num_rows
+            if progress is not None and chunk.num_rows:
+                progress(rows, max(total, rows))
+            if chunk.num_rows < chunk_size:
+                break
+            last = _plain(chunk.column(id_column)[-1].as_py())
+        if len(chunks) > 1:
+            with engine.connect() as conn:
+                if _table_version(conn, table) != version:
+                    log.warning("table %r was replaced during read (attempt %d); reading again", table, attempt)
+                    if attempt == _MAX_READ_ATTEMPTS:
+                        raise SourceError(
+                            f"table {table!r} kept being replaced while reading it ({masked_url(engine)}); "
+                            f"gave up after {attempt} attempts"
+                        )
+                    continue
+        break
+
+    if progress is not None and rows == 0:
+        progress(0, 0)
+    combined = pa.concat_tables(chunks, promote_options="permissive") if len(chunks) > 1 else chunks[0]
+    del chunks
+    if plan.keep != plan.columns:
+        combined = combined.select(plan.keep)
+    frame = combined.to_pandas(split_blocks=True, self_destruct=True)
+    del combined
+    log.info(
+        "read %d rows x %d columns from %r in %.2fs via %s",
+        len(frame),
+        frame.shape[1],
+        table,
+        time.perf_counter() - started,
+        "connectorx" if use_cx else "sqlalchemy",
+    )
+    return frame
+
+
+def _count_and_check_ids(engine: sa.Engine, plan: _ReadPlan, *, check_ids: bool) -> tuple[int, bool]:
+    """Row count for progress; when the schema does not promise unique non-NULL ids, prove it.
+
+    Keyset pagination silently skips duplicate ids at page boundaries and never returns NULL
+    ids, so an undeclared id column is checked with one aggregate instead of trusted.
+    """
+    tbl = plan.clause()
+    id_col = tbl.c[plan.id_column]
+    aggregates: list[Any] = [sa.func.count()]
+    if check_ids:
+        aggregates += [sa.func.count(id_col), sa.func.count(sa.distinct(id_col))]
+    stmt = sa.select(*aggregates).select_from(tbl)
+    if plan.where_column is not None:
+        stmt = stmt.where(tbl.c[plan.where_column] > sa.literal(plan.where_value))
+    with engine.connect() as conn:
+        row = conn.execute(stmt).one()
+    total = int(row[0])
+    if check_ids:
+        non_null, distinct = int(row[1]), int(row[2])
+        if non_null != total or distinct != non_null:
+            # Cleaning must see every row to reject it with a reason (duplicate_id, missing id),
+            # so read in one page rather than fail or silently skip rows.
+            log.warning(
+                "id column %r of table %r (%s) has %d duplicate and %d NULL value(s); reading it in "
+                "one page instead of keyset chunks (declare it PRIMARY KEY to enable chunking)",
+                plan.id_column, plan.table, masked_url(engine), non_null - distinct, total - non_null,
+            )
+            return total, False
+    return total, True
+
+
+def high_water_mark(
+    engine: sa.Engine, table: str, id_column: str, updated_at_column: str | None = None
+) -> dict[str, Any]:
+    """Max id, max updated_at and row count in one aggregate: the cursor for incremental scoring."""
+    wanted = [id_column, *([updated_at_column] if updated_at_column else [])]
+    for name in wanted:
+        validate_identifier(name, "column")
+    reflected = _reflect_columns(engine, table)
+    available = [c["name"] for c in reflected]
+    _check_columns(engine, table, available, wanted)
+    types = {c["name"]: c["type"] for c in reflected}
+    tbl = sa.table(table, *(sa.column(c, types[c]) for c in wanted))
+    aggregates: list[Any] = [
+        sa.type_coerce(sa.func.max(tbl.c[id_column]), types[id_column]).label("max_id"),
+        sa.func.count().label("row_count"),
+    ]
+    if updated_at_column:
+        # type_coerce keeps SQLite's DATETIME text parsed into datetime objects
+        aggregates.append(
+            sa.type_coerce(sa.func.max(tbl.c[updated_at_column]), types[updated_at_column]).label("max_updated_at")
+        )
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(*aggregates).select_from(tbl)).one()._mapping
+    value = row["max_id"]
+    if isinstance(value, decimal.Decimal):
+        value = float(value)
+    return {
+        "max_id": value,
+        "max_updated_at": row["max_updated_at"] if updated_at_column else None,
+        "row_count": int(row["row_count"]),
+    }
+
+
+# --------------------------------------------------------------------------- locking
+
+_local_locks: dict[str, threading.Lock] = {}
+_local_locks_guard = threading.Lock()
+
+
+def _mysql_lock_key(engine: sa.Engine, name: str) -> str:
+    """GET_LOCK names are server-wide: scope them to the database, within MySQL's 64 chars."""
+    key = f"{engine.url.database or ''}.{name}"
+    if len(key) > 64:
+        key = f"seg.{hashlib.sha256(key.encode()).hexdigest()[:56]}"
+    return key
+
+
+def _lock_file_path(engine: sa.Engine, name: str) -> Path | None:
+    database = engine.url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    safe = "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in name)[:60]
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return Path(database).expanduser().resolve().with_name(f"{Path(database).name}.{safe}.{digest}.lock")
+
+
+@contextmanager
+def write_lock(engine: sa.Engine, name: str, timeout_s: int) -> Iterator[None]:
+    """Serialise writers of one table across processes and hosts.
+
+    MySQL: ``GET_LOCK`` on a dedicated connection (released by the server if the process
+    dies). SQLite: ``flock`` on a file next to the database (released by the kernel if the
+    process dies). Raises :class:`WriteLockTimeout` naming the lock and the wait.
+    """
+    if not name:
+        raise ValueError("lock name must not be empty")
+    if is_mysql(engine):
+        key = _mysql_lock_key(engine, name)
+        conn = engine.connect()
+        try:
+            got = conn.execute(sa.text("SELECT GET_LOCK(:k, :t)"), {"k": key, "t": int(timeout_s)}).scalar()
+            if got != 1:
+                holder = conn.execute(sa.text("SELECT IS_USED_LOCK(:k)"), {"k": key}).scalar()
+                raise WriteLockTimeout(
+                    f"could not acquire write lock {name!r} within {timeout_s}s on {masked_url(engine)}: "
+                    f"another run holds it (connection id {holder})"
+                )
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(sa.text("SELECT RELEASE_LOCK(:k)"), {"k": key})
+                except sa.exc.DBAPIError:
+                    conn.invalidate()  # server drops the lock with the session
+        finally:
+            conn.close()
+        return
+
+    path = _lock_file_path(engine, name) if fcntl is not None else None
+    if path is None:
+        with _local_locks_guard:
+            lock = _local_locks.setdefault(f"{masked_url(engine)}|{name}", threading.Lock())
+        if not lock.acquire(timeout=max(timeout_s, 0)):
+            raise WriteLockTimeout(f"could not acquire write lock {name!r} within {timeout_s}s on {masked_url(engine)}")
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + max(timeout_s, 0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WriteLockTimeout(
+                        f"could not acquire write lock {name!r} within {timeout_s}s on {masked_url(engine)} "
+                        f"(lock file {path}): another run holds it"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- lazy re-exports
+
+_REEXPORTS = {
+    "write_table_atomic": "segmentation_pipeline.storage.writeback",
+    "append_history": "segmentation_pipeline.storage.writeback",
+    "load_frame": "segmentation_pipeline.storage.writeback",
+    "read_csv_file": "segmentation_pipeline.storage.csv_loader",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy so writeback (which imports this module) can be re-exported without a cycle."""
+    if name in _REEXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_REEXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,633 @@
+"""Writing frames back: atomic table replacement, idempotent run history, CSV/demo loads.
+
+Readers (dashboards, the next pipeline step) must never see a half-written table, so a
+replacement is built in ``<table>__staging``, verified, and swapped in with one atomic
+statement. MySQL bulk loads go through ``LOAD DATA LOCAL INFILE`` (an order of magnitude
+faster than INSERTs from Python), with executemany as the fallback when the server or
+client refuses LOCAL INFILE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from segmentation_pipeline.config import validate_identifier
+from segmentation_pipeline.storage.database import (
+    ProgressFn,
+    SourceError,
+    is_mysql,
+    is_sqlite,
+    masked_url,
+    quote_identifier,
+    table_columns,
+    table_exists,
+    write_lock,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["WriteError", "write_table_atomic", "append_history", "load_frame"]
+
+STAGING_SUFFIX = "__staging"
+OLD_SUFFIX = "__old"
+DEFAULT_WRITE_CHUNK = 100_000
+
+# MySQL/MariaDB error codes meaning "LOAD DATA LOCAL is not allowed here".
+_LOCAL_INFILE_REFUSED = {1148, 2068, 3948, 3950, 4166}
+# LOAD DATA's default escaping (ESCAPED BY '\\'): backslash first, or the others double-escape.
+_TSV_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"), ("\x00", "\\0"))
+_TSV_NULL = "\\N"
+_VARCHAR = 255
+_MAX_KEY_VARCHAR = 768  # utf8mb4 x 768 = 3072 bytes, InnoDB's index key limit
+
+
+class WriteError(RuntimeError):
+    """A write could not be completed or verified; the previous table is left untouched."""
+
+
+# --------------------------------------------------------------------------- frame -> schema
+
+
+@dataclass(frozen=True)
+class _FramePlan:
+    """How each frame column becomes Arrow (for serialising) and SQL (for DDL)."""
+
+    names: list[str]
+    arrow_types: dict[str, pa.DataType]
+    sql_types: dict[str, sa.types.TypeEngine[Any]]
+    primary_key: str | None
+
+    def columns(self) -> list[sa.Column[Any]]:
+        # autoincrement=False: an AUTO_INCREMENT key would turn an id of 0 into the next value
+        return [
+            sa.Column(
+                name,
+                self.sql_types[name],
+                primary_key=name == self.primary_key,
+                nullable=name != self.primary_key,
+                autoincrement=False,
+            )
+            for name in self.names
+        ]
+
+
+def _series_to_arrow(series: pd.Series) -> pa.Array:
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        series = series.astype(object)
+    try:
+        array = pa.array(series, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+        raise TypeError(
+            f"column {series.name!r} cannot be written: {exc}; make its values one type or pass column_types"
+        ) from exc
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if pa.types.is_timestamp(array.type) and array.type.tz is not None:
+        array = array.cast(pa.timestamp(array.type.unit))  # tz-aware -> naive UTC
+    return array
+
+
+def _arrow_type(series: pd.Series) -> tuple[pa.DataType, int]:
+    """The column's Arrow type (and max string length), inferring object columns from all values."""
+    needs_values = series.dtype == object or isinstance(series.dtype, (pd.CategoricalDtype, pd.StringDtype))
+    array = _series_to_arrow(series if needs_values else series.iloc[:0])
+    t = array.type
+    max_len = 0
+    if pa.types.is_large_string(t):
+        t = pa.string()
+    if pa.types.is_string(t) or pa.types.is_large_string(array.type):
+        longest = pc.max(pc.utf8_length(array)).as_py() if len(array) else None
+        max_len = int(longest or 0)
+    if pa.types.is_decimal(t):
+        t = pa.float64()
+    if pa.types.is_timestamp(t):
+        t = pa.timestamp("us")
+    supported = (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_string(t)
+        or pa.types.is_timestamp(t)
+        or pa.types.is_date(t)
+        or pa.types.is_null(t)
+    )
+    if not supported:
+        raise TypeError(f"column {series.name!r} has unsupported type {t}; convert it or pass column_types")
+    return t, max_len
+
+
+def _sql_type(name: str, t: pa.DataType, max_len: int, is_key: bool) -> sa.types.TypeEngine[Any]:
+    if pa.types.is_boolean(t):
+        return sa.Boolean(create_constraint=False)
+    if pa.types.is_integer(t):
+        return sa.BigInteger() if t.bit_width == 64 else sa.Integer()
+    if pa.types.is_floating(t):
+        return sa.Double()
+    if pa.types.is_timestamp(t):
+        return sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+    if pa.types.is_date(t):
+        return sa.Date()
+    if is_key:
+        if max_len > _MAX_KEY_VARCHAR:
+            raise ValueError(
+                f"primary key column {name!r} has values of {max_len} characters; at most {_MAX_KEY_VARCHAR}"
+            )
+        return sa.String(max(_VARCHAR, max_len))
+    if max_len <= _VARCHAR:
+        return sa.String(_VARCHAR)  # also all-NULL columns: the most useful guess
+    return sa.Text(max_len)  # MySQL picks TEXT/MEDIUMTEXT/LONGTEXT for this many characters
+
+
+def _plan_frame(
+    frame: pd.DataFrame,
+    column_types: dict[str, sa.types.TypeEngine[Any]] | None,
+    primary_key: str | None,
+) -> _FramePlan:
+    names = list(frame.columns)
+    for name in names:
+        validate_identifier(name, "column")
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"frame has duplicate column names: {duplicated}")
+    overrides = dict(column_types or {})
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"column_types names columns not in the frame: {unknown}; frame columns: {names}")
+    if primary_key is not None:
+        validate_identifier(primary_key, "primary key")
+        if primary_key not in names:
+            raise ValueError(f"primary key {primary_key!r} is not a frame column; frame columns: {names}")
+        key = frame[primary_key]
+        if key.isna().any():
+            raise ValueError(f"primary key {primary_key!r} has {int(key.isna().sum())} missing value(s)")
+        dups = key[key.duplicated()]
+        if len(dups):
+            raise ValueError(f"primary key {primary_key!r} has duplicate values, e.g. {dups.head(5).tolist()}")
+    arrow_types: dict[str, pa.DataType] = {}
+    sql_types: dict[str, sa.types.TypeEngine[Any]] = {}
+    for name in names:
+        t, max_len = _arrow_type(frame[name])
+        arrow_types[name] = t
+        sql_types[name] = overrides.get(name) or _sql_type(name, t, max_len, name == primary_key)
+    return _FramePlan(names, arrow_types, sql_types, primary_key)
+
+
+def _chunk_arrays(frame: pd.DataFrame, plan: _FramePlan, start: int, stop: int) -> list[pa.Array]:
+    arrays = []
+    for name in plan.names:
+        array = _series_to_arrow(frame[name].iloc[start:stop])
+        target = plan.arrow_types[name]
+        if array.type != target:
+            # unit changes truncate sub-microsecond digits (DATETIME(6) cannot hold them anyway)
+            array = array.cast(target, safe=not pa.types.is_timestamp(target))
+        arrays.append(array)
+    return arrays
+
+
+# --------------------------------------------------------------------------- serialisers
+
+
+def _tsv_field(array: pa.Array, name: str) -> pa.Array:
+    """One column as LOAD DATA text: escaped per ESCAPED BY '\\', NULL as \\N."""
+    t = array.type
+    if pa.types.is_null(t):
+        return pa.array(np.full(len(array), _TSV_NULL, dtype=object), pa.string())
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        text = array
+        for old, new in _TSV_ESCAPES:  # a cheap scan first: most columns need no escaping
+            if len(text) and pc.any(pc.match_substring(text, old)).as_py():
+                text = pc.replace_substring(text, old, new)
+    elif pa.types.is_boolean(t):
+        text = array.cast(pa.int8()).cast(pa.string())
+    elif pa.types.is_floating(t):
+        if len(array) and pc.any(pc.is_inf(array)).as_py():
+            raise ValueError(f"column {name!r} holds infinite values, which MySQL cannot store")
+        text = array.cast(pa.string())
+    elif pa.types.is_timestamp(t):
+        # cast renders "YYYY-MM-DD HH:MM:SS.ffffff" for naive us timestamps, 10x faster than strftime
+        text = array.cast(pa.timestamp("us"), safe=False).cast(pa.string())
+    else:  # integers, dates
+        text = array.cast(pa.string())
+    return pc.fill_null(text.cast(pa.string()), _TSV_NULL)
+
+
+def _write_tsv(path: Path, arrays: Sequence[pa.Array], names: Sequence[str]) -> int:
+    """Join fields with tabs and rows with newlines in Arrow, then write the bytes as-is."""
+    fields = [_tsv_field(array, name) for array, name in zip(arrays, names, strict=True)]
+    fields[-1] = pc.binary_join_element_wise(fields[-1], "", "\n")  # last field + "\n"
+    lines = pc.binary_join_element_wise(*fields, "\t") if len(fields) > 1 else fields[0]
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    offsets_dtype = np.int64 if pa.types.is_large_string(lines.type) else np.int32
+    offsets = np.frombuffer(lines.buffers()[1], dtype=offsets_dtype)
+    start, stop = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+    with open(path, "wb") as handle:
+        if stop > start:
+            handle.write(memoryview(lines.buffers()[2])[start:stop])
+    return len(lines)
+
+
+def _python_rows(arrays: Sequence[pa.Array], *, sqlite: bool) -> list[tuple[Any, ...]]:
+    """Driver-native tuples for executemany (SQLite gets SQLAlchemy's text datetime format)."""
+    columns = []
+    for array in arrays:
+        t = array.type
+        if sqlite and pa.types.is_timestamp(t):
+            array = array.cast(pa.timestamp("us"), safe=False).cast(pa.string())  # "...HH:MM:SS.ffffff"
+        elif sqlite and pa.types.is_date(t):
+            array = array.cast(pa.string())
+        elif pa.types.is_boolean(t):
+            array = array.cast(pa.int8())
+        columns.append(array.to_pylist())
+    return list(zip(*columns, strict=True)) if columns else []
+
+
+# --------------------------------------------------------------------------- bulk insert
+
+
+@contextlib.contextmanager
+def _transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A real transaction on both backends, DDL included.
+
+    Engines from create_db_engine emit BEGIN for SQLite; for any other SQLite engine pysqlite
+    would autocommit DDL, so BEGIN is emitted here.
+    """
+    with engine.connect() as conn, conn.begin():
+        if is_sqlite(conn) and not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield conn
+
+
+def _load_data_sql(conn: sa.Connection, table: str, names: Sequence[str]) -> str:
+    columns = ", ".join(quote_identifier(conn, n, "column") for n in names)
+    return (
+        f"LOAD DATA LOCAL INFILE %s INTO TABLE {quote_identifier(conn, table, 'table')} CHARACTER SET utf8mb4 "
+        # hex literals, because backslash escapes in SQL strings change meaning under NO_BACKSLASH_ESCAPES
+        f"FIELDS TERMINATED BY X'09' ESCAPED BY X'5C' LINES TERMINATED BY X'0A' ({columns})"
+    )
+
+
+def _insert_sql(conn: sa.Connection, table: str, names: Sequence[str]) -> str:
+    columns = ", ".join(quote_identifier(conn, n, "column") for n in names)
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return (
+        f"INSERT INTO {quote_identifier(conn, table, 'table')} ({columns}) VALUES ({', '.join([marker] * len(names))})"
+    )
+
+
+def _refused_local_infile(exc: BaseException) -> bool:
+    """Server or client said no to LOCAL INFILE (nothing was loaded, the connection is fine)."""
+    orig = getattr(exc, "orig", exc)
+    code = orig.args[0] if getattr(orig, "args", None) else None
+    return code in _LOCAL_INFILE_REFUSED or "LOAD_LOCAL packet" in str(orig)
+
+
+def _insert_frame(
+    conn: sa.Connection,
+    table: str,
+    frame: pd.DataFrame,
+    plan: _FramePlan,
+    *,
+    chunk_size: int,
+    progress: ProgressFn | None,
+    method: Literal["auto", "load_data", "executemany"] = "auto",
+) -> int:
+    """Insert all rows on ``conn`` (inside the caller's transaction); returns rows inserted."""
+    total = len(frame)
+    use_load_data = is_mysql(conn) and method != "executemany"
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    # the driver cursor is used directly (LOAD DATA warnings, executemany speed), so its
+    # errors arrive unwrapped: turn them into WriteError naming the table
+    driver_error: type[Exception] = conn.dialect.loaded_dbapi.Error
+    starts = list(range(0, total, chunk_size))
+    inserted = 0
+    done = 0  # chunks inserted
+    with tempfile.TemporaryDirectory(prefix="segmentation-load-") as tmp:
+        if use_load_data and starts:
+            # Pipeline: Arrow renders chunk k+1 (GIL released) while the server loads chunk k.
+            def prepare(k: int) -> tuple[Path, int]:
+                path = Path(tmp) / f"chunk{k % 2}.tsv"
+                start = starts[k]
+                return path, _write_tsv(
+                    path, _chunk_arrays(frame, plan, start, min(start + chunk_size, total)), plan.names
+                )
+
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tsv") as pool:
+                pending = pool.submit(prepare, 0)
+                while done < len(starts):
+                    path, rows = pending.result()
+                    if done + 1 < len(starts):
+                        pending = pool.submit(prepare, done + 1)
+                    try:
+                        inserted += _load_data_chunk(conn, raw, table, path, plan.names, rows)
+                    except driver_error as exc:
+                        if method == "load_data" or not _refused_local_infile(exc):
+                            raise WriteError(f"LOAD DATA into {table!r} failed ({masked_url(conn)}): {exc}") from exc
+                        log.warning(
+                            "LOAD DATA LOCAL refused by %s (%s); falling back to batched INSERTs",
+                            masked_url(conn),
+                            exc,
+                        )
+                        break
+                    done += 1
+                    if progress is not None:
+                        progress(inserted, total)
+        for start in starts[done:]:
+            rows_ = _python_rows(
+                _chunk_arrays(frame, plan, start, min(start + chunk_size, total)), sqlite=is_sqlite(conn)
+            )
+            cursor = raw.cursor()
+            try:
+                cursor.executemany(_insert_sql(conn, table, plan.names), rows_)
+            except driver_error as exc:
+                raise WriteError(f"INSERT into {table!r} failed ({masked_url(conn)}): {exc}") from exc
+            finally:
+                cursor.close()
+            inserted += len(rows_)
+            if progress is not None:
+                progress(inserted, total)
+    return inserted
+
+
+def _load_data_chunk(conn: sa.Connection, raw: Any, table: str, path: Path, names: Sequence[str], expected: int) -> int:
+    """One LOAD DATA; warnings (truncation, bad numbers, duplicate keys) are errors here.
+
+    With LOCAL the server downgrades data errors to warnings and skips duplicate keys, so a
+    load that "succeeded" with warnings has silently changed data.
+    """
+    cursor = raw.cursor()
+    try:
+        cursor.execute(_load_data_sql(conn, table, names), (str(path),))
+        loaded, warnings = int(cursor.rowcount), int(getattr(cursor, "warning_count", 0))
+        if warnings:
+            cursor.execute("SHOW WARNINGS LIMIT 5")
+            shown = [f"{row[0]} {row[1]}: {row[2]}" for row in cursor.fetchall()]
+            raise WriteError(
+                f"LOAD DATA into {table!r} ({masked_url(conn)}) raised {warnings} warning(s), e.g. {shown}"
+            )
+    finally:
+        cursor.close()
+    if loaded != expected:
+        raise WriteError(f"LOAD DATA into {table!r} loaded {loaded} of {expected} rows ({masked_url(conn)})")
+    return loaded
+
+
+# --------------------------------------------------------------------------- DDL helpers
+
+
+def _create_table(
+    conn: sa.Connection,
+    table: str,
+    plan: _FramePlan,
+    *,
+    comment: str | None = None,
+    index: tuple[str, Sequence[str]] | None = None,
+) -> None:
+    metadata = sa.MetaData()
+    kwargs: dict[str, Any] = {"mysql_charset": "utf8mb4"} if is_mysql(conn) else {}
+    if comment is not None and conn.dialect.supports_comments:
+        kwargs["comment"] = comment
+    tbl = sa.Table(table, metadata, *plan.columns(), **kwargs)
+    if index is not None:
+        sa.Index(index[0], *(tbl.c[c] for c in index[1]))
+    metadata.create_all(conn, checkfirst=False)
+
+
+def _drop_if_exists(conn: sa.Connection, table: str) -> None:
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote_identifier(conn, table, 'table')}")
+
+
+def _count(conn: sa.Connection, table: str, where: tuple[str, Any] | None = None) -> int:
+    sql = f"SELECT COUNT(*) FROM {quote_identifier(conn, table, 'table')}"
+    if where is None:
+        return int(conn.exec_driver_sql(sql).scalar_one())
+    column, value = where
+    tbl = sa.table(table, sa.column(column))
+    stmt = sa.select(sa.func.count()).select_from(tbl).where(tbl.c[column] == value)
+    return int(conn.execute(stmt).scalar_one())
+
+
+def _derived_name(table: str, suffix: str) -> str:
+    return validate_identifier(table + suffix, f"derived table name ({suffix} of {table!r})")
+
+
+def _swap(engine: sa.Engine, table: str, staging: str, old: str) -> None:
+    """Make ``staging`` become ``table`` in one atomic step; readers see old or new, never neither."""
+    if is_mysql(engine):
+        with engine.connect() as conn:
+            q_table, q_staging, q_old = (quote_identifier(conn, n, "table") for n in (table, staging, old))
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q_old}")
+            if sa.inspect(conn).has_table(table):
+                conn.exec_driver_sql(f"RENAME TABLE {q_table} TO {q_old}, {q_staging} TO {q_table}")
+                try:
+                    conn.exec_driver_sql(f"DROP TABLE {q_old}")
+                except sa.exc.DBAPIError as exc:  # the swap succeeded; the next write drops it
+                    log.warning("could not drop %r after swap: %s", old, getattr(exc, "orig", exc))
+            else:
+                conn.exec_driver_sql(f"RENAME TABLE {q_staging} TO {q_table}")
+            conn.commit()
+        return
+    with _transaction(engine) as conn:  # SQLite DDL is transactional: both or neither
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote_identifier(conn, table, 'table')}")
+        conn.exec_driver_sql(
+            f"ALTER TABLE {quote_identifier(conn, staging, 'table')} RENAME TO {quote_identifier(conn, table, 'table')}"
+        )
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def write_table_atomic(
+    engine: sa.Engine,
+    table: str,
+    frame: pd.DataFrame,
+    *,
+    column_types: dict[str, sa.types.TypeEngine[Any]] | None = None,
+    primary_key: str | None = None,
+    progress: ProgressFn | None = None,
+    lock_name: str | None = None,
+    lock_timeout_s: int = 600,
+    chunk_size: int = DEFAULT_WRITE_CHUNK,
+    method: Literal["auto", "load_data", "executemany"] = "auto",
+) -> int:
+    """Replace ``table`` with ``frame`` so that readers see the old or the new table, never a mix.
+
+    Loads ``<table>__staging`` (dropping any leftover from a crashed run), checks its row
+    count, then swaps: MySQL ``RENAME TABLE t TO t__old, t__staging TO t`` (atomic),
+    SQLite ``DROP`` + ``ALTER TABLE RENAME`` in one transaction. On any failure the old table
+    is untouched and the staging table dropped. Concurrent writers of the same table must
+    share ``lock_name`` (they share the staging name). The frame index is not written.
+    Returns the number of rows written.
+    """
+    validate_identifier(table, "table")
+    staging = _derived_name(table, STAGING_SUFFIX)
+    old = _derived_name(table, OLD_SUFFIX)
+    plan = _plan_frame(frame, column_types, primary_key)
+    started = time.perf_counter()
+    lock = write_lock(engine, lock_name, lock_timeout_s) if lock_name else contextlib.nullcontext()
+    with lock:
+        with engine.connect() as conn:
+            _drop_if_exists(conn, staging)
+            conn.commit()
+        try:
+            with _transaction(engine) as conn:
+                # the comment changes the table's identity token, so chunked readers notice a swap
+                _create_table(conn, staging, plan, comment=f"segmentation-pipeline write {uuid.uuid4().hex}")
+            with _transaction(engine) as conn:
+                _insert_frame(conn, staging, frame, plan, chunk_size=chunk_size, progress=progress, method=method)
+            with engine.connect() as conn:
+                loaded = _count(conn, staging)
+            if loaded != len(frame):
+                raise WriteError(
+                    f"staging table {staging!r} holds {loaded} rows but the frame has {len(frame)} "
+                    f"({masked_url(engine)}); {table!r} left unchanged"
+                )
+            _swap(engine, table, staging, old)
+        except BaseException:
+            with contextlib.suppress(Exception), engine.connect() as conn:
+                _drop_if_exists(conn, staging)
+                conn.commit()
+            raise
+    log.info(
+        "replaced %r with %d rows in %.2fs (%s)", table, len(frame), time.perf_counter() - started, masked_url(engine)
+    )
+    return len(frame)
+
+
+def _check_existing_columns(engine: sa.Engine, table: str, names: Sequence[str]) -> None:
+    existing = table_columns(engine, table)
+    missing = [n for n in names if n not in existing]
+    if missing:
+        raise SourceError(
+            f"table {table!r} ({masked_url(engine)}) has no column(s) {missing} for the frame; "
+            f"existing columns: {existing}. Migrate the table or drop it to let it be recreated."
+        )
+
+
+def _index_name(table: str, suffix: str) -> str:
+    name = f"ix_{table}_{suffix}"
+    if len(name) > 64:
+        import hashlib
+
+        name = f"ix_{table[:40]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return name
+
+
+def _create_if_missing(
+    engine: sa.Engine, table: str, plan: _FramePlan, index: tuple[str, Sequence[str]] | None = None
+) -> None:
+    """CREATE once; losing a creation race to a concurrent run is fine."""
+    if table_exists(engine, table):
+        _check_existing_columns(engine, table, plan.names)
+        return
+    try:
+        with _transaction(engine) as conn:
+            _create_table(conn, table, plan, index=index)
+    except sa.exc.DBAPIError:
+        if not table_exists(engine, table):
+            raise
+        _check_existing_columns(engine, table, plan.names)
+
+
+def append_history(
+    engine: sa.Engine,
+    table: str,
+    frame: pd.DataFrame,
+    *,
+    run_key_column: str,
+    run_key: str,
+    id_column: str | None = None,
+    chunk_size: int = DEFAULT_WRITE_CHUNK,
+) -> int:
+    """Append ``frame`` as run ``run_key``, replacing that run's earlier rows: re-runs are idempotent.
+
+    The table is created on first use with an index on ``(run_key_column, id_column)``.
+    ``run_key_column`` is added to the frame when absent. Delete + insert + count check happen
+    in one transaction, so readers see the run's old rows or its new rows.
+    """
+    validate_identifier(table, "history table")
+    validate_identifier(run_key_column, "run key column")
+    if id_column is not None:
+        validate_identifier(id_column, "id column")
+        if id_column not in frame.columns:
+            raise ValueError(f"id column {id_column!r} is not a frame column; frame columns: {list(frame.columns)}")
+    if not isinstance(run_key, str) or not run_key:
+        raise ValueError(f"run_key must be a non-empty string, got {run_key!r}")
+    if run_key_column in frame.columns:
+        other = frame.loc[frame[run_key_column] != run_key, run_key_column]
+        if len(other):
+            raise ValueError(
+                f"frame column {run_key_column!r} holds run keys other than {run_key!r}: {other.unique()[:5].tolist()}"
+            )
+        rows = frame
+    else:
+        rows = frame.assign(**{run_key_column: run_key})
+    plan = _plan_frame(rows, {run_key_column: sa.String(_VARCHAR)}, None)
+    index_columns = [run_key_column, *([id_column] if id_column else [])]
+    _create_if_missing(engine, table, plan, index=(_index_name(table, "run"), index_columns))
+    with _transaction(engine) as conn:
+        tbl = sa.table(table, sa.column(run_key_column))
+        conn.execute(sa.delete(tbl).where(tbl.c[run_key_column] == run_key))
+        _insert_frame(conn, table, rows, plan, chunk_size=chunk_size, progress=None)
+        stored = _count(conn, table, (run_key_column, run_key))
+        if stored != len(rows):
+            raise WriteError(
+                f"history {table!r} has {stored} rows for run {run_key!r}, expected {len(rows)}; rolled back"
+            )
+    return len(rows)
+
+
+def load_frame(
+    engine: sa.Engine,
+    table: str,
+    frame: pd.DataFrame,
+    *,
+    if_exists: Literal["replace", "append"] = "replace",
+    primary_key: str | None = None,
+    progress: ProgressFn | None = None,
+    lock_timeout_s: int = 600,
+) -> int:
+    """Load a frame for ``segmentation load-csv`` / demo data.
+
+    ``replace`` is an atomic swap (readers never see a partial load); ``append`` creates the
+    table when missing and inserts all rows in one transaction (all or nothing).
+    """
+    if if_exists == "replace":
+        return write_table_atomic(
+            engine,
+            table,
+            frame,
+            primary_key=primary_key,
+            progress=progress,
+            lock_name=f"load:{table}",
+            lock_timeout_s=lock_timeout_s,
+        )
+    if if_exists != "append":
+        raise ValueError(f"if_exists must be 'replace' or 'append', got {if_exists!r}")
+    validate_identifier(table, "table")
+    plan = _plan_frame(frame, None, primary_key)
+    _create_if_missing(engine, table, plan)
+    with _transaction(engine) as conn:
+        inserted = _insert_frame(conn, table, frame, plan, chunk_size=DEFAULT_WRITE_CHUNK, progress=progress)
+    if inserted != len(frame):
+        raise WriteError(f"appended {inserted} of {len(frame)} rows to {table!r} ({masked_url(engine)})")
+    return inserted

@@ -1,0 +1,38 @@
+"""Storage fixtures: engines built the way the pipeline builds them, on both backends."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from segmentation_pipeline.storage.database import create_db_engine
+
+
+@pytest.fixture()
+def mysql_db(mysql_database_url: str) -> Iterator[sa.Engine]:
+    engine = create_db_engine(mysql_database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture()
+def sqlite_db(sqlite_url: str) -> Iterator[sa.Engine]:
+    engine = create_db_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=[pytest.param("mysql", marks=pytest.mark.mysql), "sqlite"])
+def db(request: pytest.FixtureRequest) -> sa.Engine:
+    """Each test using ``db`` runs against the real MariaDB and a SQLite file."""
+    engine: sa.Engine = request.getfixturevalue(f"{request.param}_db")
+    return engine
+
+
+@pytest.fixture()
+def table_name() -> str:
+    """The MySQL database is shared by the session: every test gets its own table."""
+    return f"t_{uuid.uuid4().hex[:12]}"
