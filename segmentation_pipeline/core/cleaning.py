@@ -1,0 +1,384 @@
+"""Turn the raw customer table into segmentable rows plus an account of every rejected row.
+
+Nothing is dropped silently: each input row ends up either in ``clean`` or in ``rejects`` with
+the first applicable reason, so ``n_input == n_clean + n_rejected`` always holds. The rules
+live in a pandera schema built from the config; its lazy failure cases become the reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
+
+from segmentation_pipeline.config import PipelineConfig
+from segmentation_pipeline.core.outliers import OutlierPolicyError, detect_outliers, flag_labels
+
+#: Name of the pandera check that rejects +-inf in a feature.
+FINITE_CHECK = "finite"
+
+# Reason kinds in precedence order: a row's ``reason`` is its failure of the earliest kind,
+# then of the earliest column (id, features in config order, categorical columns).
+_MISSING_ID, _DUPLICATE, _NON_NUMERIC, _MISSING, _NON_FINITE, _OUT_OF_RANGE, _CATEGORY, _OUTLIER = range(8)
+_KIND_NAMES = (
+    "missing", "duplicate_id", "non_numeric", "missing", "non_finite", "out_of_range", "invalid_category", "outlier"
+)
+
+# A comma between a digit and exactly three digits is a thousands separator ("12,000"); "1,5" is not.
+_THOUSANDS = r"(?<=\d),(?=\d{3}(?!\d))"
+
+
+class DataQualityError(ValueError):
+    """The input cannot be segmented at all; the message names the table, column and values."""
+
+
+@dataclass(frozen=True)
+class CleaningResult:
+    clean: pd.DataFrame  # id, features (float64), categorical columns, is_outlier, outlier_reason, imputed
+    rejects: pd.DataFrame  # one row per rejected input row: customer_id, reason, detail
+    report: dict[str, Any]
+
+
+def _is_finite(series: pd.Series) -> pd.Series:
+    return pd.Series(np.isfinite(series.to_numpy(dtype=np.float64)), index=series.index)
+
+
+def build_schema(config: PipelineConfig) -> pa.DataFrameSchema:
+    """The row rules as a pandera schema over the coerced frame (features already float64)."""
+    cleaning = config.cleaning
+    columns: dict[str, pa.Column] = {
+        config.source.id_column: pa.Column(None, nullable=False, unique=True, report_duplicates="exclude_first")
+    }
+    for feature in config.features:
+        checks = [pa.Check(_is_finite, name=FINITE_CHECK)]
+        bounds = cleaning.ranges.get(feature)
+        if bounds is not None and bounds.min is not None and bounds.max is not None:
+            checks.append(pa.Check.in_range(bounds.min, bounds.max))
+        elif bounds is not None and bounds.min is not None:
+            checks.append(pa.Check.ge(bounds.min))
+        elif bounds is not None and bounds.max is not None:
+            checks.append(pa.Check.le(bounds.max))
+        columns[feature] = pa.Column("float64", checks=checks, nullable=False)
+    for name, rule in cleaning.categorical.items():
+        if name in columns:
+            continue
+        columns[name] = pa.Column(None, pa.Check.isin(rule.allowed), nullable=not rule.required, required=False)
+    return pa.DataFrameSchema(columns, name=config.source.table)
+
+
+def _check_structure(raw: pd.DataFrame, config: PipelineConfig, table: str) -> None:
+    needed = [config.source.id_column, *config.features]
+    absent = [c for c in needed if c not in raw.columns]
+    if absent:
+        names = ", ".join(repr(c) for c in absent)
+        noun = "column" if len(absent) == 1 else "columns"
+        raise DataQualityError(f"table {table!r} has no {noun} {names}; available: {[str(c) for c in raw.columns]}")
+    twice = sorted({str(c) for c in raw.columns[raw.columns.duplicated()] if c in needed})
+    if twice:
+        raise DataQualityError(f"table {table!r} has the column(s) {twice} more than once")
+    if len(raw) == 0:
+        raise DataQualityError(f"table {table!r} has 0 rows")
+
+
+def _to_float(series: pd.Series, column: str, table: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values with NaN for missing/unparsable, mask of unparsable) -- strings like
+    "12,000", " 42 " and "1e3" parse; the second pass only touches what the fast one could not."""
+    if pd.api.types.is_bool_dtype(series) or (
+        pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_complex_dtype(series)
+    ):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(series), dtype=bool)
+    if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
+        raise DataQualityError(
+            f"table {table!r}: column {column!r} is not numeric: e.g. {series.dropna().iloc[0]!r} ({series.dtype})"
+        )
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        series = series.astype(object)
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    unparsed = np.isnan(values) & series.notna().to_numpy()
+    non_numeric = np.zeros(len(series), dtype=bool)
+    if unparsed.any():
+        text = series[unparsed].astype(str).str.strip()
+        blank = (text == "").to_numpy()
+        second = pd.to_numeric(text.str.replace(_THOUSANDS, "", regex=True), errors="coerce")
+        second = second.to_numpy(dtype=np.float64, na_value=np.nan)
+        where = np.flatnonzero(unparsed)
+        values[where] = second
+        non_numeric[where] = np.isnan(second) & ~blank
+        present = int((series.notna().to_numpy()).sum() - blank.sum())
+        if present and int(non_numeric.sum()) == present:
+            example = text[~blank].iloc[0]
+            raise DataQualityError(f"table {table!r}: column {column!r} is not numeric: e.g. {example!r}")
+    return values, non_numeric
+
+
+def _latest_first(raw: pd.DataFrame, id_col: str, column: str | None) -> np.ndarray | None:
+    """Row positions in which, among rows sharing an id, the latest updated comes first (stable,
+    undated last), so pandera's "keep first" keeps the latest. Only those rows are sorted."""
+    if column is None or column not in raw.columns:
+        return None
+    shared = np.flatnonzero(raw[id_col].duplicated(keep=False).to_numpy())
+    if len(shared) == 0:
+        return None
+    stamp = raw[column].iloc[shared].reset_index(drop=True)
+    if not (pd.api.types.is_datetime64_any_dtype(stamp) or pd.api.types.is_numeric_dtype(stamp)):
+        stamp = pd.to_datetime(stamp, errors="coerce", utc=True)
+    order = np.arange(len(raw))
+    order[shared] = shared[stamp.sort_values(ascending=False, kind="stable", na_position="last").index.to_numpy()]
+    return order
+
+
+def _id_strings(ids: pd.Series) -> np.ndarray:
+    """Ids as text, "" when missing; integral floats (ints that met a NULL) lose their ".0"."""
+    if pd.api.types.is_float_dtype(ids):
+        values = ids.to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = values[np.isfinite(values)]
+        if np.array_equal(finite, np.round(finite)) and (np.abs(finite) < 2**63).all():
+            ids = ids.astype("Int64")
+    return ids.astype("string").fillna("").to_numpy(dtype=object)
+
+
+def _failure_frame(
+    fc: pd.DataFrame, config: PipelineConfig, columns: list[str], ids: pd.Series, table: str
+) -> pd.DataFrame:
+    """pandera failure cases -> (pos, code, detail) with code = kind * n_columns + column rank.
+
+    ``ids`` is the id column by position; the failure cases' index holds positions.
+    """
+    id_col = config.source.id_column
+    unexpected = fc[fc["index"].isna() | ~fc["column"].isin(columns)]
+    if len(unexpected):
+        raise DataQualityError(
+            f"table {table!r} failed validation: "
+            f"{unexpected[['column', 'check', 'failure_case']].head(5).to_dict('records')}"
+        )
+    pairs = fc[["column", "check"]].drop_duplicates()
+    kinds, prefixes, suffixes = [], [], []
+    for column, check in pairs.itertuples(index=False):
+        if column == id_col:
+            kind = _MISSING_ID if check == "not_nullable" else _DUPLICATE
+            prefix = f"{id_col} is missing" if kind == _MISSING_ID else f"duplicate {id_col} "
+            suffix = "" if kind == _MISSING_ID else " (the first, or latest updated, row with this id is kept)"
+        elif column in config.features:
+            if check == "not_nullable":
+                kind, prefix, suffix = _MISSING, f"{column} is missing", ""
+            elif check == FINITE_CHECK:
+                kind, prefix, suffix = _NON_FINITE, f"{column}=", " is not finite"
+            else:
+                bounds = config.cleaning.ranges[column]
+                allowed = " and ".join(
+                    f"{op} {bound:g}" for op, bound in ((">=", bounds.min), ("<=", bounds.max)) if bound is not None
+                )
+                kind, prefix, suffix = _OUT_OF_RANGE, f"{column}=", f" is out of range (must be {allowed})"
+        else:
+            if check == "not_nullable":  # only configured as non-nullable when required
+                kind, prefix, suffix = _MISSING, f"{column} is missing (required)", ""
+            else:
+                allowed = config.cleaning.categorical[column].allowed
+                kind, prefix, suffix = _CATEGORY, f"{column}='", f"' not in {allowed}"
+        kinds.append(kind * len(columns) + columns.index(column))
+        prefixes.append(prefix)
+        suffixes.append(suffix)
+    pairs = pairs.assign(code=kinds, prefix=prefixes, suffix=suffixes)
+    merged = fc[["column", "check", "index", "failure_case"]].merge(pairs, on=["column", "check"], how="left")
+    kind = merged["code"].to_numpy() // len(columns)
+    pos = merged["index"].to_numpy(dtype=np.int64)
+    value = merged["failure_case"].astype(str).where(~np.isin(kind, [_MISSING_ID, _MISSING]), "")
+    duplicate = kind == _DUPLICATE
+    if duplicate.any():  # the id as written back, not pandera's upcast (3.0 for 3)
+        value[duplicate] = _id_strings(ids.iloc[pos[duplicate]])
+    return pd.DataFrame(
+        {
+            "pos": pos,
+            "code": merged["code"].to_numpy(dtype=np.int64),
+            "detail": (merged["prefix"] + value + merged["suffix"]).to_numpy(dtype=object),
+        }
+    )
+
+
+def _reasons(failures: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
+    """One row per failing position: the first reason by precedence, every detail joined."""
+    failures = failures.sort_values(["pos", "code"], kind="stable")
+    pos = failures["pos"].to_numpy()
+    unique, first, counts = np.unique(pos, return_index=True, return_counts=True)
+    detail = failures["detail"].to_numpy()[first]
+    many = counts > 1
+    if many.any():
+        several = failures[np.isin(pos, unique[many])]
+        detail[many] = several.groupby("pos", sort=True)["detail"].agg("; ".join).to_numpy()
+    return pd.DataFrame(
+        {"pos": unique, "reason": labels[failures["code"].to_numpy()[first]], "detail": detail}
+    )
+
+
+def _impute_medians(
+    failures: pd.DataFrame, numeric: dict[str, np.ndarray], imputed: np.ndarray, n: int, n_columns: int
+) -> pd.DataFrame:
+    """Fill missing features with the median of the rows that are not rejected (in place) and
+    drop those failures: a missing value is then never the reason a row is rejected, unless the
+    feature has no valid value at all to take a median of."""
+    pos, code = failures["pos"].to_numpy(), failures["code"].to_numpy()
+    column = code % n_columns
+    fillable = (code // n_columns == _MISSING) & (column >= 1) & (column <= len(numeric))
+    hard = np.zeros(n, dtype=bool)
+    hard[pos[~fillable]] = True
+    medians: dict[int, float] = {}
+    for j, values in enumerate(numeric.values()):
+        donors = values[~hard]
+        donors = donors[~np.isnan(donors)]
+        if donors.size:
+            medians[j] = float(np.median(donors))
+    unfillable = fillable & ~np.isin(column - 1, list(medians))
+    fillable &= ~unfillable
+    hard[pos[unfillable]] = True
+    for j, values in enumerate(numeric.values()):
+        rows = pos[fillable & (column == j + 1) & ~hard[pos]]
+        values[rows] = medians.get(j, np.nan)
+        imputed[rows, j] = True
+    return failures[~fillable]
+
+
+def clean_customers(raw: pd.DataFrame, config: PipelineConfig, table: str | None = None) -> CleaningResult:
+    """Validate, coerce, impute and outlier-flag the raw table; account for every row.
+
+    Raises DataQualityError when the table as a whole cannot be segmented (missing column,
+    no rows, a feature with no numeric value, every row rejected, outlier policy "fail").
+    """
+    table = table or config.source.table
+    _check_structure(raw, config, table)
+    id_col, features = config.source.id_column, list(config.features)
+    categorical = [c for c in config.cleaning.categorical if c in raw.columns and c != id_col and c not in features]
+    columns = [id_col, *features, *categorical]
+    labels = np.array(
+        [name if kind == _DUPLICATE else f"{name}:{col}" for kind, name in enumerate(_KIND_NAMES) for col in columns],
+        dtype=object,
+    )  # reason label of every code
+
+    n, n_columns = len(raw), len(columns)
+
+    numeric: dict[str, np.ndarray] = {}
+    parts: list[pd.DataFrame] = []  # failures as (pos, code, detail), code = kind * n_columns + column rank
+    non_numeric_keys: list[np.ndarray] = []  # pos * n_columns + column rank
+    for rank, feature in enumerate(features, start=1):
+        numeric[feature], bad = _to_float(raw[feature], feature, table)
+        if bad.any():
+            where = np.flatnonzero(bad)
+            shown = raw[feature].iloc[where].astype(str).map(repr)
+            detail = (f"{feature}=" + shown + " is not numeric").to_numpy(dtype=object)
+            parts.append(pd.DataFrame({"pos": where, "code": _NON_NUMERIC * n_columns + rank, "detail": detail}))
+            non_numeric_keys.append(where * n_columns + rank)
+
+    work = pd.DataFrame(
+        {id_col: raw[id_col].reset_index(drop=True), **numeric, **{c: raw[c].reset_index(drop=True) for c in categorical}}
+    )
+    order = _latest_first(raw, id_col, config.source.updated_at_column)
+    if order is not None:
+        work = work.take(order)  # index labels stay the original positions
+    try:
+        build_schema(config).validate(work, lazy=True, inplace=True)
+    except SchemaErrors as exc:
+        found = _failure_frame(exc.failure_cases, config, columns, raw[id_col].reset_index(drop=True), table)
+        key = found["pos"].to_numpy() * n_columns + found["code"].to_numpy() % n_columns
+        is_missing = found["code"].to_numpy() // n_columns == _MISSING
+        unparsed = np.isin(key, np.concatenate(non_numeric_keys)) if non_numeric_keys else False
+        parts.append(found[~(is_missing & unparsed)])  # an unparsable value is non_numeric, not missing
+    failures = (
+        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"pos": [], "code": [], "detail": []})
+    ).astype({"pos": np.int64, "code": np.int64})
+
+    imputed = np.zeros((n, len(features)), dtype=bool)
+    if config.cleaning.missing == "impute_median" and len(failures):
+        failures = _impute_medians(failures, numeric, imputed, n, n_columns)
+    rejected = _reasons(failures, labels)
+    valid = np.ones(n, dtype=bool)
+    valid[rejected["pos"].to_numpy()] = False
+    if not valid.any():
+        _raise_all_rejected(n, rejected, table)
+
+    valid_pos = np.flatnonzero(valid)
+    frame = pd.DataFrame({f: numeric[f][valid_pos] for f in features})
+    try:
+        found = detect_outliers(frame, config)
+    except OutlierPolicyError as exc:
+        raise DataQualityError(f"table {table!r}: {exc}") from exc
+    outlier_reason = found.reasons.to_numpy(dtype=object)
+    is_outlier = np.asarray(found.mask, dtype=bool)
+    n_outliers = int(is_outlier.sum())
+    keep = np.ones(len(valid_pos), dtype=bool)
+    if config.cleaning.outliers.action == "reject" and n_outliers:
+        keep = ~is_outlier
+        outliers = _outlier_rejects(
+            valid_pos, is_outlier, outlier_reason, frame, columns, labels, found.report["method_used"]
+        )
+        rejected = pd.concat([rejected, outliers], ignore_index=True).sort_values("pos", ignore_index=True)
+        if not keep.any():
+            _raise_all_rejected(n, rejected, table)
+
+    clean_pos = valid_pos[keep]
+    clean = pd.DataFrame({id_col: raw[id_col].iloc[clean_pos].reset_index(drop=True)})
+    for feature in features:
+        clean[feature] = numeric[feature][clean_pos]
+    for column in categorical:
+        clean[column] = raw[column].iloc[clean_pos].reset_index(drop=True)
+    clean["is_outlier"] = is_outlier[keep]
+    clean["outlier_reason"] = outlier_reason[keep]
+    clean["imputed"] = flag_labels(imputed[clean_pos], features)
+    clean.index = raw.index[clean_pos]
+
+    reject_pos = rejected["pos"].to_numpy()
+    rejects = pd.DataFrame(
+        {
+            "customer_id": _id_strings(raw[id_col].iloc[reject_pos].reset_index(drop=True)),
+            "reason": rejected["reason"].to_numpy(dtype=object),
+            "detail": rejected["detail"].to_numpy(dtype=object),
+        },
+        index=raw.index[reject_pos],
+    )
+    assert len(clean) + len(rejects) == n, f"{len(clean)} clean + {len(rejects)} rejected != {n} input rows"
+    assert (rejects["reason"].str.len() > 0).all(), "a reject without a reason"
+
+    report: dict[str, Any] = {
+        "table": table,
+        "n_input": n,
+        "n_clean": len(clean),
+        "n_outliers": n_outliers,
+        "n_rejected": len(rejects),
+        "rejected_by_reason": {str(k): int(v) for k, v in rejects["reason"].value_counts().items()},
+        "n_imputed": int(imputed.any(axis=1).sum()),
+        "imputed_by_feature": {f: int(imputed[:, j].sum()) for j, f in enumerate(features)},
+        "outliers": found.report,
+    }
+    return CleaningResult(clean=clean, rejects=rejects, report=report)
+
+
+def _outlier_rejects(
+    valid_pos: np.ndarray,
+    is_outlier: np.ndarray,
+    reasons: np.ndarray,
+    frame: pd.DataFrame,
+    columns: list[str],
+    labels: np.ndarray,
+    method: str,
+) -> pd.DataFrame:
+    """Rejects for ``action: reject``: the first flagged feature is the reason, all go in detail."""
+    rows = np.flatnonzero(is_outlier)
+    flagged = pd.Series(reasons[rows])
+    first = flagged.str.slice(len("outlier:")).str.split(",").str[0]
+    rank = first.map({c: i for i, c in enumerate(columns)}).to_numpy(dtype=np.int64)
+    values = frame.to_numpy()[rows, rank - 1]  # frame holds the features, columns[0] is the id
+    detail = first + "=" + pd.Series(values).astype(str) + f" outside the {method} IQR fences (" + flagged + ")"
+    return pd.DataFrame(
+        {
+            "pos": valid_pos[rows],
+            "reason": labels[_OUTLIER * len(columns) + rank],
+            "detail": detail.to_numpy(dtype=object),
+        }
+    )
+
+
+def _raise_all_rejected(n: int, rejected: pd.DataFrame, table: str) -> None:
+    by_reason = {str(k): int(v) for k, v in rejected["reason"].value_counts().items()}
+    raise DataQualityError(f"all {n} rows of {table!r} were rejected: {by_reason}")
