@@ -112,8 +112,9 @@ def test_retrain_with_other_seed_keeps_segment_ids_and_worse_model_is_not_promot
 def test_served_champion_answers_invocations(trained, mlflow_server):
     port = free_port()
     model = trained["summary"]["model_name"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
-    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    venv_bin = os.path.dirname(sys.executable)  # `mlflow models serve` execs uvicorn from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
+    mlflow_bin = os.path.join(venv_bin, "mlflow")
     server = subprocess.Popen(
         [mlflow_bin, "models", "serve", "-m", f"models:/{model}@champion", "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port)],

@@ -55,7 +55,13 @@ def scored_customers(
     target = mlflow_tracking.target()
     assigner, version = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
     # The same validation as training: rows that cannot be segmented are recorded as rejected.
-    result = clean_customers(raw, cfg, table=cfg.source.table, allow_all_rejected=incremental)
+    # IQR fences belong to training: on a handful of new rows they would mean nothing.
+    no_fences = cfg.cleaning.model_copy(
+        update={"outliers": cfg.cleaning.outliers.model_copy(update={"enabled": False})}
+    )
+    result = clean_customers(
+        raw, cfg.model_copy(update={"cleaning": no_fences}), table=cfg.source.table, allow_all_rejected=incremental
+    )
     segment_ids = assigner.assign(result.clean)["segment_id"].to_numpy() if len(result.clean) else []
     run_ids = {"mlflow_run_id": "", "dagster_run_id": context.run.run_id}
     segments = build_segments_table(

@@ -16,7 +16,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from segmentation_pipeline.config import PipelineConfig
-from segmentation_pipeline.core.outliers import OutlierPolicyError, detect_outliers, flag_labels
+from segmentation_pipeline.core.outliers import OutlierPolicyError, OutlierResult, detect_outliers, flag_labels
 
 #: Name of the pandera check that rejects +-inf in a feature.
 FINITE_CHECK = "finite"
@@ -241,11 +241,15 @@ def _impute_medians(
     return failures[~fillable]
 
 
-def clean_customers(raw: pd.DataFrame, config: PipelineConfig, table: str | None = None) -> CleaningResult:
+def clean_customers(
+    raw: pd.DataFrame, config: PipelineConfig, table: str | None = None, *, allow_all_rejected: bool = False
+) -> CleaningResult:
     """Validate, coerce, impute and outlier-flag the raw table; account for every row.
 
     Raises DataQualityError when the table as a whole cannot be segmented (missing column,
     no rows, a feature with no numeric value, every row rejected, outlier policy "fail").
+    ``allow_all_rejected`` is for incremental scoring, where a small batch of only bad rows is
+    a normal outcome to record, not a reason to stop.
     """
     table = table or config.source.table
     _check_structure(raw, config, table)
@@ -295,13 +299,17 @@ def clean_customers(raw: pd.DataFrame, config: PipelineConfig, table: str | None
     rejected = _reasons(failures, labels)
     valid = np.ones(n, dtype=bool)
     valid[rejected["pos"].to_numpy()] = False
-    if not valid.any():
+    if not valid.any() and not allow_all_rejected:
         _raise_all_rejected(n, rejected, table)
 
     valid_pos = np.flatnonzero(valid)
     frame = pd.DataFrame({f: numeric[f][valid_pos] for f in features})
     try:
-        found = detect_outliers(frame, config)
+        found = (
+            detect_outliers(frame, config)
+            if len(frame)
+            else OutlierResult(np.zeros(0, dtype=bool), pd.Series([], dtype=object), {"method_used": "none"})
+        )
     except OutlierPolicyError as exc:
         raise DataQualityError(f"table {table!r}: {exc}") from exc
     outlier_reason = found.reasons.to_numpy(dtype=object)

@@ -403,3 +403,18 @@ def test_every_row_is_kept_or_rejected_with_a_reason(rows: list[dict[str, Any]],
     assert clean["country"].isin(["DE", "FR"]).all()
     assert (clean["age"].between(16, 110)).all() and (clean["annual_income"] >= 0).all()
     assert sum(result.report["rejected_by_reason"].values()) == len(result.rejects)
+
+
+def test_all_rejected_is_an_outcome_for_incremental_batches() -> None:
+    """Scoring a batch of only bad rows records them; training on such a table stops."""
+    from segmentation_pipeline.config import PipelineConfig
+
+    cfg = PipelineConfig.model_validate(
+        {"database": {"url": "sqlite://"}, "source": {"table": "t"}, "features": ["age"],
+         "mlflow": {"tracking_uri": "x"}, "cleaning": {"ranges": {"age": {"min": 0, "max": 120}}}}
+    )
+    raw = pd.DataFrame({"customer_id": [1, 2], "age": [250.0, None]})
+    with pytest.raises(DataQualityError, match="all 2 rows"):
+        clean_customers(raw, cfg)
+    result = clean_customers(raw, cfg, allow_all_rejected=True)
+    assert result.clean.empty and list(result.rejects["reason"]) == ["out_of_range:age", "missing:age"]
