@@ -34,6 +34,10 @@ PROVISIONAL_SILHOUETTE_SAMPLE = 2_000
 MIN_CLUSTER_SHARE = 0.01
 #: n_init of the provisional KMeans: it only needs to find the obvious groups.
 PROVISIONAL_N_INIT = 3
+#: Pooled fences flagging more than this share of one provisional cluster are erasing a segment.
+ERASED_CLUSTER_SHARE = 0.25
+#: ...and only clusters this large count as segments: a handful of far points is what IQR is for.
+MIN_SEGMENT_ROWS = 20
 #: "widen" policy: multiplier growth per step, and the most steps before giving up.
 WIDEN_FACTOR = 1.5
 WIDEN_MAX_STEPS = 20
@@ -174,14 +178,39 @@ def _provisional_labels(z: np.ndarray, config: PipelineConfig) -> tuple[np.ndarr
     return labels, facts
 
 
+def _erased_clusters(mask: np.ndarray, labels: np.ndarray, n_fit: int) -> dict[int, tuple[float, int]]:
+    """Provisional clusters (of real size) whose members the pooled fences mostly flag.
+
+    A small dense group far from the middle (the VIPs) stays under the overall cap yet loses
+    a large share of its members; scattered noise never makes up much of a real cluster.
+    """
+    sizes = np.bincount(labels)
+    flagged = np.bincount(labels[mask], minlength=len(sizes))
+    return {
+        int(c): (float(flagged[c] / sizes[c]), int(sizes[c]))
+        for c in range(len(sizes))
+        if sizes[c] >= max(MIN_CLUSTER_SHARE * n_fit, MIN_SEGMENT_ROWS) and flagged[c] > ERASED_CLUSTER_SHARE * sizes[c]
+    }
+
+
+def _describe_erasure(erased: dict[int, tuple[float, int]], n: int) -> str:
+    parts = ", ".join(f"{share:.0%} of provisional cluster {c} ({size} rows, {size / n:.1%})"
+                      for c, (share, size) in sorted(erased.items()))
+    return f"pooled IQR fences would flag {parts}: a real segment, not noise"
+
+
 def _segment_aware(
-    z: np.ndarray, config: PipelineConfig, fence_cols: list[int], multiplier: float
+    z: np.ndarray,
+    config: PipelineConfig,
+    fence_cols: list[int],
+    multiplier: float,
+    provisional: tuple[np.ndarray, dict[str, Any]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Flag points outside their own provisional cluster's fences (per-cluster groupby quantiles).
 
     Returns (flags, labels, low fences (k, f), high fences (k, f), provisional-fit facts).
     """
-    labels, info = _provisional_labels(z, config)
+    labels, info = provisional if provisional is not None else _provisional_labels(z, config)
     k = info["provisional_k"]
     values = z[:, fence_cols]
     quartiles = pd.DataFrame(values).groupby(labels).quantile([0.25, 0.75])  # one pass: (cluster, q) rows
@@ -245,19 +274,36 @@ def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResul
     report.update(pooled_share=pooled_share, share_by_feature=by_feature, fences=fences_report(low, high))
 
     method = "pooled"
+    provisional: tuple[np.ndarray, dict[str, Any]] | None = None
+    message: str | None = None
+    erased: dict[int, tuple[float, int]] = {}
     if ocfg.method == "segment_aware":
         method = "segment_aware"
     elif pooled_share > ocfg.max_share:
         message = _describe_excess(pooled_share, ocfg.max_share, by_feature)
+    elif flags.any():
+        provisional = _provisional_labels(z_all, config)
+        erased = _erased_clusters(flags.any(axis=1), provisional[0], n)
+        if erased:
+            message = _describe_erasure(erased, n)
+    if message is not None:
         report["guard_tripped"] = True
+        report["erased_clusters"] = {c: {"flagged_share": v[0], "size": v[1]} for c, v in erased.items()}
         if ocfg.on_excess == "fail":
             raise OutlierPolicyError(message + "; outliers.on_excess is 'fail'")
         if ocfg.on_excess == "segment_aware":
             method = "segment_aware"
             message += "; using segment-aware fences instead"
-        else:  # widen
+        else:  # widen until under the cap and no provisional cluster is erased
             steps = 0
-            while flags.any(axis=1).mean() > ocfg.max_share:
+
+            def still_bad() -> bool:
+                mask_now = flags.any(axis=1)
+                if mask_now.mean() > ocfg.max_share:
+                    return True
+                return bool(provisional is not None and _erased_clusters(mask_now, provisional[0], n))
+
+            while still_bad():
                 if steps == WIDEN_MAX_STEPS:
                     raise OutlierPolicyError(
                         f"{message}; widening the IQR multiplier to {multiplier:g} still excludes "
@@ -275,7 +321,7 @@ def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResul
 
     report["multiplier_used"] = multiplier
     if method == "segment_aware":
-        flags, labels, low_k, high_k, info = _segment_aware(z_all, config, fence_cols, multiplier)
+        flags, labels, low_k, high_k, info = _segment_aware(z_all, config, fence_cols, multiplier, provisional)
         k = info["provisional_k"]
         lo_k, hi_k = _back(low_k, columns, log1p), _back(high_k, columns, log1p)
         sizes = np.bincount(labels, minlength=k)

@@ -288,3 +288,18 @@ def test_widen_gives_up_on_a_feature_with_zero_iqr() -> None:
     frame = pd.DataFrame({"age": age, "annual_income": rng.lognormal(10, 0.2, 1000), "annual_spend": 1000.0})
     with pytest.raises(OutlierPolicyError, match=r"IQR by feature \{'age': 0\.0"):
         detect_outliers(frame, make_config(on_excess="widen"))
+
+
+def test_small_vip_group_under_the_cap_still_trips_the_erasure_guard() -> None:
+    """2% VIPs + 1% noise: pooled fences stay under the 5% cap yet flag most VIPs; the guard
+    notices a provisional cluster mostly flagged and switches to segment-aware fences."""
+    frame, kind = customers(5000, seed=3, vip_share=0.02)
+    plain = plain_pooled_mask(frame)
+    assert plain.mean() <= 0.05 and plain[kind == "vip"].mean() > 0.5  # the silent failure
+    result = detect_outliers(frame, make_config())
+    assert result.report["guard_tripped"] is True
+    assert "a real segment, not noise" in result.report["warning"]
+    assert result.report["erased_clusters"]
+    assert result.report["method_used"] == "segment_aware"
+    assert result.mask[kind == "vip"].mean() <= 0.10
+    assert result.mask[kind == "noise"].mean() >= 0.80
