@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -138,8 +138,13 @@ def log_segmentation_model(
 ) -> str:
     """Log the pyfunc under the active run and register it; returns the new version."""
     example = input_example[assigner.features].head(5).astype("float64")
-    signature = infer_signature(example, assigner.assign(example).reset_index(drop=True))
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
     try:
+        # segment_id is an integer by contract; the cloudpickled PythonModel is deliberate
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        pyfunc_log.setLevel(logging.ERROR)
+        signature = infer_signature(example, assigner.assign(example).reset_index(drop=True))
         info = mlflow.pyfunc.log_model(
             name="segmentation_model",
             python_model=SegmentationPyfunc(assigner),
@@ -150,6 +155,8 @@ def log_segmentation_model(
         )
     except MlflowException as exc:
         raise RegistryError(f"could not log/register model {registered_model_name!r}: {exc}") from exc
+    finally:
+        pyfunc_log.setLevel(level)
     if info.registered_model_version is None:
         raise RegistryError(f"model {registered_model_name!r} was logged but not registered")
     return str(info.registered_model_version)
@@ -189,11 +196,6 @@ def load_assigner(tracking_uri: str, model_name: str, alias: str) -> tuple[Segme
 
 def artifact_uri(run_id: str, path: str) -> str:
     return f"{mlflow.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
-
-
-def quiet_mlflow_logging() -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 REFERENCE_ARTIFACT = "reference/reference.parquet"
