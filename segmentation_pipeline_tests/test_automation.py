@@ -106,3 +106,38 @@ def test_drift_sensor_requests_retrain_only_on_new_failed_report():
         assert isinstance(request, dg.RunRequest) and request.tags["drift_severity"] == "error"
         repeat = dg.build_sensor_context(instance=instance, cursor=fired.cursor)
         assert isinstance(sensor(repeat), dg.SkipReason)
+
+
+def test_run_failure_sensor_records_the_failure_for_operators(tmp_path):
+    """A failed run lands in pipeline_run_failures with its job and error message."""
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    db = tmp_path / "ops.db"
+    raw["database"]["url"] = f"sqlite:///{db}"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    settings = SettingsResource(config_path=str(path))
+
+    @dg.op
+    def explode():
+        raise RuntimeError("table 'customers' vanished")
+
+    @dg.job
+    def doomed():
+        explode()
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = doomed.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    sensor = _sensor(load_config(path), "run_failure_recorder")
+    with dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=result.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={"database": DatabaseResource(settings=settings)},
+    ) as context:
+        sensor(context)
+    rows = pd.read_sql("SELECT * FROM pipeline_run_failures", sa.create_engine(f"sqlite:///{db}"))
+    assert rows["run_id"].tolist() == [result.run_id]
+    assert rows["job_name"].tolist() == ["doomed"]
+    assert "explode" in rows["message"].iloc[0]
