@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: setup run test ui mlflow-ui score drift bench clean
+.PHONY: setup run test ui mlflow-ui score drift bench clean stack-up stack-down stack-status compose-up compose-down
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,21 @@ drift: setup
 ## bench: the benchmark suite (see benchmarks/RESULTS.md)
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+## stack-up: the production topology without Docker (Postgres-backed Dagster + MLflow server) on loopback
+STACK := $(BIN)/python scripts/native_stack.py
+stack-up: setup
+	$(STACK) start
+stack-down:
+	$(STACK) stop
+stack-status:
+	$(STACK) status
+
+## compose-up: the production stack in Docker (cp .env.example .env first)
+compose-up:
+	docker compose up -d --build
+compose-down:
+	docker compose down
 
 clean:
 	rm -rf data .dagster_home

@@ -147,7 +147,9 @@ class KSelectionConfig(_Model):
     silhouette_tolerance: float = Field(
         0.02, ge=0, description="the knee wins when its silhouette is this close to the best"
     )
-    sweep_n_init: int = Field(3, ge=1)
+    sweep_n_init: int = Field(
+        3, ge=1, description="restarts per k in the sweep; 1 lets one bad local optimum pick the wrong k"
+    )
     sweep_max_rows: int = Field(
         200_000, ge=1000, description="rows sampled for the sweep fits; the final model uses all rows"
     )
@@ -193,7 +195,7 @@ class PromotionConfig(_Model):
     min_stability: float = Field(0.8, ge=0, le=1)
     min_agreement: float | None = Field(None, ge=-1, le=1)
     bootstrap_rounds: int = Field(10, ge=2, description="stability compares pairs of fits")
-    sample: int = Field(20_000, ge=100)
+    sample: int = Field(10_000, ge=100, description="rows for the silhouette comparison (O(n^2))")
 
 
 class DriftConfig(_Model):
@@ -345,6 +347,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raw.setdefault("database", {})["url"] = os.environ[ENV_DATABASE_URL]
     if os.environ.get(ENV_MLFLOW_URI):
         raw.setdefault("mlflow", {})["tracking_uri"] = os.environ[ENV_MLFLOW_URI]
+    if str(raw.get("mlflow", {}).get("tracking_uri", "")).startswith(("http://", "https://")):
+        # a tracking server stores artifacts itself; a local path would bypass it
+        raw["mlflow"].pop("artifact_location", None)
     if os.environ.get(ENV_DATA_DIR):
         raw["data_dir"] = os.environ[ENV_DATA_DIR]
     try:

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -20,7 +19,7 @@ import sqlalchemy as sa
 from segmentation_pipeline.cli import _run_single_asset, run_pipeline
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.storage.database import load_frame
-from segmentation_pipeline_tests.helpers import free_port, mlflow_rest, write_config
+from segmentation_pipeline_tests.helpers import free_port, mlflow_rest, stop, wait_for_http, write_config
 
 pytestmark = [pytest.mark.mysql, pytest.mark.e2e]
 
@@ -121,16 +120,10 @@ def test_served_champion_answers_invocations(trained, mlflow_server):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    output = server.stdout.read().decode(errors="replace") if server.stdout else ""
-                    pytest.fail(f"model server did not start: {output[-3000:]}")
-                time.sleep(0.5)
+        if not wait_for_http(f"http://127.0.0.1:{port}/ping", server):
+            server.kill()
+            output = server.stdout.read().decode(errors="replace") if server.stdout else ""
+            pytest.fail(f"model server did not start: {output[-3000:]}")
         body = json.dumps({"dataframe_records": [
             {"age": 24, "annual_income": 38000, "spending_score": 85},
             {"age": 68, "annual_income": 30000, "spending_score": 15},
@@ -144,8 +137,4 @@ def test_served_champion_answers_invocations(trained, mlflow_server):
         assert predictions[0]["segment_id"] != predictions[1]["segment_id"]
         assert predictions[0]["segment_name"] and isinstance(predictions[0]["segment_id"], int)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)

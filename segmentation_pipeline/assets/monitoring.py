@@ -8,12 +8,11 @@ import mlflow
 import pandas as pd
 
 from segmentation_pipeline.assets._metadata import image, jsonable, table
-from segmentation_pipeline.assets.extraction import source_columns
+from segmentation_pipeline.assets.extraction import read_customers
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.core.drift import DriftThresholds, compute_drift, drift_plot
 from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
-from segmentation_pipeline.storage.database import read_table, table_columns
 
 DRIFT_CHECK = "drift_within_thresholds"
 
@@ -36,9 +35,7 @@ def segment_drift(
     engine = database.engine()
     assigner, version = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
     reference = registry.load_reference(target.tracking_uri, cfg.model.name, version)
-    optional = [*cfg.cleaning.categorical, *([cfg.source.updated_at_column] if cfg.source.updated_at_column else [])]
-    columns = source_columns(table_columns(engine, cfg.source.table), cfg.source.id_column, cfg.features, optional)
-    raw = read_table(engine, cfg.source.table, columns, id_column=cfg.source.id_column, chunk_size=cfg.database.chunk_size)
+    raw = read_customers(engine, cfg)
     current = clean_customers(raw, cfg, table=cfg.source.table).clean
     current = current.assign(segment_id=assigner.assign(current)["segment_id"].to_numpy())
     thresholds = DriftThresholds(**cfg.drift.model_dump(exclude={"sample"}))

@@ -5,12 +5,11 @@ import dagster as dg
 import pandas as pd
 
 from segmentation_pipeline.assets._metadata import jsonable
-from segmentation_pipeline.assets.extraction import high_water_mark, source_columns
+from segmentation_pipeline.assets.extraction import high_water_mark, read_customers
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
 from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
-from segmentation_pipeline.storage.database import read_table, table_columns
 from segmentation_pipeline.storage.segment_store import publish_segments, upsert_segments
 
 
@@ -37,17 +36,12 @@ def scored_customers(
 ) -> dg.MaterializeResult:
     cfg = settings.load()
     engine = database.engine()
-    optional = [*cfg.cleaning.categorical, *([cfg.source.updated_at_column] if cfg.source.updated_at_column else [])]
-    columns = source_columns(table_columns(engine, cfg.source.table), cfg.source.id_column, cfg.features, optional)
     where = None
     if config.after_updated_at and cfg.source.updated_at_column:
         where = {"column": cfg.source.updated_at_column, "value": config.after_updated_at}
     elif config.after_id is not None:
         where = {"column": cfg.source.id_column, "value": config.after_id}
-    raw = read_table(
-        engine, cfg.source.table, columns, id_column=cfg.source.id_column,
-        chunk_size=cfg.database.chunk_size, where_after=where,
-    )
+    raw = read_customers(engine, cfg, where_after=where)
     incremental = where is not None
     if raw.empty:
         context.log.info(f"no customers to score past {where}")

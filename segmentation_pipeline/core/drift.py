@@ -28,9 +28,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from evidently import DataDefinition, Dataset, Report
-from evidently.metrics import ValueDrift
-from evidently.presets import DataDriftPreset
 from matplotlib.figure import Figure
 
 Severity = Literal["ok", "warn", "error"]
@@ -203,6 +200,12 @@ def compute_drift(
             raise ValueError(f"{name} frame lacks columns {absent}")
         if frame.empty:
             raise ValueError(f"{name} frame has no rows")
+
+    # imported here: Evidently costs seconds to import, and every Dagster step process loads
+    # this module through the code location even when it never computes drift
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset
 
     ref = _sampled(reference, columns, sample, random_state)
     cur = _sampled(current, columns, sample, random_state + 1)

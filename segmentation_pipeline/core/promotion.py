@@ -19,6 +19,8 @@ import numpy.typing as npt
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, davies_bouldin_score, silhouette_score
 
+from segmentation_pipeline.core.modeling import sample_distances
+
 
 @dataclass(frozen=True)
 class PromotionGate:
@@ -36,7 +38,7 @@ class PromotionGate:
     min_stability: float = 0.8
     min_agreement: float | None = None
     bootstrap_rounds: int = 10
-    sample: int = 20_000
+    sample: int = 10_000
 
     def __post_init__(self) -> None:
         if self.bootstrap_rounds < 2:
@@ -98,11 +100,23 @@ def bootstrap_stability(
     return float(np.mean(scores))
 
 
-def _internal_scores(X_sample: np.ndarray, labels_sample: np.ndarray, X: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(silhouette on the sample, Davies-Bouldin on all rows); NaN when fewer than 2 clusters."""
+def _internal_scores(
+    X_sample: np.ndarray,
+    labels_sample: np.ndarray,
+    X: np.ndarray,
+    labels: np.ndarray,
+    distances: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """(silhouette on the sample, Davies-Bouldin on all rows); NaN when fewer than 2 clusters.
+
+    ``distances``: the sample's pairwise distances, computed once and shared by both models.
+    """
     if len(np.unique(labels)) < 2 or len(np.unique(labels_sample)) < 2:
         return math.nan, math.nan
-    silhouette = float(silhouette_score(X_sample, labels_sample))
+    if distances is not None:
+        silhouette = float(silhouette_score(distances, labels_sample, metric="precomputed"))
+    else:
+        silhouette = float(silhouette_score(X_sample, labels_sample))
     davies_bouldin = float(davies_bouldin_score(X, labels))
     return silhouette, davies_bouldin
 
@@ -133,7 +147,8 @@ def evaluate_promotion(
 
     rng = np.random.default_rng(random_state)
     idx = _sample_indices(n, gate.sample, rng)
-    chal_sil, chal_db = _internal_scores(data[idx], challenger[idx], data, challenger)
+    distances = sample_distances(data[idx])
+    chal_sil, chal_db = _internal_scores(data[idx], challenger[idx], data, challenger, distances)
     stability = bootstrap_stability(
         data, challenger_k, rounds=gate.bootstrap_rounds, sample=gate.sample, random_state=random_state
     )
@@ -157,7 +172,7 @@ def evaluate_promotion(
             evidence=evidence,
         )
 
-    champ_sil, champ_db = _internal_scores(data[idx], champion[idx], data, champion)
+    champ_sil, champ_db = _internal_scores(data[idx], champion[idx], data, champion, distances)
     agreement = float(adjusted_rand_score(champion, challenger))
     evidence.update(champion_silhouette=champ_sil, champion_davies_bouldin=champ_db, agreement_ari=agreement)
 
