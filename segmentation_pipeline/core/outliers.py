@@ -30,6 +30,9 @@ PROVISIONAL_FIT_ROWS = 100_000
 #: Rows the candidate k are fitted on, and the silhouette sub-sample (silhouette is O(n^2)).
 PROVISIONAL_K_SAMPLE = 5_000
 PROVISIONAL_SILHOUETTE_SAMPLE = 2_000
+#: Provisional k never exceeds this: it only needs the obvious groups, and a huge configured
+#: k_range (or a tiny table) must not turn the guard into thousands of KMeans fits.
+PROVISIONAL_MAX_K = 15
 #: A provisional cluster with fewer of the fitted rows than this share is dissolved into its neighbours.
 MIN_CLUSTER_SHARE = 0.01
 #: n_init of the provisional KMeans: it only needs to find the obvious groups.
@@ -152,8 +155,9 @@ def _provisional_labels(z: np.ndarray, config: PipelineConfig) -> tuple[np.ndarr
     else:
         small = x[_sample(n, PROVISIONAL_K_SAMPLE, rng)]
         with threadpool_limits(1):  # on a few thousand rows thread start-up costs more than it saves
+            ceiling = min(PROVISIONAL_MAX_K, small.shape[0] // MIN_SEGMENT_ROWS)
             for cand in config.k_candidates:
-                if not 2 <= cand < small.shape[0]:
+                if not 2 <= cand <= ceiling:
                     continue
                 labels = KMeans(cand, n_init=PROVISIONAL_N_INIT, random_state=seed).fit_predict(small)
                 if len(np.unique(labels)) < 2:

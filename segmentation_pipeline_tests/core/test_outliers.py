@@ -303,3 +303,15 @@ def test_small_vip_group_under_the_cap_still_trips_the_erasure_guard() -> None:
     assert result.report["method_used"] == "segment_aware"
     assert result.mask[kind == "vip"].mean() <= 0.10
     assert result.mask[kind == "noise"].mean() >= 0.80
+
+
+def test_provisional_k_is_bounded_whatever_the_configured_range() -> None:
+    """A k_range far beyond the data must not make the guard fit thousands of models."""
+    frame, _ = customers(800, seed=5, vip_share=0.03)
+    config = PipelineConfig.model_validate(
+        {**make_config(method="segment_aware").model_dump(), "k_range": (2, 5000)}
+    )
+    report = detect_outliers(frame, config).report
+    tried = set(report["provisional_silhouette"])
+    assert tried and max(tried) <= min(15, 800 // 20)
+    assert report["provisional_k"] in tried
