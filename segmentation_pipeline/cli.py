@@ -54,6 +54,21 @@ def _root_cause(exc: BaseException) -> BaseException:
             return exc
 
 
+def _describe_error(cause: BaseException) -> str:
+    """``Type: message``; when retries ran out, the last attempt's error (Dagster keeps it as text)."""
+    infos = getattr(cause, "user_code_process_error_infos", None)
+    info = infos[-1] if infos else None
+    while info is not None and info.cls_name and info.cls_name.startswith(("RetryRequested", "Dagster")):
+        info = info.cause
+    if info is None or not info.cls_name:
+        return f"{type(cause).__name__}: {cause}"
+    message = info.message.strip()
+    qualified, _, rest = message.partition(": ")
+    if qualified.endswith(info.cls_name):
+        message = f"{info.cls_name}: {rest}"
+    return f"{message} (gave up: {str(cause).strip().splitlines()[0]})"
+
+
 def run_pipeline(config_path: str | None = None, features: list[str] | None = None) -> dict[str, Any]:
     """Materialize the training job in-process (values stay in memory) and summarise it."""
     import dagster as dg
@@ -253,8 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - the CLI's job is a readable error, not a traceback
-        cause = _root_cause(exc)
-        print(f"error: {type(cause).__name__}: {cause}", file=sys.stderr)
+        print(f"error: {_describe_error(_root_cause(exc))}", file=sys.stderr)
         if os.environ.get("SEGMENTATION_DEBUG"):
             raise
         return 1

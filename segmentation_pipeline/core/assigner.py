@@ -36,7 +36,15 @@ class SegmentAssigner:
         if raw.isna().any().any():
             bad = raw.columns[raw.isna().any()].tolist()
             raise ValueError(f"non-numeric or missing values in {bad}; every feature is required")
-        return self.pipeline.predict(raw)
+        X = self.pipeline[:-1].transform(raw)
+        huge = ~np.isfinite(np.asarray(X, dtype=np.float64)).all(axis=1)
+        if huge.any():  # finite but huge inputs (1e300) overflow once scaled
+            example = raw[huge].iloc[0]
+            raise ValueError(
+                f"{int(huge.sum())} row(s) have feature values too large to scale into the model, "
+                f"e.g. {example.to_dict()}; every feature needs a plausible range"
+            )
+        return self.pipeline[-1].predict(X)
 
     def assign(self, frame: pd.DataFrame) -> pd.DataFrame:
         segment_ids = self.label_to_segment[self.labels(frame)].astype("int64")

@@ -90,7 +90,8 @@ def _to_float(series: pd.Series, column: str, table: str) -> tuple[np.ndarray, n
     if pd.api.types.is_bool_dtype(series) or (
         pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_complex_dtype(series)
     ):
-        return series.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(series), dtype=bool)
+        # copy: imputation fills this array in place and must never write into the caller's frame
+        return series.to_numpy(dtype=np.float64, na_value=np.nan, copy=True), np.zeros(len(series), dtype=bool)
     if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
         raise DataQualityError(
             f"table {table!r}: column {column!r} is not numeric: e.g. {series.dropna().iloc[0]!r} ({series.dtype})"
@@ -304,6 +305,7 @@ def clean_customers(
 
     valid_pos = np.flatnonzero(valid)
     frame = pd.DataFrame({f: numeric[f][valid_pos] for f in features})
+    _check_scalable(frame, set(config.transform.log1p), table)
     try:
         found = (
             detect_outliers(frame, config)
@@ -360,6 +362,23 @@ def clean_customers(
         "outliers": found.report,
     }
     return CleaningResult(clean=clean, rejects=rejects, report=report)
+
+
+def _check_scalable(frame: pd.DataFrame, log1p: set[str], table: str) -> None:
+    """Finite but huge values (1e300 in a feature without a range) overflow the variance every
+    scaler computes: name the column and value instead of a NaN error deep in scikit-learn."""
+    for name in frame.columns:
+        values = frame[name].to_numpy(dtype=np.float64)
+        if name in log1p or not len(values):
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            scalable = bool(np.isfinite(np.var(values)))
+        if not scalable:
+            worst = values[np.abs(values).argmax()]
+            raise DataQualityError(
+                f"table {table!r}: column {name!r} has values too large to scale (e.g. {worst:g}); "
+                "give it a plausible range in cleaning.ranges"
+            )
 
 
 def _outlier_rejects(

@@ -141,6 +141,23 @@ def _check_frame(clean: pd.DataFrame, config: PipelineConfig) -> None:
             raise ValueError(f"log1p column {name} has values <= -1 (min {low}); clean the range first")
 
 
+def _check_finite(X: np.ndarray, values: pd.DataFrame, ids: pd.Series) -> None:
+    """Finite but huge inputs (1e300 in a feature without a range) overflow once scaled; name
+    them instead of letting KMeans fail with "Input X contains NaN"."""
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        rows = values[bad]
+        columns = sorted({str(rows.columns[i]) for i in np.abs(rows.to_numpy(dtype=np.float64)).argmax(axis=1)})
+        examples = [
+            f"customer {ids.iloc[i]}: " + ", ".join(f"{c}={values[c].iloc[i]:g}" for c in columns)
+            for i in np.flatnonzero(bad)[:3]
+        ]
+        raise ValueError(
+            f"{int(bad.sum())} customer(s) have values in {columns} too large to scale into the model "
+            f"(e.g. {'; '.join(examples)}); give these features a plausible range in cleaning.ranges"
+        )
+
+
 def build_features(
     clean: pd.DataFrame,
     config: PipelineConfig,
@@ -164,6 +181,7 @@ def build_features(
     preprocessor = build_preprocessor(config)
     preprocessor.fit(values[mask] if n_fit < n else values)
     X = preprocessor.transform(values)
+    _check_finite(X, values, clean[id_column])
     component_names = [str(name) for name in preprocessor.get_feature_names_out()]
 
     pca: PCA | None = preprocessor.named_steps.get("pca")

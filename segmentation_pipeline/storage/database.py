@@ -156,8 +156,13 @@ def _missing_table(engine: sa.Engine, table: str) -> SourceError:
 
 def _reflect_columns(engine: sa.Engine, table: str) -> list[ReflectedColumn]:
     validate_identifier(table, "table")
-    inspector = sa.inspect(engine)
-    if not inspector.has_table(table):
+    try:
+        inspector = sa.inspect(engine)  # connects
+        exists = inspector.has_table(table)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:  # unreachable, refused, bad login
+        detail = _scrub(str(getattr(exc, "orig", exc)), engine.url)
+        raise SourceError(f"cannot reach the database at {masked_url(engine)} to read table {table!r}: {detail}") from exc
+    if not exists:
         raise _missing_table(engine, table)
     return list(inspector.get_columns(table))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,9 +58,24 @@ def _describe(target: TrackingTarget) -> str:
     return target.tracking_uri.split("@")[-1] if "@" in target.tracking_uri else target.tracking_uri
 
 
+def _set_tracking_uri(uri: str) -> None:
+    """Point MLflow's fluent API at ``uri`` without exporting it.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``, which
+    ``load_config`` reads as the user's override: one run's URI would silently replace the
+    next config's tracking URI in the same process (Dagster code servers, tests).
+    """
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def configure(target: TrackingTarget) -> str:
     """Point MLflow at the target and make sure the experiment exists; returns its id."""
-    mlflow.set_tracking_uri(target.tracking_uri)
+    _set_tracking_uri(target.tracking_uri)
     if target.artifact_location and "://" not in target.artifact_location:
         Path(target.artifact_location).mkdir(parents=True, exist_ok=True)
     client = MlflowClient(target.tracking_uri)
@@ -181,7 +197,7 @@ def tag_version(tracking_uri: str, model_name: str, version: str, tags: dict[str
 
 def load_assigner(tracking_uri: str, model_name: str, alias: str) -> tuple[SegmentAssigner, str]:
     """The ``SegmentAssigner`` behind ``models:/<name>@<alias>`` and its version."""
-    mlflow.set_tracking_uri(tracking_uri)
+    _set_tracking_uri(tracking_uri)
     version = alias_version(tracking_uri, model_name, alias)
     if version is None:
         raise RegistryError(

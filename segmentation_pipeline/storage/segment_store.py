@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from segmentation_pipeline.config import OutputConfig
 from segmentation_pipeline.storage.database import ProgressFn, is_mysql, quote_identifier, table_exists, write_lock
-from segmentation_pipeline.storage.writeback import append_history, write_table_atomic
+from segmentation_pipeline.storage.writeback import append_history, write_table_atomic, write_tables_atomic
 
 HISTORY_COLUMNS = ["dagster_run_id", "customer_id", "segment_id", "segment_name", "is_outlier", "model_version", "scored_at"]
 FAILURES_TABLE = "pipeline_run_failures"
@@ -34,10 +34,12 @@ def publish_segments(
     lock_timeout_s: int,
     progress: ProgressFn | None = None,
 ) -> list[str]:
-    """Replace both tables (each swapped atomically) and record the run in the history."""
+    """Replace both tables (swapped together atomically) and record the run in the history."""
     with write_lock(engine, lock_name(output), lock_timeout_s):
-        write_table_atomic(engine, output.segments_table, segments, primary_key="customer_id", progress=progress)
-        write_table_atomic(engine, output.rejects_table, rejects)
+        write_tables_atomic(
+            engine, [(output.segments_table, segments, "customer_id"), (output.rejects_table, rejects, None)],
+            progress=progress,
+        )
         append_history(
             engine, output.history_table, segments[HISTORY_COLUMNS], run_key_column="dagster_run_id",
             run_key=run_key, id_column="customer_id",

@@ -42,7 +42,7 @@ from segmentation_pipeline.storage.database import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WriteError", "write_table_atomic", "append_history", "load_frame"]
+__all__ = ["WriteError", "write_table_atomic", "write_tables_atomic", "append_history", "load_frame"]
 
 STAGING_SUFFIX = "__staging"
 OLD_SUFFIX = "__old"
@@ -269,11 +269,24 @@ def _transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
 
     Engines from create_db_engine emit BEGIN for SQLite; for any other SQLite engine pysqlite
     would autocommit DDL, so BEGIN is emitted here.
+
+    When the connection died mid-statement (KILL, server restart, network), the rollback fails
+    too; the original error (naming the table) is raised, not the driver's bare ``(0, '')``.
     """
-    with engine.connect() as conn, conn.begin():
-        if is_sqlite(conn) and not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        yield conn
+    with engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            if is_sqlite(conn) and not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+        except BaseException:
+            try:
+                trans.rollback()
+            except Exception as rollback_error:  # noqa: BLE001 - the first error is the one to report
+                log.warning("rollback failed after an error (%s); discarding the connection", rollback_error)
+                conn.invalidate()
+            raise
+        trans.commit()
 
 
 def _load_data_sql(conn: sa.Connection, table: str, names: Sequence[str]) -> str:
@@ -348,6 +361,15 @@ def _insert_frame(
                             exc,
                         )
                         break
+                    except Exception as exc:
+                        # PyMySQL: when the server drops the connection during the file upload, its
+                        # cleanup writes to the closed socket and raises AttributeError instead
+                        if getattr(raw, "open", True):
+                            raise
+                        lost = exc.__context__ if isinstance(exc.__context__, driver_error) else exc
+                        raise WriteError(
+                            f"LOAD DATA into {table!r} failed ({masked_url(conn)}): connection lost: {lost}"
+                        ) from exc
                     done += 1
                     if progress is not None:
                         progress(inserted, total)
@@ -430,27 +452,33 @@ def _derived_name(table: str, suffix: str) -> str:
     return validate_identifier(table + suffix, f"derived table name ({suffix} of {table!r})")
 
 
-def _swap(engine: sa.Engine, table: str, staging: str, old: str) -> None:
-    """Make ``staging`` become ``table`` in one atomic step; readers see old or new, never neither."""
+def _swap(engine: sa.Engine, swaps: Sequence[tuple[str, str, str]]) -> None:
+    """Make each ``staging`` become its ``table`` in one atomic step; readers see all old or all
+    new, never neither and never a mix. ``swaps`` holds ``(table, staging, old)`` triples."""
     if is_mysql(engine):
         with engine.connect() as conn:
-            q_table, q_staging, q_old = (quote_identifier(conn, n, "table") for n in (table, staging, old))
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q_old}")
-            if sa.inspect(conn).has_table(table):
-                conn.exec_driver_sql(f"RENAME TABLE {q_table} TO {q_old}, {q_staging} TO {q_table}")
+            q = lambda name: quote_identifier(conn, name, "table")  # noqa: E731 - local shorthand
+            renames, replaced = [], []
+            for table, staging, old in swaps:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(old)}")
+                if sa.inspect(conn).has_table(table):
+                    renames.append(f"{q(table)} TO {q(old)}")
+                    replaced.append(old)
+                renames.append(f"{q(staging)} TO {q(table)}")
+            conn.exec_driver_sql("RENAME TABLE " + ", ".join(renames))  # one statement: atomic
+            for old in replaced:
                 try:
-                    conn.exec_driver_sql(f"DROP TABLE {q_old}")
+                    conn.exec_driver_sql(f"DROP TABLE {q(old)}")
                 except sa.exc.DBAPIError as exc:  # the swap succeeded; the next write drops it
                     log.warning("could not drop %r after swap: %s", old, getattr(exc, "orig", exc))
-            else:
-                conn.exec_driver_sql(f"RENAME TABLE {q_staging} TO {q_table}")
             conn.commit()
         return
-    with _transaction(engine) as conn:  # SQLite DDL is transactional: both or neither
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote_identifier(conn, table, 'table')}")
-        conn.exec_driver_sql(
-            f"ALTER TABLE {quote_identifier(conn, staging, 'table')} RENAME TO {quote_identifier(conn, table, 'table')}"
-        )
+    with _transaction(engine) as conn:  # SQLite DDL is transactional: all or nothing
+        for table, staging, _old in swaps:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote_identifier(conn, table, 'table')}")
+            conn.exec_driver_sql(
+                f"ALTER TABLE {quote_identifier(conn, staging, 'table')} RENAME TO {quote_identifier(conn, table, 'table')}"
+            )
 
 
 # --------------------------------------------------------------------------- public API
@@ -478,39 +506,67 @@ def write_table_atomic(
     share ``lock_name`` (they share the staging name). The frame index is not written.
     Returns the number of rows written.
     """
-    validate_identifier(table, "table")
-    staging = _derived_name(table, STAGING_SUFFIX)
-    old = _derived_name(table, OLD_SUFFIX)
     plan = _plan_frame(frame, column_types, primary_key)
+    write_tables_atomic(
+        engine, [(table, frame, plan)], progress=progress, lock_name=lock_name, lock_timeout_s=lock_timeout_s,
+        chunk_size=chunk_size, method=method,
+    )
+    return len(frame)
+
+
+def write_tables_atomic(
+    engine: sa.Engine,
+    tables: Sequence[tuple[str, pd.DataFrame, str | None | _FramePlan]],
+    *,
+    progress: ProgressFn | None = None,
+    lock_name: str | None = None,
+    lock_timeout_s: int = 600,
+    chunk_size: int = DEFAULT_WRITE_CHUNK,
+    method: Literal["auto", "load_data", "executemany"] = "auto",
+) -> list[int]:
+    """Replace several tables as one unit: ``(table, frame, primary_key)`` items are all staged
+    and verified first, then swapped together (one MySQL ``RENAME TABLE``, one SQLite
+    transaction). On any failure none of the tables changes. Returns the rows written per table.
+    """
+    items = []
+    for table, frame, key in tables:
+        validate_identifier(table, "table")
+        plan = key if isinstance(key, _FramePlan) else _plan_frame(frame, None, key)
+        items.append((table, frame, plan, _derived_name(table, STAGING_SUFFIX), _derived_name(table, OLD_SUFFIX)))
     started = time.perf_counter()
     lock = write_lock(engine, lock_name, lock_timeout_s) if lock_name else contextlib.nullcontext()
     with lock:
         with engine.connect() as conn:
-            _drop_if_exists(conn, staging)
+            for *_, staging, _old in items:
+                _drop_if_exists(conn, staging)
             conn.commit()
         try:
-            with _transaction(engine) as conn:
-                # the comment changes the table's identity token, so chunked readers notice a swap
-                _create_table(conn, staging, plan, comment=f"segmentation-pipeline write {uuid.uuid4().hex}")
-            with _transaction(engine) as conn:
-                _insert_frame(conn, staging, frame, plan, chunk_size=chunk_size, progress=progress, method=method)
-            with engine.connect() as conn:
-                loaded = _count(conn, staging)
-            if loaded != len(frame):
-                raise WriteError(
-                    f"staging table {staging!r} holds {loaded} rows but the frame has {len(frame)} "
-                    f"({masked_url(engine)}); {table!r} left unchanged"
-                )
-            _swap(engine, table, staging, old)
+            for table, frame, plan, staging, _old in items:
+                with _transaction(engine) as conn:
+                    # the comment changes the table's identity token, so chunked readers notice a swap
+                    _create_table(conn, staging, plan, comment=f"segmentation-pipeline write {uuid.uuid4().hex}")
+                with _transaction(engine) as conn:
+                    _insert_frame(conn, staging, frame, plan, chunk_size=chunk_size, progress=progress, method=method)
+                with engine.connect() as conn:
+                    loaded = _count(conn, staging)
+                if loaded != len(frame):
+                    raise WriteError(
+                        f"staging table {staging!r} holds {loaded} rows but the frame has {len(frame)} "
+                        f"({masked_url(engine)}); {table!r} left unchanged"
+                    )
+            _swap(engine, [(table, staging, old) for table, _f, _p, staging, old in items])
         except BaseException:
             with contextlib.suppress(Exception), engine.connect() as conn:
-                _drop_if_exists(conn, staging)
+                for *_, staging, _old in items:
+                    _drop_if_exists(conn, staging)
                 conn.commit()
             raise
-    log.info(
-        "replaced %r with %d rows in %.2fs (%s)", table, len(frame), time.perf_counter() - started, masked_url(engine)
-    )
-    return len(frame)
+    for table, frame, *_ in items:
+        log.info(
+            "replaced %r with %d rows in %.2fs (%s)", table, len(frame), time.perf_counter() - started,
+            masked_url(engine),
+        )
+    return [len(frame) for _t, frame, *_ in items]
 
 
 def _check_existing_columns(engine: sa.Engine, table: str, names: Sequence[str]) -> None:
@@ -538,14 +594,31 @@ def _create_if_missing(
     """CREATE once; losing a creation race to a concurrent run is fine."""
     if table_exists(engine, table):
         _check_existing_columns(engine, table, plan.names)
+    else:
+        try:
+            with _transaction(engine) as conn:
+                _create_table(conn, table, plan, index=index)
+        except sa.exc.DBAPIError:
+            if not table_exists(engine, table):
+                raise
+            _check_existing_columns(engine, table, plan.names)
+    if index is not None:
+        _ensure_index(engine, table, plan, index)
+
+
+def _ensure_index(engine: sa.Engine, table: str, plan: _FramePlan, index: tuple[str, Sequence[str]]) -> None:
+    """The index must exist: MySQL commits CREATE TABLE before CREATE INDEX, so a CREATE INDEX
+    that failed (e.g. no INDEX privilege) used to leave the table without it, silently, for good."""
+    name, columns = index
+    if any(ix.get("name") == name for ix in sa.inspect(engine).get_indexes(table)):
         return
+    tbl = sa.Table(table, sa.MetaData(), *(sa.Column(c, plan.sql_types[c]) for c in columns))
     try:
         with _transaction(engine) as conn:
-            _create_table(conn, table, plan, index=index)
+            sa.Index(name, *(tbl.c[c] for c in columns)).create(conn)
     except sa.exc.DBAPIError:
-        if not table_exists(engine, table):
+        if not any(ix.get("name") == name for ix in sa.inspect(engine).get_indexes(table)):  # not a race
             raise
-        _check_existing_columns(engine, table, plan.names)
 
 
 def append_history(
@@ -631,3 +704,12 @@ def load_frame(
     if inserted != len(frame):
         raise WriteError(f"appended {inserted} of {len(frame)} rows to {table!r} ({masked_url(engine)})")
     return inserted
+
+
+def swap_in_staging(engine: sa.Engine, tables: Sequence[str]) -> None:
+    """Swap ``<table>__staging`` in as ``table`` for every table, all in one atomic step.
+
+    For writers that load and verify the staging tables themselves (the Spark engine's JDBC
+    write-back); the caller holds the write lock. Readers see all old or all new tables.
+    """
+    _swap(engine, [(t, _derived_name(t, STAGING_SUFFIX), _derived_name(t, OLD_SUFFIX)) for t in tables])

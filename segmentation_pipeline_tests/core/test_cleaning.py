@@ -418,3 +418,17 @@ def test_all_rejected_is_an_outcome_for_incremental_batches() -> None:
         clean_customers(raw, cfg)
     result = clean_customers(raw, cfg, allow_all_rejected=True)
     assert result.clean.empty and list(result.rejects["reason"]) == ["out_of_range:age", "missing:age"]
+
+
+def test_imputation_never_writes_into_the_input_frame() -> None:
+    from segmentation_pipeline.config import PipelineConfig
+
+    cfg = PipelineConfig.model_validate(
+        {"database": {"url": "sqlite://"}, "source": {"table": "t"}, "features": ["age", "income"],
+         "mlflow": {"tracking_uri": "x"}, "cleaning": {"missing": "impute_median"}}
+    )
+    raw = pd.DataFrame({"customer_id": [1, 2, 3], "age": [30.0, np.nan, 50.0], "income": [1.0, 2.0, 3.0]})
+    before = raw.copy()
+    result = clean_customers(raw, cfg)
+    assert result.clean["age"].tolist() == [30.0, 40.0, 50.0]
+    pd.testing.assert_frame_equal(raw, before)

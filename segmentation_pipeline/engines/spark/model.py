@@ -1,0 +1,541 @@
+"""MLlib training: log1p (SQL) -> VectorAssembler -> StandardScaler(withMean) -> PCA -> KMeans.
+
+The same stages as :func:`segmentation_pipeline.core.features.build_preprocessor` plus
+:func:`~segmentation_pipeline.core.modeling.fit_kmeans`, fitted on the non-outlier rows and
+applied to every clean row:
+
+* log1p is a ``SQLTransformer`` stage, so the fitted :class:`~pyspark.ml.PipelineModel` is
+  self-contained (raw feature columns in, segment out);
+* PCA keeps ``transform.pca_components`` components (int), or the fewest reaching the variance
+  target (float: PCA is fitted with every component first and ``explainedVariance`` read, with
+  sklearn's rule "first k whose cumulative ratio exceeds the target"), or none (null);
+* the k sweep fits MLlib KMeans (``k-means||``) per candidate on a seeded sample of at most
+  ``k_selection.sweep_max_rows`` rows; inertia is ``summary.trainingCost``; silhouette,
+  Davies-Bouldin and Calinski-Harabasz are computed by :func:`core.modeling.cluster_scores` on one
+  seeded sample of ``k_selection.silhouette_sample`` rows collected to the driver (Euclidean, the
+  very definition the local engine's k rule was tuned on), and ``ClusteringEvaluator``'s
+  silhouette on the same rows is recorded as ``silhouette_spark`` (Spark only offers squared
+  Euclidean, which reads systematically higher); k is then chosen by
+  :func:`core.k_selection.choose_k` itself;
+* cluster ids are canonical (size desc on the fit rows, then centroid), as in the local engine.
+
+Differences from the local engine: StandardScaler divides by the sample std (n-1) where sklearn
+uses the population std; KMeans runs once per fit with k-means|| init (``n_init`` restarts with
+seeds ``random_state + i`` are available but not the default).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from segmentation_pipeline.config import PipelineConfig
+from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, KSelection, choose_k
+from segmentation_pipeline.core.modeling import cluster_scores, sample_distances, sample_indices
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.clustering import KMeansModel
+    from pyspark.sql import DataFrame
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FEATURES_COL",
+    "PREDICTION_COL",
+    "SparkFeatures",
+    "SparkKMeans",
+    "SparkTraining",
+    "assign_segments",
+    "canonical_order",
+    "fit_features",
+    "fit_kmeans",
+    "population_sample",
+    "profile_segments",
+    "quality_metrics",
+    "sweep_k",
+    "train",
+]
+
+FEATURES_COL = "_seg_x"  # the clustering input: PCA (or scaled) vector
+PREDICTION_COL = "_seg_pred"  # MLlib's own cluster index
+_INPUT = "_seg_in_"
+_RAW_VEC = "_seg_raw_vec"
+_SCALED = "_seg_scaled"
+_HELPERS = (_RAW_VEC, _SCALED, FEATURES_COL, PREDICTION_COL)
+#: Below this many rows per partition, KMeans iterations are all scheduling overhead: the cached
+#: clustering input is coalesced (a few dense columns: 100k rows are ~3 MB).
+ROWS_PER_PARTITION = 100_000
+
+
+def _F():  # noqa: N802
+    from pyspark.sql import functions
+
+    return functions
+
+
+# --------------------------------------------------------------------------- features
+
+
+@dataclass
+class SparkFeatures:
+    """The fitted preprocessing PipelineModel plus what the features asset logs."""
+
+    model: "PipelineModel"  # SQLTransformer(log1p) -> VectorAssembler -> StandardScaler -> [PCA]
+    features: list[str]
+    log1p: list[str]
+    n_components: int | None  # None: no PCA
+    explained_variance_ratio: np.ndarray  # of the kept components (or per scaled feature without PCA)
+    explained_variance_ratio_all: np.ndarray  # every component of the full PCA fit
+    component_names: list[str]
+    loadings: pd.DataFrame  # features x components
+    mean: np.ndarray  # StandardScaler mean, on the log1p scale
+    std: np.ndarray  # StandardScaler std (sample std, n-1)
+    components: np.ndarray | None  # (n_components, n_features), like sklearn's components_
+    n_fit: int
+
+    def transform(self, frame: "DataFrame", keep_helpers: bool = False) -> "DataFrame":
+        """``frame`` plus :data:`FEATURES_COL`; the intermediate columns are dropped."""
+        out = self.model.transform(frame)
+        drop = [f"{_INPUT}{f}" for f in self.features] + [c for c in (_RAW_VEC, _SCALED) if c in out.columns]
+        return out if keep_helpers else out.drop(*drop)
+
+
+def _pca_target(value: int | float | None, n_features: int) -> tuple[str, float | int | None]:
+    """('none'|'count'|'variance', number) from the config value; sklearn's meaning of 1.0."""
+    if value is None:
+        return "none", None
+    if isinstance(value, float) and not value.is_integer():
+        return "variance", value
+    count = int(value)
+    if isinstance(value, float) and count == 1:
+        return "count", n_features  # 1.0: all the variance = all components
+    if not 1 <= count <= n_features:
+        raise ValueError(f"transform.pca_components={value} must be between 1 and the {n_features} features")
+    return "count", count
+
+
+def fit_features(
+    clean: "DataFrame", config: PipelineConfig, *, fit_filter: str | None = "NOT is_outlier", n_fit: int | None = None
+) -> SparkFeatures:
+    """Fit the preprocessing stages on the ``fit_filter`` rows of ``clean`` (default: non-outliers).
+
+    ``n_fit`` (the number of those rows, e.g. from the cleaning report) saves one counting job.
+    """
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.feature import PCA, SQLTransformer, StandardScaler, VectorAssembler
+
+    features = list(config.features)
+    log_columns = [f for f in features if f in set(config.transform.log1p)]
+    unknown = sorted(set(config.transform.log1p) - set(features))
+    if unknown:
+        raise ValueError(f"transform.log1p names columns that are not features: {unknown}")
+    missing = [f for f in features if f not in clean.columns]
+    if missing:
+        raise ValueError(f"feature columns missing from the cleaned frame: {missing}")
+    expressions = ", ".join(
+        (f"log1p(`{f}`)" if f in log_columns else f"CAST(`{f}` AS DOUBLE)") + f" AS `{_INPUT}{f}`" for f in features
+    )
+    mode, target = _pca_target(config.transform.pca_components, len(features))
+    stages = [
+        SQLTransformer(statement=f"SELECT *, {expressions} FROM __THIS__"),
+        VectorAssembler(inputCols=[f"{_INPUT}{f}" for f in features], outputCol=_RAW_VEC, handleInvalid="error"),
+        StandardScaler(
+            inputCol=_RAW_VEC, outputCol=_SCALED if mode != "none" else FEATURES_COL, withMean=True, withStd=True
+        ),
+    ]
+    fit_rows = clean.where(fit_filter) if fit_filter and "is_outlier" in clean.columns else clean
+    scaling = Pipeline(stages=stages).fit(fit_rows)
+    scaler = scaling.stages[-1]
+    mean = np.asarray(scaler.mean.toArray(), dtype=np.float64)
+    std = np.asarray(scaler.std.toArray(), dtype=np.float64)
+    if mode == "none":
+        scaled = scaling.transform(fit_rows).select(FEATURES_COL)
+        variances = np.asarray(
+            scaled.select(_vector_variance(FEATURES_COL, len(features))).first()[0], dtype=np.float64
+        )
+        n_fit = int(n_fit if n_fit is not None else scaled.count())
+        total = variances.sum()
+        ratio = variances / total if total > 0 else np.zeros_like(variances)
+        return SparkFeatures(
+            model=scaling, features=features, log1p=log_columns, n_components=None,
+            explained_variance_ratio=ratio, explained_variance_ratio_all=ratio, component_names=list(features),
+            loadings=pd.DataFrame(np.eye(len(features)), index=features, columns=features),
+            mean=mean, std=std, components=None, n_fit=n_fit,
+        )
+    scaled = scaling.transform(fit_rows).select(_SCALED)
+    full = PCA(k=len(features), inputCol=_SCALED, outputCol=FEATURES_COL).fit(scaled)
+    ratio_all = np.asarray(full.explainedVariance.toArray(), dtype=np.float64)
+    if mode == "variance":
+        # sklearn: the first k whose cumulative explained variance ratio exceeds the target
+        k = int(min(np.searchsorted(np.cumsum(ratio_all), float(target), side="right") + 1, len(features)))
+    else:
+        k = int(target)
+    pca = full if k == len(features) else PCA(k=k, inputCol=_SCALED, outputCol=FEATURES_COL).fit(scaled)
+    pc = np.asarray(pca.pc.toArray(), dtype=np.float64)  # (n_features, k)
+    names = [f"pca{i}" for i in range(k)]
+    n_fit = int(n_fit if n_fit is not None else scaled.count())
+    model = PipelineModel(stages=[*scaling.stages, pca])
+    return SparkFeatures(
+        model=model, features=features, log1p=log_columns, n_components=k,
+        explained_variance_ratio=ratio_all[:k], explained_variance_ratio_all=ratio_all, component_names=names,
+        loadings=pd.DataFrame(pc, index=features, columns=names),
+        mean=mean, std=std, components=pc.T.copy(), n_fit=n_fit,
+    )
+
+
+def _vector_variance(column: str, width: int) -> Any:
+    from pyspark.ml.functions import vector_to_array
+
+    F = _F()
+    values = vector_to_array(F.col(column))
+    return F.array(*[F.var_pop(F.element_at(values, i + 1)) for i in range(width)])
+
+
+# --------------------------------------------------------------------------- KMeans
+
+
+def canonical_order(centers: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``order[new_id] == old_id``: size desc, then centroid coordinates (core.modeling's rule)."""
+    centers = np.asarray(centers, dtype=np.float64)
+    keys = [centers[:, j] for j in range(centers.shape[1] - 1, -1, -1)] + [-np.asarray(sizes)]
+    return np.lexsort(keys)
+
+
+@dataclass
+class SparkKMeans:
+    model: "KMeansModel"  # featuresCol FEATURES_COL, predictionCol PREDICTION_COL
+    k: int
+    centers: np.ndarray  # canonical order (k, n_components)
+    sizes: np.ndarray  # fit rows per canonical cluster
+    spark_to_canonical: np.ndarray  # mapping[mllib_label] = canonical id
+    inertia: float
+    n_iter: int
+
+
+def _kmeans(k: int, seed: int, max_iter: int) -> Any:
+    from pyspark.ml.clustering import KMeans
+
+    return KMeans(
+        k=k, seed=seed, maxIter=max_iter, initMode="k-means||", featuresCol=FEATURES_COL, predictionCol=PREDICTION_COL
+    )
+
+
+def _fit_best(rows: "DataFrame", k: int, seed: int, max_iter: int, n_init: int) -> "KMeansModel":
+    best = None
+    for attempt in range(max(1, n_init)):
+        model = _kmeans(k, seed + attempt, max_iter).fit(rows)
+        if best is None or model.summary.trainingCost < best.summary.trainingCost:
+            best = model
+    assert best is not None
+    if len(best.clusterCenters()) < k:
+        raise ValueError(
+            f"k={k} needs at least {k} distinct customers; MLlib KMeans found only "
+            f"{len(best.clusterCenters())} distinct centres after cleaning"
+        )
+    return best
+
+
+def fit_kmeans(X_fit: "DataFrame", k: int, config: PipelineConfig, *, n_init: int = 1) -> SparkKMeans:
+    """MLlib KMeans (k-means||, ``model.random_state``, ``model.max_iter``) with canonical ids."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    model = _fit_best(X_fit, k, config.model.random_state, config.model.max_iter, n_init)
+    centers = np.asarray(model.clusterCenters(), dtype=np.float64)
+    sizes = np.asarray(model.summary.clusterSizes, dtype=np.int64)
+    order = canonical_order(centers, sizes)
+    mapping = np.empty(k, dtype=np.int64)
+    mapping[order] = np.arange(k)
+    return SparkKMeans(
+        model=model, k=k, centers=centers[order], sizes=sizes[order], spark_to_canonical=mapping,
+        inertia=float(model.summary.trainingCost), n_iter=int(model.summary.numIter),
+    )
+
+
+def _compact(frame: "DataFrame", rows: int) -> "DataFrame":
+    """Fewer partitions for small inputs (never more than it has): see ROWS_PER_PARTITION."""
+    wanted = max(1, math.ceil(rows / ROWS_PER_PARTITION))
+    current = frame.rdd.getNumPartitions()
+    return frame.coalesce(wanted) if wanted < current else frame
+
+
+def _nearest_numpy(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    distances = ((X[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+    return distances.argmin(axis=1)
+
+
+def _sample_matrix(X: "DataFrame", n: int, size: int, seed: int) -> np.ndarray:
+    """A seeded sample of about ``size`` rows of FEATURES_COL as a numpy matrix (exactly ``size``
+    when there are more rows): Bernoulli-sample a little more in Spark, trim with numpy."""
+    fraction = min(1.0, 1.2 * size / max(n, 1))
+    rows = (X.sample(False, fraction, seed) if fraction < 1 else X).select(FEATURES_COL).collect()
+    matrix = np.asarray([row[0].toArray() for row in rows], dtype=np.float64)
+    if len(matrix) > size:
+        matrix = matrix[sample_indices(len(matrix), size, seed)]
+    return matrix
+
+
+@dataclass
+class _Sample:
+    X: np.ndarray
+    distances: np.ndarray | None
+    frame: Any = None  # the same rows as a Spark DataFrame (for ClusteringEvaluator)
+
+
+def _silhouette_sample(X: "DataFrame", n: int, config: PipelineConfig) -> _Sample:
+    from pyspark.ml.functions import array_to_vector
+
+    matrix = _sample_matrix(X, n, config.k_selection.silhouette_sample, config.model.random_state)
+    # the same rows back in Spark for ClusteringEvaluator; via Arrow, so no Python worker is involved
+    rows = pd.DataFrame({"v": [row.tolist() for row in matrix]})
+    frame = X.sparkSession.createDataFrame(rows, "v array<double>").select(
+        array_to_vector(_F().col("v")).alias(FEATURES_COL)
+    )
+    return _Sample(matrix, sample_distances(matrix), frame)
+
+
+def sweep_k(
+    X: "DataFrame",
+    config: PipelineConfig,
+    *,
+    n_rows: int | None = None,
+    progress: Callable[[int, dict], None] | None = None,
+    n_init: int = 1,
+    sample: _Sample | None = None,
+    spark_silhouette: bool = True,
+) -> KSelection:
+    """Sweep ``config.k_candidates`` on the rows of ``X`` (column FEATURES_COL) and choose k.
+
+    Same output as :func:`core.k_selection.select_k`: the metrics frame (METRIC_COLUMNS plus
+    ``silhouette_spark``, attrs ``n_rows``/``sweep_rows``/``silhouette_sample_size``), k chosen by
+    :func:`choose_k`, a fixed k reported as "fixed by config". ``spark_silhouette=False`` skips
+    ClusteringEvaluator (``silhouette_spark`` is then NaN; it never influences k).
+    """
+    from pyspark import StorageLevel
+    from pyspark.ml.evaluation import ClusteringEvaluator
+
+    settings = config.k_selection
+    seed = config.model.random_state
+    n = int(n_rows if n_rows is not None else X.count())
+    if n < 2:
+        raise ValueError(f"need at least 2 customers to cluster; X has {n} row(s)")
+    ks = [int(k) for k in config.k_candidates]
+    fraction = min(1.0, settings.sweep_max_rows / n)
+    X_fit = (X.sample(False, fraction, seed + 1) if fraction < 1 else X).select(FEATURES_COL)
+    X_fit = _compact(X_fit, min(n, settings.sweep_max_rows)).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        sweep_rows = X_fit.count()
+        sample = sample or _silhouette_sample(X, n, config)
+        evaluator = ClusteringEvaluator(
+            featuresCol=FEATURES_COL, predictionCol=PREDICTION_COL, metricName="silhouette",
+            distanceMeasure="squaredEuclidean",
+        )
+        rows: list[dict[str, float]] = []
+        for k in ks:
+            model = _fit_best(X_fit, k, seed, config.model.max_iter, n_init)
+            centers = np.asarray(model.clusterCenters(), dtype=np.float64)
+            labels = _nearest_numpy(sample.X, centers)
+            scores = cluster_scores(sample.X, labels, distances=sample.distances)
+            silhouette_sq = float("nan")
+            if spark_silhouette and len(np.unique(labels)) >= 2:
+                silhouette_sq = float(evaluator.evaluate(model.transform(sample.frame)))
+            row = {"k": k, "inertia": float(model.summary.trainingCost), **scores, "silhouette_spark": silhouette_sq}
+            rows.append(row)
+            if progress is not None:
+                progress(k, dict(row))
+    finally:
+        X_fit.unpersist()
+    metrics = pd.DataFrame(rows, columns=[*METRIC_COLUMNS, "silhouette_spark"])
+    metrics.attrs.update({"n_rows": n, "sweep_rows": int(sweep_rows), "silhouette_sample_size": len(sample.X)})
+    selection = choose_k(metrics, settings.silhouette_tolerance)
+    if config.k is not None:
+        note = selection.reason.removeprefix(f"only one candidate: k={config.k}")
+        selection.reason = f"fixed by config: k={config.k}" + note
+        selection.fixed = True
+    return selection
+
+
+# --------------------------------------------------------------------------- quality, assignment
+
+
+def quality_metrics(
+    X_fit: "DataFrame", kmeans: SparkKMeans, config: PipelineConfig, *, sample: _Sample | None = None,
+    n_rows: int | None = None,
+) -> dict[str, float]:
+    """:func:`core.modeling.quality_metrics`' keys (+ inertia, n_iter): silhouette on the seeded
+    driver sample, Davies-Bouldin and Calinski-Harabasz over every fit row in two Spark passes."""
+    from pyspark.ml.functions import vector_to_array
+
+    F = _F()
+    n = int(n_rows if n_rows is not None else X_fit.count())
+    sample = sample or _silhouette_sample(X_fit, n, config)
+    labels = _nearest_numpy(sample.X, kmeans.centers)
+    silhouette = cluster_scores(sample.X, labels, distances=sample.distances)["silhouette"]
+    d = kmeans.centers.shape[1]
+    mapping = F.array(*[F.lit(int(v)) for v in kmeans.spark_to_canonical])
+    assigned = kmeans.model.transform(X_fit).select(
+        F.element_at(mapping, F.col(PREDICTION_COL) + 1).alias("c"), vector_to_array(F.col(FEATURES_COL)).alias("v")
+    )
+    coords = [F.element_at(F.col("v"), j + 1) for j in range(d)]
+    first = assigned.groupBy("c").agg(
+        F.count(F.lit(1)).alias("n"),
+        *[F.avg(coords[j]).alias(f"m{j}") for j in range(d)],
+        F.sum(sum((c * c for c in coords), F.lit(0.0))).alias("ss"),
+    ).collect()
+    k_present = len(first)
+    ids = np.array([int(r["c"]) for r in first])
+    counts = np.array([int(r["n"]) for r in first], dtype=np.float64)
+    means = np.array([[float(r[f"m{j}"]) for j in range(d)] for r in first], dtype=np.float64)
+    squares = np.array([float(r["ss"]) for r in first], dtype=np.float64)
+    metrics: dict[str, float] = {"silhouette": silhouette, "davies_bouldin": float("nan"),
+                                 "calinski_harabasz": float("nan")}
+    if 2 <= k_present <= n - 1:
+        overall = (counts[:, None] * means).sum(axis=0) / counts.sum()
+        within = float((squares - counts * (means**2).sum(axis=1)).sum())
+        between = float((counts * ((means - overall) ** 2).sum(axis=1)).sum())
+        metrics["calinski_harabasz"] = 1.0 if within == 0 else between * (n - k_present) / (within * (k_present - 1))
+        table = F.array(*[F.array(*[F.lit(float(v)) for v in means[i]]) for i in range(k_present)])
+        position = F.array_position(F.array(*[F.lit(int(i)) for i in ids]), F.col("c")).cast("int")
+        centre = F.element_at(table, position)
+        distance = F.sqrt(sum(((coords[j] - F.element_at(centre, j + 1)) ** 2 for j in range(d)), F.lit(0.0)))
+        second = {int(r["c"]): float(r["s"]) for r in assigned.groupBy("c").agg(F.avg(distance).alias("s")).collect()}
+        spread = np.array([second[int(i)] for i in ids])
+        centroid_distances = np.sqrt(((means[:, None, :] - means[None, :, :]) ** 2).sum(axis=2))
+        if np.allclose(spread, 0) or np.allclose(centroid_distances, 0):
+            metrics["davies_bouldin"] = 0.0
+        else:
+            centroid_distances[centroid_distances == 0] = np.inf
+            combined = spread[:, None] + spread[None, :]
+            metrics["davies_bouldin"] = float(np.max(combined / centroid_distances, axis=1).mean())
+    metrics.update(
+        silhouette_sample_size=float(len(sample.X)),
+        n_clusters=float(k_present),
+        inertia=kmeans.inertia,
+        n_iter=float(kmeans.n_iter),
+    )
+    return metrics
+
+
+def assign_segments(
+    frame: "DataFrame",
+    features: SparkFeatures,
+    kmeans: SparkKMeans,
+    *,
+    label_to_segment: np.ndarray | None = None,
+    column: str = "segment_id",
+) -> "DataFrame":
+    """``frame`` plus ``column``: ``label_to_segment[canonical id]`` (default: the canonical id)."""
+    F = _F()
+    ids = np.arange(kmeans.k) if label_to_segment is None else np.asarray(label_to_segment)
+    if len(ids) != kmeans.k:
+        raise ValueError(f"label_to_segment has {len(ids)} entries for k={kmeans.k}")
+    per_spark_label = ids[kmeans.spark_to_canonical]
+    table = F.array(*[F.lit(int(v)) for v in per_spark_label])
+    scored = kmeans.model.transform(features.transform(frame))
+    return scored.withColumn(column, F.element_at(table, F.col(PREDICTION_COL) + 1).cast("long")).drop(
+        FEATURES_COL, PREDICTION_COL
+    )
+
+
+def profile_segments(
+    assigned: "DataFrame", features: list[str], value_feature: str | None, column: str = "segment_id"
+) -> pd.DataFrame:
+    """:func:`core.naming.profile_segments` computed in Spark: one small pandas row per segment."""
+    F = _F()
+    aggs = [F.count(F.lit(1)).alias("count"), *[F.avg(F.col(f)).alias(f"mean_{f}") for f in features]]
+    if value_feature:
+        aggs.append(F.sum(F.col(value_feature).cast("double")).alias(f"total_{value_feature}"))
+    profile = assigned.groupBy(F.col(column).alias("segment_id")).agg(*aggs).toPandas()
+    if profile.empty:
+        raise ValueError("cannot profile an empty frame")
+    profile = profile.sort_values("segment_id", ignore_index=True)
+    profile["segment_id"] = profile["segment_id"].astype(np.int64)
+    profile["count"] = profile["count"].astype(np.int64)
+    profile.insert(2, "share_pct", profile["count"].to_numpy(dtype=np.float64) * 100.0 / profile["count"].sum())
+    return profile
+
+
+def population_sample(clean: "DataFrame", columns: list[str], size: int, seed: int) -> pd.DataFrame:
+    """A seeded sample of about ``size`` rows as pandas (e.g. the population for naming z-scores)."""
+    n = clean.count()
+    fraction = min(1.0, size / max(n, 1))
+    rows = clean.sample(False, fraction, seed) if fraction < 1 else clean
+    return rows.select(*columns).toPandas()
+
+
+# --------------------------------------------------------------------------- everything
+
+
+@dataclass
+class SparkTraining:
+    features: SparkFeatures
+    selection: KSelection
+    kmeans: SparkKMeans
+    metrics: dict[str, float]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return self.kmeans.k
+
+    @property
+    def pipeline_model(self) -> "PipelineModel":
+        """Spark's own end-to-end model: raw feature columns in, MLlib label in PREDICTION_COL."""
+        from pyspark.ml import PipelineModel
+
+        return PipelineModel(stages=[*self.features.model.stages, self.kmeans.model])
+
+    def assign(self, frame: "DataFrame", label_to_segment: np.ndarray | None = None) -> "DataFrame":
+        return assign_segments(frame, self.features, self.kmeans, label_to_segment=label_to_segment)
+
+
+def train(
+    clean: "DataFrame",
+    config: PipelineConfig,
+    *,
+    progress: Callable[[int, dict], None] | None = None,
+    n_init: int = 1,
+    n_fit: int | None = None,
+    spark_silhouette: bool = True,
+) -> SparkTraining:
+    """Features on the non-outliers, the k sweep, the final KMeans and its quality metrics.
+
+    ``n_fit``: the number of non-outlier rows if known (``n_clean - n_outliers`` from the cleaning
+    report under ``action: flag``); saves two counting jobs.
+    """
+    from pyspark import StorageLevel
+
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    features = fit_features(clean, config, n_fit=n_fit)
+    seconds["features"] = time.perf_counter() - started
+    fit_rows = clean.where("NOT is_outlier") if "is_outlier" in clean.columns else clean
+    X = _compact(features.transform(fit_rows).select(FEATURES_COL), features.n_fit)
+    X = X.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        n = features.n_fit
+        started = time.perf_counter()
+        sample = _silhouette_sample(X, n, config)
+        selection = sweep_k(
+            X, config, n_rows=n, progress=progress, n_init=n_init, sample=sample, spark_silhouette=spark_silhouette
+        )
+        seconds["sweep"] = time.perf_counter() - started
+        started = time.perf_counter()
+        kmeans = fit_kmeans(X, selection.k, config, n_init=n_init)
+        seconds["fit"] = time.perf_counter() - started
+        started = time.perf_counter()
+        metrics = quality_metrics(X, kmeans, config, sample=sample, n_rows=n)
+        seconds["metrics"] = time.perf_counter() - started
+    finally:
+        X.unpersist()
+    log.info(
+        "spark training: k=%d (%s) in %s", kmeans.k, selection.reason, {k: round(v, 1) for k, v in seconds.items()}
+    )
+    return SparkTraining(features=features, selection=selection, kmeans=kmeans, metrics=metrics, seconds=seconds)
