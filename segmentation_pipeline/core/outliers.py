@@ -224,20 +224,14 @@ def _segment_aware(
     return flags, labels, low, high, info
 
 
-def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResult:
-    """Flag IQR outliers, guarding against fences that would remove whole segments.
-
-    ``frame`` holds the cleaned rows with every configured feature as a number. The provisional
-    clustering (segment-aware fences) uses all features; fences apply to the outlier features.
-    """
+def base_report(config: PipelineConfig, columns: Sequence[str]) -> dict[str, Any]:
+    """The outlier report before any fence is computed; both engines fill in the same keys."""
     ocfg = config.cleaning.outliers
-    columns = list(ocfg.features or config.features)
     log1p = set(config.transform.log1p)
-    n = len(frame)
-    report: dict[str, Any] = {
+    return {
         "method_requested": ocfg.method,
         "method_used": "disabled",
-        "features": columns,
+        "features": list(columns),
         "iqr_multiplier": ocfg.iqr_multiplier,
         "multiplier_used": None,
         "max_share": ocfg.max_share,
@@ -251,6 +245,19 @@ def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResul
         "guard_tripped": False,
         "warning": None,
     }
+
+
+def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResult:
+    """Flag IQR outliers, guarding against fences that would remove whole segments.
+
+    ``frame`` holds the cleaned rows with every configured feature as a number. The provisional
+    clustering (segment-aware fences) uses all features; fences apply to the outlier features.
+    """
+    ocfg = config.cleaning.outliers
+    columns = list(ocfg.features or config.features)
+    log1p = set(config.transform.log1p)
+    n = len(frame)
+    report = base_report(config, columns)
     if not ocfg.enabled or n == 0:
         if ocfg.enabled:
             report["method_used"] = "pooled"

@@ -53,6 +53,7 @@ from segmentation_pipeline.core.cleaning import (  # the single source of the ru
     DataQualityError,
 )
 from segmentation_pipeline.core.outliers import (
+    base_report,
     ERASED_CLUSTER_SHARE,
     MIN_CLUSTER_SHARE,
     MIN_SEGMENT_ROWS,
@@ -617,21 +618,7 @@ def detect_outliers(
     exact = n <= EXACT_QUANTILE_MAX_ROWS if exact_quantiles is None else exact_quantiles
     log1p = set(config.transform.log1p)
     report: dict[str, Any] = {
-        "method_requested": ocfg.method,
-        "method_used": "disabled",
-        "features": columns,
-        "iqr_multiplier": ocfg.iqr_multiplier,
-        "multiplier_used": None,
-        "max_share": ocfg.max_share,
-        "pooled_share": 0.0,
-        "share_by_feature": {c: 0.0 for c in columns},
-        "final_share": 0.0,
-        "n_outliers": 0,
-        "outliers_by_feature": {c: 0 for c in columns},
-        "fences": {},
-        "fence_scale": {c: ("log1p" if c in log1p else "raw") for c in columns},
-        "guard_tripped": False,
-        "warning": None,
+        **base_report(config, columns),
         "quantiles": "exact" if exact else f"percentile_approx(accuracy={quantile_accuracy})",
     }
 
