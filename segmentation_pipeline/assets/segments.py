@@ -33,11 +33,11 @@ def customer_segments(
     cfg = settings.load()
     target = mlflow_tracking.target()
     trained = segmentation_model
-    if model_promotion.champion_version == trained.model_version:
+    if model_promotion.champion_version == trained.model_version or trained.champion is None:
         assigner, version, segment_ids = trained.assigner, trained.model_version, trained.segment_ids
-    else:  # the challenger lost: customers keep following the champion
-        assigner, version = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
-        segment_ids = assigner.assign(clean_customers)["segment_id"].to_numpy()
+    else:  # the challenger lost: customers keep following the champion it was compared with
+        assigner, version = trained.champion, str(trained.previous_champion)
+        segment_ids = trained.champion_segment_ids
     run_ids = {"mlflow_run_id": trained.mlflow_run_id, "dagster_run_id": context.run.run_id}
     segments = build_segments_table(
         clean_customers,

@@ -46,6 +46,10 @@ class TrainedSegmentation:
     profile: pd.DataFrame
     migration: pd.DataFrame | None = None
     previous_champion: str | None = None
+    # the champion as loaded once at training time, and its segment ids for the same clean rows:
+    # promotion and write-back compare with / fall back to exactly this model, without reloading it
+    champion: SegmentAssigner | None = None
+    champion_segment_ids: np.ndarray | None = None
 
 
 @dataclass
@@ -188,8 +192,10 @@ def segmentation_model(
     metrics["n_iter"] = float(kmeans.n_iter_)
 
     migration = None
+    champion_segment_ids = None
     if champion is not None:
-        migration = migration_matrix(champion.assign(clean_customers)["segment_id"].to_numpy(), segment_ids)
+        champion_segment_ids = champion.assign(clean_customers)["segment_id"].to_numpy()
+        migration = migration_matrix(champion_segment_ids, segment_ids)
     profile_png = profile_plot(profile, cfg.features, population=clean_customers, names=names)
 
     with registry.training_run(target, context.run.run_id) as run_id:
@@ -224,6 +230,8 @@ def segmentation_model(
         profile=profile,
         migration=migration,
         previous_champion=champion_version,
+        champion=champion,
+        champion_segment_ids=champion_segment_ids,
     )
     metadata = {
         "model": dg.MetadataValue.text(f"{cfg.model.name} v{version}"),
@@ -247,7 +255,6 @@ def model_promotion(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     mlflow_tracking: MlflowResource,
-    clean_customers: pd.DataFrame,
     customer_features: FeatureMatrix,
     segmentation_model: TrainedSegmentation,
 ) -> dg.Output[PromotionOutcome]:
@@ -255,10 +262,7 @@ def model_promotion(
     target = mlflow_tracking.target()
     trained = segmentation_model
     fit_mask = customer_features.fit_mask
-    champion_labels = None
-    if trained.previous_champion is not None:
-        champion, _ = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
-        champion_labels = champion.assign(clean_customers)["segment_id"].to_numpy()[fit_mask]
+    champion_labels = None if trained.champion_segment_ids is None else trained.champion_segment_ids[fit_mask]
     decision = evaluate_promotion(
         customer_features.X[fit_mask],
         champion_labels,
