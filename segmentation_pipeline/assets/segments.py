@@ -62,7 +62,7 @@ def customer_segments(
         database.engine(), cfg.output, segments, rejects, run_key=context.run.run_id,
         lock_timeout_s=cfg.database.lock_timeout_s, progress=progress,
     )
-    shares = segments.groupby(["segment_id", "segment_name"]).size().rename("count").reset_index()
+    shares = segments.groupby(["segment_id", "segment_name"], observed=True).size().rename("count").reset_index()
     shares["share_pct"] = 100 * shares["count"] / max(len(segments), 1)
     with registry.training_run(target, context.run.run_id):
         mlflow.log_metrics({"n_segmented": len(segments), "n_rejected_written": len(rejects)})

@@ -75,13 +75,16 @@ def k_selection(
     cfg = settings.load()
     X = customer_features.X[customer_features.fit_mask]
 
+    ks = cfg.k_candidates
+
     def progress(k: int, row: dict) -> None:
-        context.log.info(
-            f"k={k}: inertia={row['inertia']:.4g} silhouette={row['silhouette']:.3f} "
-            f"davies_bouldin={row['davies_bouldin']:.3f}"
-        )
+        context.log.info(f"k sweep: fitted k={k} ({ks.index(k) + 1}/{len(ks)}), inertia={row['inertia']:.4g}")
 
     selection = select_k(X, cfg, progress=progress)
+    context.log.info(
+        "k sweep scores: "
+        + ", ".join(f"k={r.k} silhouette={r.silhouette:.3f}" for r in selection.metrics.itertuples(index=False))
+    )
     elbow = elbow_plot(selection.metrics, selection.k)
     silhouette = silhouette_plot(selection.metrics, selection.k)
     with registry.training_run(mlflow_tracking.target(), context.run.run_id):

@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from joblib import cpu_count
 from kneed import KneeLocator
-from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from segmentation_pipeline.config import PipelineConfig
-from segmentation_pipeline.core.modeling import cluster_scores, sample_distances, sample_indices
+from segmentation_pipeline.core.modeling import fit_kmeans, sample_indices, silhouette_scores, spread_scores
 
 __all__ = ["KSelection", "METRIC_COLUMNS", "choose_k", "select_k", "sweep_k"]
 
@@ -80,7 +77,7 @@ def sweep_k(
 ) -> pd.DataFrame:
     """KMeans for every k on the same data; one metrics row per k (see module docstring).
 
-    ``progress(k, row)`` is called after each k. The returned frame's ``attrs`` record
+    ``progress(k, {"k", "inertia"})`` is called after each k's fit. The returned frame's ``attrs`` record
     ``n_rows``, ``sweep_rows`` and ``silhouette_sample_size``.
     """
     X = np.asarray(X)
@@ -111,39 +108,21 @@ def sweep_k(
     sil_idx = sample_indices(n, silhouette_sample, random_state)
     X_sil = X[sil_idx]
 
-    rows: list[dict] = []
-    pending: deque[tuple[int, float, Future[dict[str, float]]]] = deque()
-
-    def emit(block: bool) -> None:
-        # progress runs on the caller's thread, in k order, as soon as a k's scores are ready
-        while pending and (block or pending[0][2].done()):
-            k, inertia, scored = pending.popleft()
-            row = {"k": k, "inertia": inertia, **scored.result()}
-            rows.append(row)
+    # Fit every k first, with every core (KMeans is OpenMP, no GIL); then score all k in one
+    # pass over the silhouette sample's distances (silhouette_scores), instead of an n x n
+    # matrix held for the whole sweep or one distance pass per k.
+    fitted: list[tuple[int, float, np.ndarray]] = []
+    with threadpool_limits(limits=cpu_count(), user_api="openmp"):
+        for k in ks:
+            model = fit_kmeans(X_fit, k, n_init=n_init, max_iter=300, random_state=random_state, canonical=False)
+            fitted.append((k, float(model.inertia_), model.predict(X_sil)))
             if progress is not None:
-                progress(k, dict(row))
-
-    # Scoring k (sklearn's silhouette: single-threaded, GIL-bound) overlaps with fitting k+1
-    # (KMeans: OpenMP, no GIL) on the remaining cores; the two never oversubscribe the CPU.
-    kmeans_threads = cpu_count() if len(ks) == 1 else max(1, cpu_count() - 1)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="k-sweep-scores") as scorer:
-        distances = scorer.submit(sample_distances, X_sil)
-        with threadpool_limits(limits=kmeans_threads, user_api="openmp"):
-            for k in ks:
-                model = KMeans(
-                    n_clusters=k,
-                    init="k-means++",
-                    algorithm="lloyd",
-                    n_init=n_init,
-                    random_state=random_state,
-                ).fit(X_fit)
-                labels = model.predict(X_sil)
-                scored = scorer.submit(
-                    lambda labels=labels: cluster_scores(X_sil, labels, distances=distances.result())
-                )
-                pending.append((k, float(model.inertia_), scored))
-                emit(block=False)
-        emit(block=True)
+                progress(k, {"k": k, "inertia": float(model.inertia_)})
+    silhouettes = silhouette_scores(X_sil, [labels for _k, _i, labels in fitted])
+    rows = [
+        {"k": k, "inertia": inertia, "silhouette": silhouette, **spread_scores(X_sil, labels)}
+        for (k, inertia, labels), silhouette in zip(fitted, silhouettes, strict=True)
+    ]
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     metrics.attrs.update(
         {"n_rows": n, "sweep_rows": len(X_fit), "silhouette_sample_size": len(sil_idx)}

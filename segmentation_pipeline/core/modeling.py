@@ -32,6 +32,8 @@ __all__ = [
     "quality_metrics",
     "sample_distances",
     "sample_indices",
+    "silhouette_scores",
+    "spread_scores",
 ]
 
 # A precomputed float32 distance matrix is reused across k when it fits in this budget;
@@ -71,7 +73,7 @@ def _defined(labels: np.ndarray) -> bool:
     return 2 <= len(np.unique(labels)) <= len(labels) - 1
 
 
-def _spread_scores(X: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def spread_scores(X: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Davies-Bouldin and Calinski-Harabasz: O(n), cheap enough for all rows."""
     if not _defined(labels):
         return {"davies_bouldin": float("nan"), "calinski_harabasz": float("nan")}
@@ -91,7 +93,7 @@ def cluster_scores(
     the O(n^2) distance matrix once instead of once per k.
     """
     labels = np.asarray(labels)
-    return {"silhouette": _silhouette(X, labels, distances), **_spread_scores(X, labels)}
+    return {"silhouette": _silhouette(X, labels, distances), **spread_scores(X, labels)}
 
 
 def _silhouette(X: np.ndarray, labels: np.ndarray, distances: np.ndarray | None = None) -> float:
@@ -99,7 +101,55 @@ def _silhouette(X: np.ndarray, labels: np.ndarray, distances: np.ndarray | None 
         return float("nan")
     if distances is not None:
         return float(silhouette_score(distances, labels, metric="precomputed"))
-    return float(silhouette_score(X, labels))
+    return silhouette_scores(X, [labels])[0]
+
+
+def silhouette_scores(X: np.ndarray, labelings: Sequence[np.ndarray], *, block_rows: int = _DISTANCE_BLOCK_ROWS) -> list[float]:
+    """Mean silhouette of each labeling of the same rows, in one pass over the pairwise distances.
+
+    Why not sklearn's ``silhouette_score`` per labeling: it recomputes (or needs a stored n x n
+    matrix for) all distances every call. Here each block of distance rows is computed once and
+    reduced to per-cluster distance sums for every labeling at once with one matrix product
+    against the stacked one-hot labels, so the memory is one block (``block_rows`` x n) and the
+    cost one distance pass, however many k are scored. Same definition as sklearn (mean of
+    (b - a) / max(a, b), 0 for a point alone in its cluster); NaN where undefined (< 2 or
+    > n - 1 clusters).
+    """
+    points = np.asarray(X, dtype=np.float64)
+    n = len(points)
+    codes, sizes, offsets, scored = [], [], [0], []
+    for labels in labelings:
+        labels = np.asarray(labels)
+        if len(labels) != n:
+            raise ValueError(f"a labeling has {len(labels)} labels for {n} rows")
+        _, code = np.unique(labels, return_inverse=True)
+        count = np.bincount(code)
+        codes.append(code)
+        sizes.append(count)
+        offsets.append(offsets[-1] + len(count))
+        scored.append(2 <= len(count) <= n - 1)
+    if not any(scored):
+        return [float("nan")] * len(codes)
+    onehot = np.zeros((n, offsets[-1]), dtype=np.float64)
+    rows = np.arange(n)
+    for code, start in zip(codes, offsets, strict=False):
+        onehot[rows, start + code] = 1.0
+    totals = np.zeros(len(codes))
+    for start in range(0, n, block_rows):
+        stop = min(start + block_rows, n)
+        sums = cdist(points[start:stop], points) @ onehot  # (block, all clusters of all labelings)
+        for i, (code, count) in enumerate(zip(codes, sizes, strict=True)):
+            if not scored[i]:
+                continue
+            own = code[start:stop]
+            mean = sums[:, offsets[i] : offsets[i + 1]] / count
+            a = sums[np.arange(stop - start), offsets[i] + own] / np.maximum(count[own] - 1, 1)
+            mean[np.arange(stop - start), own] = np.inf
+            b = mean.min(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                s = np.where(count[own] > 1, (b - a) / np.maximum(a, b), 0.0)
+            totals[i] += float(np.nan_to_num(s).sum())
+    return [float(t / n) if ok else float("nan") for t, ok in zip(totals, scored, strict=True)]
 
 
 def fit_kmeans(
@@ -177,10 +227,10 @@ def quality_metrics(
         raise ValueError(f"labels has {len(labels)} entries for {len(X)} rows")
     idx = sample_indices(len(X), sample, random_state)
     X_sample = X[idx]
-    silhouette = _silhouette(X_sample, labels[idx], sample_distances(X_sample))
+    silhouette = _silhouette(X_sample, labels[idx])
     return {
         "silhouette": silhouette,
-        **_spread_scores(X, labels),
+        **spread_scores(X, labels),
         "silhouette_sample_size": float(len(idx)),
         "n_clusters": float(len(np.unique(labels))),
     }

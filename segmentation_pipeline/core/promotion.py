@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score, davies_bouldin_score, silhouette_score
+from sklearn.metrics import adjusted_rand_score, davies_bouldin_score
 
-from segmentation_pipeline.core.modeling import sample_distances
+from segmentation_pipeline.core.modeling import silhouette_scores
 
 
 @dataclass(frozen=True)
@@ -100,25 +100,11 @@ def bootstrap_stability(
     return float(np.mean(scores))
 
 
-def _internal_scores(
-    X_sample: np.ndarray,
-    labels_sample: np.ndarray,
-    X: np.ndarray,
-    labels: np.ndarray,
-    distances: np.ndarray | None = None,
-) -> tuple[float, float]:
-    """(silhouette on the sample, Davies-Bouldin on all rows); NaN when fewer than 2 clusters.
-
-    ``distances``: the sample's pairwise distances, computed once and shared by both models.
-    """
-    if len(np.unique(labels)) < 2 or len(np.unique(labels_sample)) < 2:
+def _internal_scores(silhouette: float, X: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(silhouette on the shared sample, Davies-Bouldin on all rows); NaN when fewer than 2 clusters."""
+    if len(np.unique(labels)) < 2 or math.isnan(silhouette):
         return math.nan, math.nan
-    if distances is not None:
-        silhouette = float(silhouette_score(distances, labels_sample, metric="precomputed"))
-    else:
-        silhouette = float(silhouette_score(X_sample, labels_sample))
-    davies_bouldin = float(davies_bouldin_score(X, labels))
-    return silhouette, davies_bouldin
+    return silhouette, float(davies_bouldin_score(X, labels))
 
 
 def evaluate_promotion(
@@ -147,8 +133,10 @@ def evaluate_promotion(
 
     rng = np.random.default_rng(random_state)
     idx = _sample_indices(n, gate.sample, rng)
-    distances = sample_distances(data[idx])
-    chal_sil, chal_db = _internal_scores(data[idx], challenger[idx], data, challenger, distances)
+    # both models' silhouettes from one pass over the shared sample's distances
+    labelings = [challenger[idx]] if champion is None else [challenger[idx], champion[idx]]
+    silhouettes = silhouette_scores(data[idx], labelings)
+    chal_sil, chal_db = _internal_scores(silhouettes[0], data, challenger)
     stability = bootstrap_stability(
         data, challenger_k, rounds=gate.bootstrap_rounds, sample=gate.sample, random_state=random_state
     )
@@ -172,7 +160,7 @@ def evaluate_promotion(
             evidence=evidence,
         )
 
-    champ_sil, champ_db = _internal_scores(data[idx], champion[idx], data, champion, distances)
+    champ_sil, champ_db = _internal_scores(silhouettes[1], data, champion)
     agreement = float(adjusted_rand_score(champion, challenger))
     evidence.update(champion_silhouette=champ_sil, champion_davies_bouldin=champ_db, agreement_ari=agreement)
 

@@ -29,25 +29,48 @@ def build_segments_table(
     mlflow_run_id: str,
     dagster_run_id: str,
 ) -> pd.DataFrame:
-    """One row per clean customer; outliers are segmented too, flagged with the feature that tripped."""
+    """One row per clean customer; outliers are segmented too, flagged with the feature that tripped.
+
+    Repeated strings (names, reasons, model and run ids) are categoricals: the frame costs ~30 bytes
+    a row instead of ~80, and the writer renders each category once.
+    """
     if len(segment_ids) != len(clean):
         raise ValueError(f"{len(segment_ids)} segment ids for {len(clean)} clean customers")
-    ids = pd.Series(np.asarray(segment_ids, dtype="int64"))
-    frame = pd.DataFrame(
-        {
-            "customer_id": clean[id_column].to_numpy(),
-            "segment_id": ids.to_numpy(),
-            "segment_name": ids.map(segment_names).fillna("").astype(str).to_numpy(),
-            "is_outlier": clean["is_outlier"].astype(bool).to_numpy() if "is_outlier" in clean else False,
-            "outlier_reason": clean["outlier_reason"].astype(str).to_numpy() if "outlier_reason" in clean else "",
-        }
-    )
-    frame["model_name"] = model_name
-    frame["model_version"] = str(model_version)
-    frame["mlflow_run_id"] = mlflow_run_id
-    frame["dagster_run_id"] = dagster_run_id
-    frame["scored_at"] = _now()
-    return frame[SEGMENT_COLUMNS]
+    ids = np.asarray(segment_ids, dtype="int64")
+    n = len(ids)
+
+    def repeated(value: str) -> pd.Categorical:
+        return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), [value])
+
+    columns = {
+        "customer_id": clean[id_column].to_numpy(),
+        "segment_id": ids,
+        "segment_name": _names(ids, segment_names),
+        "is_outlier": clean["is_outlier"].to_numpy(dtype=bool) if "is_outlier" in clean else np.zeros(n, dtype=bool),
+        "outlier_reason": (
+            pd.Categorical(clean["outlier_reason"].astype(str).to_numpy()) if "outlier_reason" in clean else repeated("")
+        ),
+        "model_name": repeated(model_name),
+        "model_version": repeated(str(model_version)),
+        "mlflow_run_id": repeated(mlflow_run_id),
+        "dagster_run_id": repeated(dagster_run_id),
+        "scored_at": np.full(n, _now().to_datetime64()),
+    }
+    assert list(columns) == SEGMENT_COLUMNS
+    return pd.DataFrame(columns, copy=False)  # no consolidation copy of the id and label arrays
+
+
+def _names(ids: np.ndarray, segment_names: dict[int, str]) -> pd.Categorical:
+    """Each row's segment name ("" for an id without one), without a Python object per row."""
+    categories = list(dict.fromkeys([*(str(v) for v in segment_names.values()), ""]))
+    known = np.array(sorted(int(k) for k in segment_names), dtype=np.int64)
+    known_codes = np.array([categories.index(str(segment_names[k])) for k in known], dtype=np.int16)
+    codes = np.full(len(ids), categories.index(""), dtype=np.int16)
+    if len(known):
+        at = np.clip(np.searchsorted(known, ids), 0, len(known) - 1)
+        hit = known[at] == ids
+        codes[hit] = known_codes[at[hit]]
+    return pd.Categorical.from_codes(codes, categories)
 
 
 def build_rejects_table(rejects: pd.DataFrame, *, mlflow_run_id: str, dagster_run_id: str) -> pd.DataFrame:

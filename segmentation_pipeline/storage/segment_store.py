@@ -14,7 +14,14 @@ import sqlalchemy as sa
 
 from segmentation_pipeline.config import OutputConfig
 from segmentation_pipeline.storage.database import ProgressFn, is_mysql, quote_identifier, table_exists, write_lock
-from segmentation_pipeline.storage.writeback import append_history, write_table_atomic, write_tables_atomic
+from segmentation_pipeline.storage.writeback import (
+    FramePlan,
+    copy_history,
+    ensure_history_table,
+    plan_frame,
+    write_table_atomic,
+    write_tables_atomic,
+)
 
 HISTORY_COLUMNS = ["dagster_run_id", "customer_id", "segment_id", "segment_name", "is_outlier", "model_version", "scored_at"]
 FAILURES_TABLE = "pipeline_run_failures"
@@ -34,17 +41,29 @@ def publish_segments(
     lock_timeout_s: int,
     progress: ProgressFn | None = None,
 ) -> list[str]:
-    """Replace both tables (swapped together atomically) and record the run in the history."""
+    """Replace both tables (swapped together atomically) and record the run in the history.
+
+    The history is copied from the freshly swapped segments table on the server, so the rows
+    cross the network once.
+    """
+    plan = plan_frame(segments, "customer_id")
     with write_lock(engine, lock_name(output), lock_timeout_s):
         write_tables_atomic(
-            engine, [(output.segments_table, segments, "customer_id"), (output.rejects_table, rejects, None)],
+            engine, [(output.segments_table, segments, plan), (output.rejects_table, rejects, None)],
             progress=progress,
         )
-        append_history(
-            engine, output.history_table, segments[HISTORY_COLUMNS], run_key_column="dagster_run_id",
-            run_key=run_key, id_column="customer_id",
-        )
+        _record_history(engine, output, output.segments_table, plan, run_key, len(segments))
     return [output.segments_table, output.rejects_table, output.history_table]
+
+
+_HISTORY_KEYS = {"run_key_column": "dagster_run_id", "id_column": "customer_id"}
+
+
+def _record_history(
+    bind: sa.Engine | sa.Connection, output: OutputConfig, source: str, plan: FramePlan, run_key: str, rows: int
+) -> None:
+    copy_history(bind, output.history_table, source, plan, HISTORY_COLUMNS, run_key=run_key, expected_rows=rows,
+                 **_HISTORY_KEYS)
 
 
 def upsert_segments(
@@ -66,9 +85,11 @@ def upsert_segments(
     touched = pd.DataFrame({"customer_id": pd.concat([segments["customer_id"].astype(str),
                                                       rejects["customer_id"].astype(str)], ignore_index=True)})
     incoming_ids = f"{output.segments_table}__incoming_ids"
+    plan = plan_frame(segments, "customer_id")
     with write_lock(engine, lock_name(output), lock_timeout_s):
+        ensure_history_table(engine, output.history_table, plan, HISTORY_COLUMNS, **_HISTORY_KEYS)
         try:
-            write_table_atomic(engine, incoming_segments, segments, primary_key="customer_id", progress=progress)
+            write_tables_atomic(engine, [(incoming_segments, segments, plan)], progress=progress)
             write_table_atomic(engine, incoming_rejects, rejects)
             write_table_atomic(engine, incoming_ids, touched.drop_duplicates())
             q = lambda name: quote_identifier(engine, name)  # noqa: E731 - local shorthand
@@ -85,13 +106,12 @@ def upsert_segments(
                     conn.execute(sa.text(f"DELETE FROM {rej} WHERE customer_id IN (SELECT customer_id FROM {ids})"))
                 conn.execute(sa.text(f"INSERT INTO {seg} ({seg_cols}) SELECT {seg_cols} FROM {inc_seg}"))
                 conn.execute(sa.text(f"INSERT INTO {rej} ({rej_cols}) SELECT {rej_cols} FROM {inc_rej}"))
+                if len(segments):  # the history commits with the upsert, or neither does
+                    _record_history(conn, output, incoming_segments, plan, run_key, len(segments))
         finally:
             with contextlib.suppress(Exception), engine.begin() as conn:
                 for name in (incoming_segments, incoming_rejects, incoming_ids):
                     conn.execute(sa.text(f"DROP TABLE IF EXISTS {quote_identifier(engine, name)}"))
-        if len(segments):
-            append_history(engine, output.history_table, segments[HISTORY_COLUMNS], run_key_column="dagster_run_id",
-                           run_key=run_key, id_column="customer_id")
     return [output.segments_table, output.rejects_table, output.history_table]
 
 

@@ -42,7 +42,10 @@ from segmentation_pipeline.storage.database import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WriteError", "write_table_atomic", "write_tables_atomic", "append_history", "load_frame"]
+__all__ = [
+    "FramePlan", "WriteError", "append_history", "copy_history", "ensure_history_table", "load_frame", "plan_frame", "write_table_atomic",
+    "write_tables_atomic",
+]
 
 STAGING_SUFFIX = "__staging"
 OLD_SUFFIX = "__old"
@@ -55,6 +58,7 @@ _TSV_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"), ("\
 _TSV_NULL = "\\N"
 _VARCHAR = 255
 _MAX_KEY_VARCHAR = 768  # utf8mb4 x 768 = 3072 bytes, InnoDB's index key limit
+_RUN_KEY_VARCHAR = 64  # Dagster run ids have 36 characters; leaves room for the id in a (run, id) key
 
 
 class WriteError(RuntimeError):
@@ -65,22 +69,29 @@ class WriteError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _FramePlan:
+class FramePlan:
     """How each frame column becomes Arrow (for serialising) and SQL (for DDL)."""
 
     names: list[str]
     arrow_types: dict[str, pa.DataType]
     sql_types: dict[str, sa.types.TypeEngine[Any]]
-    primary_key: str | None
+    primary_key: str | tuple[str, ...] | None
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        if self.primary_key is None:
+            return ()
+        return (self.primary_key,) if isinstance(self.primary_key, str) else tuple(self.primary_key)
 
     def columns(self) -> list[sa.Column[Any]]:
         # autoincrement=False: an AUTO_INCREMENT key would turn an id of 0 into the next value
+        keys = self.key_columns
         return [
             sa.Column(
                 name,
                 self.sql_types[name],
-                primary_key=name == self.primary_key,
-                nullable=name != self.primary_key,
+                primary_key=name in keys,
+                nullable=name not in keys,
                 autoincrement=False,
             )
             for name in self.names
@@ -88,9 +99,7 @@ class _FramePlan:
 
 
 def _series_to_arrow(series: pd.Series) -> pa.Array:
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        series = series.astype(object)
-    try:
+    try:  # categoricals arrive as dictionary arrays, decoded below: no Python object per row
         array = pa.array(series, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
         raise TypeError(
@@ -107,7 +116,9 @@ def _series_to_arrow(series: pd.Series) -> pa.Array:
 
 def _arrow_type(series: pd.Series) -> tuple[pa.DataType, int]:
     """The column's Arrow type (and max string length), inferring object columns from all values."""
-    needs_values = series.dtype == object or isinstance(series.dtype, (pd.CategoricalDtype, pd.StringDtype))
+    if isinstance(series.dtype, pd.CategoricalDtype):  # the categories say it all
+        series = pd.Series(series.cat.categories, name=series.name, dtype=series.cat.categories.dtype)
+    needs_values = series.dtype == object or isinstance(series.dtype, pd.StringDtype)
     array = _series_to_arrow(series if needs_values else series.iloc[:0])
     t = array.type
     max_len = 0
@@ -160,7 +171,7 @@ def _plan_frame(
     frame: pd.DataFrame,
     column_types: dict[str, sa.types.TypeEngine[Any]] | None,
     primary_key: str | None,
-) -> _FramePlan:
+) -> FramePlan:
     names = list(frame.columns)
     for name in names:
         validate_identifier(name, "column")
@@ -187,10 +198,10 @@ def _plan_frame(
         t, max_len = _arrow_type(frame[name])
         arrow_types[name] = t
         sql_types[name] = overrides.get(name) or _sql_type(name, t, max_len, name == primary_key)
-    return _FramePlan(names, arrow_types, sql_types, primary_key)
+    return FramePlan(names, arrow_types, sql_types, primary_key)
 
 
-def _chunk_arrays(frame: pd.DataFrame, plan: _FramePlan, start: int, stop: int) -> list[pa.Array]:
+def _chunk_arrays(frame: pd.DataFrame, plan: FramePlan, start: int, stop: int) -> list[pa.Array]:
     arrays = []
     for name in plan.names:
         array = _series_to_arrow(frame[name].iloc[start:stop])
@@ -317,13 +328,17 @@ def _insert_frame(
     conn: sa.Connection,
     table: str,
     frame: pd.DataFrame,
-    plan: _FramePlan,
+    plan: FramePlan,
     *,
     chunk_size: int,
     progress: ProgressFn | None,
     method: Literal["auto", "load_data", "executemany"] = "auto",
 ) -> int:
-    """Insert all rows on ``conn`` (inside the caller's transaction); returns rows inserted."""
+    """Insert all rows on ``conn`` (inside the caller's transaction).
+
+    Returns the rows the server reports inserted (LOAD DATA: checked per chunk, warning-free), so
+    callers verify a load without a COUNT(*) scan.
+    """
     total = len(frame)
     use_load_data = is_mysql(conn) and method != "executemany"
     raw = conn.connection.dbapi_connection
@@ -380,11 +395,12 @@ def _insert_frame(
             cursor = raw.cursor()
             try:
                 cursor.executemany(_insert_sql(conn, table, plan.names), rows_)
+                # the server's count, not ours: the caller compares it with the frame
+                inserted += cursor.rowcount if cursor.rowcount >= 0 else len(rows_)
             except driver_error as exc:
                 raise WriteError(f"INSERT into {table!r} failed ({masked_url(conn)}): {exc}") from exc
             finally:
                 cursor.close()
-            inserted += len(rows_)
             if progress is not None:
                 progress(inserted, total)
     return inserted
@@ -419,7 +435,7 @@ def _load_data_chunk(conn: sa.Connection, raw: Any, table: str, path: Path, name
 def _create_table(
     conn: sa.Connection,
     table: str,
-    plan: _FramePlan,
+    plan: FramePlan,
     *,
     comment: str | None = None,
     index: tuple[str, Sequence[str]] | None = None,
@@ -516,7 +532,7 @@ def write_table_atomic(
 
 def write_tables_atomic(
     engine: sa.Engine,
-    tables: Sequence[tuple[str, pd.DataFrame, str | None | _FramePlan]],
+    tables: Sequence[tuple[str, pd.DataFrame, str | None | FramePlan]],
     *,
     progress: ProgressFn | None = None,
     lock_name: str | None = None,
@@ -531,7 +547,7 @@ def write_tables_atomic(
     items = []
     for table, frame, key in tables:
         validate_identifier(table, "table")
-        plan = key if isinstance(key, _FramePlan) else _plan_frame(frame, None, key)
+        plan = key if isinstance(key, FramePlan) else _plan_frame(frame, None, key)
         items.append((table, frame, plan, _derived_name(table, STAGING_SUFFIX), _derived_name(table, OLD_SUFFIX)))
     started = time.perf_counter()
     lock = write_lock(engine, lock_name, lock_timeout_s) if lock_name else contextlib.nullcontext()
@@ -546,9 +562,10 @@ def write_tables_atomic(
                     # the comment changes the table's identity token, so chunked readers notice a swap
                     _create_table(conn, staging, plan, comment=f"segmentation-pipeline write {uuid.uuid4().hex}")
                 with _transaction(engine) as conn:
-                    _insert_frame(conn, staging, frame, plan, chunk_size=chunk_size, progress=progress, method=method)
-                with engine.connect() as conn:
-                    loaded = _count(conn, staging)
+                    # server-reported counts of this transaction: no COUNT(*) scan of the staging table
+                    loaded = _insert_frame(
+                        conn, staging, frame, plan, chunk_size=chunk_size, progress=progress, method=method
+                    )
                 if loaded != len(frame):
                     raise WriteError(
                         f"staging table {staging!r} holds {loaded} rows but the frame has {len(frame)} "
@@ -589,7 +606,7 @@ def _index_name(table: str, suffix: str) -> str:
 
 
 def _create_if_missing(
-    engine: sa.Engine, table: str, plan: _FramePlan, index: tuple[str, Sequence[str]] | None = None
+    engine: sa.Engine, table: str, plan: FramePlan, index: tuple[str, Sequence[str]] | None = None
 ) -> None:
     """CREATE once; losing a creation race to a concurrent run is fine."""
     if table_exists(engine, table):
@@ -606,7 +623,7 @@ def _create_if_missing(
         _ensure_index(engine, table, plan, index)
 
 
-def _ensure_index(engine: sa.Engine, table: str, plan: _FramePlan, index: tuple[str, Sequence[str]]) -> None:
+def _ensure_index(engine: sa.Engine, table: str, plan: FramePlan, index: tuple[str, Sequence[str]]) -> None:
     """The index must exist: MySQL commits CREATE TABLE before CREATE INDEX, so a CREATE INDEX
     that failed (e.g. no INDEX privilege) used to leave the table without it, silently, for good."""
     name, columns = index
@@ -667,6 +684,101 @@ def append_history(
                 f"history {table!r} has {stored} rows for run {run_key!r}, expected {len(rows)}; rolled back"
             )
     return len(rows)
+
+
+def plan_frame(frame: pd.DataFrame, primary_key: str | None = None) -> FramePlan:
+    """The frame's column plan, validated once; pass it to :func:`write_tables_atomic` and
+    :func:`copy_history` instead of a key so neither re-infers types over every value."""
+    return _plan_frame(frame, None, primary_key)
+
+
+def _history_plan(source: FramePlan, columns: Sequence[str], run_key_column: str, id_column: str) -> FramePlan:
+    """History columns typed like the source's; keyed by (run, id) where the key fits InnoDB's limit."""
+    missing = [c for c in (*columns, id_column) if c != run_key_column and c not in source.names]
+    if missing:
+        raise ValueError(f"history columns {missing} are not columns of the source table; it has {source.names}")
+    names = [run_key_column, *(c for c in columns if c != run_key_column)]
+    if id_column not in names:
+        names.append(id_column)
+    sql_types = {c: source.sql_types[c] for c in names if c != run_key_column}
+    sql_types[run_key_column] = sa.String(_RUN_KEY_VARCHAR)
+    arrow_types = {c: source.arrow_types.get(c, pa.string()) for c in names}
+    id_type = sql_types[id_column]
+    fits = not isinstance(id_type, sa.String) or (id_type.length or _VARCHAR) <= _MAX_KEY_VARCHAR - _RUN_KEY_VARCHAR
+    return FramePlan(names, arrow_types, sql_types, (run_key_column, id_column) if fits else None)
+
+
+def ensure_history_table(
+    engine: sa.Engine, table: str, source_plan: FramePlan, columns: Sequence[str], *, run_key_column: str,
+    id_column: str,
+) -> FramePlan:
+    """Create the history table on first use (typed like the source); returns its plan.
+
+    New tables are keyed ``(run_key_column, id_column)``: one B-tree instead of rows + an index.
+    """
+    validate_identifier(table, "history table")
+    validate_identifier(run_key_column, "run key column")
+    validate_identifier(id_column, "id column")
+    plan = _history_plan(source_plan, columns, run_key_column, id_column)
+    index = None if plan.primary_key else (_index_name(table, "run"), [run_key_column, id_column])
+    _create_if_missing(engine, table, plan, index=index)
+    return plan
+
+
+def copy_history(
+    bind: sa.Engine | sa.Connection,
+    table: str,
+    source_table: str,
+    source_plan: FramePlan,
+    columns: Sequence[str],
+    *,
+    run_key_column: str,
+    run_key: str,
+    id_column: str,
+    expected_rows: int,
+) -> int:
+    """Record ``source_table``'s rows as run ``run_key`` of the history, on the server.
+
+    ``INSERT ... SELECT``: rows already in the database never travel through Python again.
+    Idempotent like :func:`append_history` (the run's earlier rows are replaced). Given an
+    Engine, the table is created when missing and the copy runs in its own transaction; given a
+    Connection, it runs inside the caller's transaction (the scoring upsert commits segments and
+    history together) and :func:`ensure_history_table` must have run first. The server's row
+    count must equal ``expected_rows`` or nothing is recorded.
+    """
+    validate_identifier(source_table, "history source table")
+    if not isinstance(run_key, str) or not run_key:
+        raise ValueError(f"run_key must be a non-empty string, got {run_key!r}")
+    if len(run_key) > _RUN_KEY_VARCHAR:
+        raise ValueError(f"run_key {run_key[:80]!r} has {len(run_key)} characters; at most {_RUN_KEY_VARCHAR}")
+    if isinstance(bind, sa.Engine):
+        ensure_history_table(bind, table, source_plan, columns, run_key_column=run_key_column, id_column=id_column)
+        with _transaction(bind) as conn:
+            return copy_history(conn, table, source_table, source_plan, columns, run_key_column=run_key_column,
+                                run_key=run_key, id_column=id_column, expected_rows=expected_rows)
+    conn = bind
+    names = _history_plan(source_plan, columns, run_key_column, id_column).names
+    q = lambda name: quote_identifier(conn, name, "column")  # noqa: E731 - local shorthand
+    target, source = quote_identifier(conn, table, "history table"), quote_identifier(conn, source_table, "table")
+    tbl = sa.table(table, sa.column(run_key_column))
+    selected = ", ".join(":run_key" if c == run_key_column else q(c) for c in names)
+    try:
+        conn.execute(sa.delete(tbl).where(tbl.c[run_key_column] == run_key))
+        copied = conn.execute(
+            sa.text(f"INSERT INTO {target} ({', '.join(q(c) for c in names)}) SELECT {selected} FROM {source}"),
+            {"run_key": run_key},
+        ).rowcount
+    except sa.exc.DBAPIError as exc:
+        raise WriteError(
+            f"history {table!r} copy from {source_table!r} for run {run_key!r} failed ({masked_url(conn)}): "
+            f"{getattr(exc, 'orig', exc)}; rolled back"
+        ) from exc
+    if copied != expected_rows:
+        raise WriteError(
+            f"history {table!r} got {copied} rows for run {run_key!r} from {source_table!r}, "
+            f"expected {expected_rows}; rolled back"
+        )
+    return copied
 
 
 def load_frame(

@@ -92,3 +92,19 @@ def test_quality_metrics() -> None:
 def test_fit_kmeans_rejects_impossible_k() -> None:
     with pytest.raises(ValueError, match="k=5 needs at least 5 rows"):
         fit_kmeans(np.zeros((3, 2)), 5, n_init=1, max_iter=10, random_state=0)
+
+
+def test_silhouette_scores_match_sklearn_for_every_labeling_at_once() -> None:
+    from segmentation_pipeline.core.modeling import silhouette_scores
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(700, 3))
+    X[:250] += 3.0
+    singleton = np.r_[np.zeros(300, int), np.ones(399, int), [2]]  # a cluster of one scores 0
+    labelings = [rng.integers(0, 2, 700), (X[:, 0] > 1.5).astype(int), rng.integers(0, 6, 700), singleton]
+    got = silhouette_scores(X, labelings, block_rows=64)  # several blocks, last one partial
+    want = [silhouette_score(X, labels) for labels in labelings]
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert np.isnan(silhouette_scores(X, [np.zeros(700, int)])[0])  # one cluster: undefined
+    with pytest.raises(ValueError, match="699 labels for 700 rows"):
+        silhouette_scores(X, [np.zeros(699, int)])

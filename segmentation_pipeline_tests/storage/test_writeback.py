@@ -445,6 +445,34 @@ def test_append_history_is_idempotent_per_run(db: sa.Engine, table_name: str) ->
         append_history(db, table_name, run(2, 1).assign(extra=1), run_key_column="dagster_run_id", run_key="run-c")
 
 
+def test_copy_history_copies_on_the_server_idempotently_keyed_by_run_and_id(db: sa.Engine, table_name: str) -> None:
+    source, history = f"{table_name}_src", f"{table_name}_hist"
+    frame = _segments(6)
+    plan = writeback.plan_frame(frame, "customer_id")
+    write_table_atomic(db, source, frame, primary_key="customer_id")
+    columns = ["dagster_run_id", "customer_id", "segment", "label"]
+    keys = {"run_key_column": "dagster_run_id", "id_column": "customer_id"}
+    assert writeback.copy_history(db, history, source, plan, columns, run_key="run-a", expected_rows=6, **keys) == 6
+    write_table_atomic(db, source, frame.iloc[:4].assign(segment=9), primary_key="customer_id")
+    writeback.copy_history(db, history, source, plan, columns, run_key="run-b", expected_rows=4, **keys)
+    writeback.copy_history(db, history, source, plan, columns, run_key="run-a", expected_rows=4, **keys)  # re-run
+    with db.connect() as conn:
+        rows = conn.exec_driver_sql(
+            f"SELECT dagster_run_id, customer_id, segment FROM {history} ORDER BY dagster_run_id, customer_id"
+        ).all()
+    assert [tuple(r) for r in rows] == [(run, i, 9) for run in ("run-a", "run-b") for i in range(1, 5)]
+    assert sa.inspect(db).get_pk_constraint(history)["constrained_columns"] == ["dagster_run_id", "customer_id"]
+    # the server's count is checked: a wrong expectation rolls the whole copy back
+    with pytest.raises(WriteError, match="got 4 rows for run 'run-c'.*expected 5; rolled back"):
+        writeback.copy_history(db, history, source, plan, columns, run_key="run-c", expected_rows=5, **keys)
+    with db.connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT COUNT(*) FROM {history} WHERE dagster_run_id = 'run-c'").scalar() == 0
+    with pytest.raises(ValueError, match=r"history columns \['nope'\]"):
+        writeback.copy_history(db, history, source, plan, ["nope"], run_key="run-d", expected_rows=4, **keys)
+    with pytest.raises(ValueError, match="at most 64"):
+        writeback.copy_history(db, history, source, plan, columns, run_key="r" * 65, expected_rows=4, **keys)
+
+
 def test_load_frame_replace_and_append(db: sa.Engine, table_name: str) -> None:
     full = _segments(15)
     assert load_frame(db, table_name, full.iloc[:10], primary_key="customer_id") == 10
