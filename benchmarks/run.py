@@ -327,15 +327,20 @@ def floor_cli_read() -> float:
     return time.perf_counter() - started
 
 
+def read_back(table: str, columns: list[str] | None) -> Any:
+    """The harness's own reads of the pipeline's output (connectorx pages; untimed)."""
+    from segmentation_pipeline.storage.database import create_db_engine, read_table
+
+    engine = create_db_engine(URL)
+    try:
+        return read_table(engine, table, columns, id_column="customer_id", chunk_size=1_000_000)
+    finally:
+        engine.dispose()
+
+
 def floor_load_data(workdir: Path) -> tuple[float, int]:
     """LOAD DATA of the rows the write-back wrote to customer_segments (TSV written beforehand)."""
-    import pandas as pd
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(URL)
-    with engine.connect() as conn:
-        frame = pd.read_sql("SELECT * FROM customer_segments", conn)
-    engine.dispose()
+    frame = read_back("customer_segments", None)
     tsv = workdir / "segments.tsv"
     frame.to_csv(tsv, sep="\t", header=False, index=False, na_rep="\\N", lineterminator="\n",
                  date_format="%Y-%m-%d %H:%M:%S.%f")
@@ -371,14 +376,10 @@ def floor_lloyd(workdir: Path, k: int) -> dict[str, float]:
 def pipeline_ari(workdir: Path) -> float:
     import numpy as np
     import pandas as pd
-    import sqlalchemy as sa
     from sklearn.metrics import adjusted_rand_score
 
     ids, planted = np.load(workdir / "planted.npy")
-    engine = sa.create_engine(URL)
-    with engine.connect() as conn:
-        seg = pd.read_sql("SELECT customer_id, segment_id FROM customer_segments", conn)
-    engine.dispose()
+    seg = read_back("customer_segments", ["customer_id", "segment_id"])
     truth = pd.Series(planted, index=ids)
     truth = truth[truth >= 0]
     joined = seg.set_index("customer_id")["segment_id"].reindex(truth.index)
@@ -515,24 +516,59 @@ def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         add("1M: whole run ≤ 3× sum of the three floors", f"{ratio:.2f}× ({fmt_s(p['whole_s'])} vs "
             f"{fmt_s(floors)})", ratio <= 3)
     sizes = sorted(by_n)
-    if small and len(sizes) > 1:
-        top = by_n[sizes[-1]]
-        per_small = small["pipeline"]["whole_s"] / small["n"]
-        per_top = top["pipeline"]["whole_s"] / top["n"]
-        ratio = max(per_small, per_top) / min(per_small, per_top)
-        note = "" if sizes[-1] >= 5_000_000 else f"only up to {fmt_n(sizes[-1])}: 5M not run"
-        add(f"time per row 100k → {fmt_n(sizes[-1])} within 1.3×",
-            f"{ratio:.2f}× ({1e6 * per_small:.1f} µs/row at 100k, {1e6 * per_top:.1f} µs/row at {fmt_n(sizes[-1])})",
-            ratio <= 1.3, note)
+    if len(sizes) > 1:
+        top = sizes[-1]
+        whole = {n: by_n[n]["pipeline"]["whole_s"] for n in sizes}
+        per_row = {n: whole[n] / n for n in sizes}
+        ratio = max(per_row.values()) / min(per_row.values())
+        intercept, slope = fixed_and_marginal(sizes, [whole[n] for n in sizes])
+        add(f"time per row (whole run ÷ rows) {fmt_n(sizes[0])} → {fmt_n(top)} within 1.3×",
+            f"{ratio:.2f}× (" + ", ".join(f"{1e6 * per_row[n]:.1f} µs/row at {fmt_n(n)}" for n in sizes) + ")",
+            ratio <= 1.3,
+            f"as written: the run's size-independent cost (least-squares intercept ≈ {intercept:.1f} s: Dagster, "
+            "MLflow, fixed-size samples) dominates small tables")
+        marginal = pairwise_slopes(sizes, whole)
+        if len(marginal) > 1:
+            ratio = max(marginal.values()) / min(marginal.values())
+            add(f"marginal time per row between sizes within 1.3× (linear scaling)",
+                f"{ratio:.2f}× (" + ", ".join(f"{1e6 * v:.1f} µs/row {k}" for k, v in marginal.items()) + ")",
+                ratio <= 1.3, "slope of whole-run time between consecutive sizes, same run")
+        feature_row = 3 * 8 * by_n[top]["pipeline"]["n_features"]  # bytes per row of 3× the float64 matrix
+        increments = {n: by_n[n]["pipeline"]["rss_peak"] - by_n[n]["pipeline"]["rss_before"] for n in sizes}
+        memory = pairwise_slopes(sizes, increments)
+        last = list(memory.values())[-1]
+        add(f"peak memory per extra row < 3× a float64 feature-matrix row ({feature_row} B)",
+            f"{last:.0f} B/row ({list(memory)[-1]}); " + ", ".join(
+                f"{v:.0f} B/row {k}" for k, v in list(memory.items())[:-1]) + ("; " if len(memory) > 1 else "")
+            + f"{fmt_mb(increments[top])} over the post-import RSS at {fmt_n(top)}",
+            last < feature_row, "slope of peak RSS (VmHWM − RSS after imports) between consecutive sizes")
+        if len(memory) > 1:
+            values = [v for v in memory.values()]
+            ratio = max(values) / min(values) if min(values) > 0 else float("inf")
+            add("peak memory grows linearly (marginal B/row within 1.3× between size pairs)",
+                f"{ratio:.2f}× (" + ", ".join(f"{v:.0f} B/row {k}" for k, v in memory.items()) + ")", ratio <= 1.3)
     for n in sizes:
         p = by_n[n]["pipeline"]
         budget = 3 * p["feature_matrix_f64_bytes"]
         increment = p["rss_peak"] - p["rss_before"]
-        add(f"{fmt_n(n)}: peak memory < 3× float64 feature matrix",
+        add(f"{fmt_n(n)}: peak memory < 3× float64 feature matrix (absolute)",
             f"peak RSS {fmt_mb(p['rss_peak'])} (+{fmt_mb(increment)} over the {fmt_mb(p['rss_before'])} "
             f"after imports) vs 3× matrix = {fmt_mb(budget)}", increment < budget,
-            "judged on the increment over the post-import baseline; the absolute peak is further off")
+            "as written: judged on the increment over the post-import baseline")
     return rows
+
+
+def pairwise_slopes(sizes: list[int], values: dict[int, float]) -> dict[str, float]:
+    """Change per row between consecutive sizes, labelled like "100k→1M"."""
+    return {f"{fmt_n(a)}→{fmt_n(b)}": (values[b] - values[a]) / (b - a) for a, b in zip(sizes, sizes[1:])}
+
+
+def fixed_and_marginal(sizes: list[int], seconds: list[float]) -> tuple[float, float]:
+    """Least-squares ``seconds ≈ fixed + marginal × rows``."""
+    import numpy as np
+
+    marginal, fixed = np.polyfit(np.asarray(sizes, dtype=float), np.asarray(seconds, dtype=float), 1)
+    return float(fixed), float(marginal)
 
 
 def versions() -> dict[str, str]:
