@@ -74,6 +74,11 @@ def k_selection(
 ) -> dg.Output[KSelection]:
     cfg = settings.load()
     X = customer_features.X[customer_features.fit_mask]
+    sweep = select_k
+    if cfg.engine == "spark":  # MLlib sweep over all fit rows, same k rule and MLflow records (spark_stages.py)
+        from segmentation_pipeline.assets.spark_stages import select_k as sweep
+
+        X = customer_features.spark_X_fit
 
     def progress(k: int, row: dict) -> None:
         context.log.info(
@@ -81,7 +86,7 @@ def k_selection(
             f"davies_bouldin={row['davies_bouldin']:.3f}"
         )
 
-    selection = select_k(X, cfg, progress=progress)
+    selection = sweep(X, cfg, progress=progress)
     elbow = elbow_plot(selection.metrics, selection.k)
     silhouette = silhouette_plot(selection.metrics, selection.k)
     with registry.training_run(mlflow_tracking.target(), context.run.run_id):
@@ -142,6 +147,10 @@ def segmentation_model(
 ) -> dg.Output[TrainedSegmentation]:
     cfg = settings.load()
     target = mlflow_tracking.target()
+    if cfg.engine == "spark":  # MLlib KMeans exported into the same pyfunc (assets/spark_stages.py)
+        from segmentation_pipeline.assets import spark_stages
+
+        return spark_stages.segmentation_model(context, cfg, target, clean_customers, customer_features, k_selection)
     X, fit_mask = customer_features.X, customer_features.fit_mask
     kmeans = fit_kmeans(
         X[fit_mask],
