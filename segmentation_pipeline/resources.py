@@ -88,11 +88,14 @@ class SparkResource(dg.ConfigurableResource):
     def session(self) -> "SparkSession":
         """The session, started on first use (e.g. by the IO manager in a fresh step process)."""
         if self._session is None:
-            from pyspark import SparkContext
-
             from segmentation_pipeline.engines.spark.session import build_session
 
-            self._owned = SparkContext._active_spark_context is None  # noqa: SLF001
+            try:
+                from pyspark import SparkContext
+            except ImportError:  # build_session raises SparkUnavailableError with the install hint
+                self._owned = True
+            else:
+                self._owned = SparkContext._active_spark_context is None  # noqa: SLF001
             self._session = build_session(self.settings.load().spark)
         return self._session
 
