@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.engine import URL, make_url
 
+from segmentation_pipeline.engines.spark.session import SparkSettings
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -25,6 +27,11 @@ ENV_DATABASE_URL = "SEGMENTATION_DATABASE_URL"
 ENV_DATABASE_PASSWORD = "SEGMENTATION_DATABASE_PASSWORD"
 ENV_DATA_DIR = "SEGMENTATION_DATA_DIR"
 ENV_MLFLOW_URI = "MLFLOW_TRACKING_URI"
+ENV_ENGINE = "SEGMENTATION_ENGINE"
+ENV_SPARK_MASTER = "SEGMENTATION_SPARK_MASTER"
+# Spark settings that carry credentials belong in the environment or spark-defaults.conf, never
+# in a YAML file that is also logged to MLflow as params.
+_SECRET_CONF = re.compile(r"password|secret|token|credential|access\.?key", re.IGNORECASE)
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -249,6 +256,19 @@ class PipelineConfig(_Model):
     drift: DriftConfig = DriftConfig()
     automation: AutomationConfig = AutomationConfig()
     data_dir: str = "data"
+    engine: Literal["local", "spark"] = Field("local", description="local: pandas/scikit-learn; spark: Spark MLlib")
+    spark: SparkSettings = Field(default_factory=SparkSettings, description="used when engine is spark")
+
+    @field_validator("spark")
+    @classmethod
+    def _no_spark_secrets(cls, value: SparkSettings) -> SparkSettings:
+        secret = sorted(key for key in value.extra_conf if _SECRET_CONF.search(key))
+        if secret:
+            raise ValueError(
+                f"spark.extra_conf {secret} look like credentials: set them in the environment or "
+                "spark-defaults.conf, not in the config file"
+            )
+        return value
 
     @field_validator("features")
     @classmethod
@@ -352,6 +372,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raw["mlflow"].pop("artifact_location", None)
     if os.environ.get(ENV_DATA_DIR):
         raw["data_dir"] = os.environ[ENV_DATA_DIR]
+    if os.environ.get(ENV_ENGINE):
+        raw["engine"] = os.environ[ENV_ENGINE]
+    if os.environ.get(ENV_SPARK_MASTER):
+        raw.setdefault("spark", {})["master"] = os.environ[ENV_SPARK_MASTER]
     try:
         config = PipelineConfig.model_validate(raw)
     except Exception as exc:  # pydantic.ValidationError names every failing field

@@ -26,6 +26,7 @@ from segmentation_pipeline.resources import (
     DatabaseResource,
     MlflowResource,
     SettingsResource,
+    SparkResource,
 )
 
 ASSETS = [
@@ -42,11 +43,13 @@ ASSETS = [
 
 
 def build_resources(settings: SettingsResource, cfg: PipelineConfig, io_manager: object | None = None) -> dict:
+    spark = SparkResource(settings=settings)  # starts a JVM only under engine: spark
     return {
         "settings": settings,
         "database": DatabaseResource(settings=settings),
         "mlflow_tracking": MlflowResource(settings=settings),
-        "io_manager": io_manager or AssetStoreIOManager(base_dir=str(cfg.data_path / "dagster_storage")),
+        "spark": spark,
+        "io_manager": io_manager or AssetStoreIOManager(base_dir=str(cfg.data_path / "dagster_storage"), spark=spark),
     }
 
 

@@ -1,4 +1,4 @@
-"""Typed Dagster resources: the pipeline config, the customer database, MLflow, and asset storage.
+"""Typed Dagster resources: the pipeline config, the customer database, MLflow, Spark, and asset storage.
 
 Thin by design: each resource turns Dagster config into the plain objects the core and storage
 modules take (a ``PipelineConfig``, a SQLAlchemy engine, a ``TrackingTarget``).
@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
+from pydantic import PrivateAttr
 
 from segmentation_pipeline.config import PipelineConfig, load_config
 from segmentation_pipeline.storage.database import create_db_engine
+from segmentation_pipeline.engines.spark.handoff import MARKER, SparkHandoff, load_handoff, save_handoff
 from segmentation_pipeline.storage.mlflow_registry import TrackingTarget
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import SparkSession
 
 
 @lru_cache(maxsize=16)
@@ -59,14 +65,52 @@ class MlflowResource(dg.ConfigurableResource):
         return TrackingTarget(cfg.tracking_uri, cfg.experiment, cfg.artifact_location)
 
 
+class SparkResource(dg.ConfigurableResource):
+    """The run's SparkSession (``engine: spark``), from the config's ``spark:`` section.
+
+    Built once per run (per process) in ``setup_for_execution`` and stopped in
+    ``teardown_after_execution``; with ``engine: local`` no JVM is ever started.
+    """
+
+    settings: SettingsResource
+    _session: "SparkSession | None" = PrivateAttr(default=None)
+    _owned: bool = PrivateAttr(default=False)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.settings.load().engine == "spark":
+            self.session()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._session is not None and self._owned:
+            self._session.stop()
+        self._session = None
+
+    def session(self) -> "SparkSession":
+        """The session, started on first use (e.g. by the IO manager in a fresh step process)."""
+        if self._session is None:
+            from segmentation_pipeline.engines.spark.session import build_session
+
+            try:
+                from pyspark import SparkContext
+            except ImportError:  # build_session raises SparkUnavailableError with the install hint
+                self._owned = True
+            else:
+                self._owned = SparkContext._active_spark_context is None  # noqa: SLF001
+            self._session = build_session(self.settings.load().spark)
+        return self._session
+
+
 class AssetStoreIOManager(dg.ConfigurableIOManager):
     """Hands assets between steps: DataFrames as Parquet (Arrow), other values pickled.
 
-    Used when steps run in separate processes (the Dagster UI); the in-process ``segmentation
-    run`` keeps values in memory instead.
+    Spark-engine values (:class:`~segmentation_pipeline.engines.spark.handoff.SparkHandoff`)
+    are written by Spark (Parquet, MLlib persistence) into a directory and read back through the
+    ``spark`` resource's session. Used when steps run in separate processes (the Dagster UI); the
+    in-process ``segmentation run`` keeps values in memory instead.
     """
 
     base_dir: str
+    spark: SparkResource | None = None
 
     def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
         key = context.asset_key.path if context.has_asset_key else [context.step_key, context.name]
@@ -76,6 +120,12 @@ class AssetStoreIOManager(dg.ConfigurableIOManager):
         path = self._path(context)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
+        if isinstance(obj, SparkHandoff):
+            save_handoff(obj, path.with_suffix(".spark"))
+            for stale in (path.with_suffix(".parquet"), path.with_suffix(".pkl")):
+                stale.unlink(missing_ok=True)
+            return
+        shutil.rmtree(path.with_suffix(".spark"), ignore_errors=True)  # an earlier engine: spark value
         if isinstance(obj, pd.DataFrame):
             obj.to_parquet(tmp, index=False)
             target = path.with_suffix(".parquet")
@@ -87,6 +137,10 @@ class AssetStoreIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         path = self._path(context)
+        if (path.with_suffix(".spark") / MARKER).exists():
+            if self.spark is None:
+                raise RuntimeError(f"{path.with_suffix('.spark')} holds a Spark value but the IO manager has no spark resource")
+            return load_handoff(self.spark.session(), path.with_suffix(".spark"))
         if path.with_suffix(".parquet").exists():
             return pd.read_parquet(path.with_suffix(".parquet"))
         if path.with_suffix(".pkl").exists():

@@ -104,3 +104,39 @@ def test_model_is_frozen():
     )
     with pytest.raises(Exception):
         cfg.features = ["b"]  # type: ignore[misc]
+
+
+def test_engine_defaults_to_local_and_spark_section_is_typed(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEGMENTATION_ENGINE", raising=False)
+    monkeypatch.delenv("SEGMENTATION_SPARK_MASTER", raising=False)
+    assert load_config().engine == "local"
+    spark = load_config("configs/spark.yaml")
+    assert spark.engine == "spark" and spark.spark.master == "local[2]" and spark.spark.num_partitions == 8
+    assert spark.params()["spark.master"] == "local[2]"  # logged to MLflow like every other setting
+    raw = _raw()
+    raw["spark"] = {"master": "spark://head:7077", "executor_memory": "8g", "executor_cores": 4}
+    raw["engine"] = "spark"
+    cfg = load_config(_write(tmp_path, raw))
+    assert cfg.spark.spark_conf()["spark.executor.memory"] == "8g" and not cfg.spark.is_local
+    monkeypatch.setenv("SEGMENTATION_ENGINE", "local")
+    monkeypatch.setenv("SEGMENTATION_SPARK_MASTER", "yarn")
+    cfg = load_config(_write(tmp_path, raw))
+    assert cfg.engine == "local" and cfg.spark.master == "yarn"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"engine": "dask"}, "engine"),
+        ({"spark": {"executor_memory": "lots"}}, "memory"),
+        ({"spark": {"num_partitions": 0}}, "num_partitions"),
+        ({"spark": {"masterr": "local[2]"}}, "masterr"),
+        ({"spark": {"extra_conf": {"fs.s3a.endpoint": "x"}}}, "spark.*"),
+        ({"spark": {"extra_conf": {"spark.hadoop.fs.s3a.secret.key": "x"}}}, "credentials"),
+        ({"spark": {"extra_conf": {"spark.jdbc.password": "x"}}}, "credentials"),
+    ],
+)
+def test_invalid_engine_settings_name_the_problem(tmp_path, change, message):
+    raw = {**_raw(), **change}
+    with pytest.raises(ConfigError, match=message.replace("*", r"\*")):
+        load_config(_write(tmp_path, raw))

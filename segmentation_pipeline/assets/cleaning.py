@@ -33,7 +33,10 @@ def clean_and_reject(
     raw_customers: pd.DataFrame,
 ):
     cfg = settings.load()
-    result = clean_customers(raw_customers, cfg, table=cfg.source.table)
+    clean = clean_customers
+    if cfg.engine == "spark":  # Spark SQL cleaning; clean/rejects are counted SparkFrames (spark_stages.py)
+        from segmentation_pipeline.assets.spark_stages import clean_customers as clean
+    result = clean(raw_customers, cfg, table=cfg.source.table)
     report = result.report
     outliers = report.get("outliers", {})
     if outliers.get("warning"):

@@ -9,7 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from segmentation_pipeline.config import PipelineConfig
-from segmentation_pipeline.resources import DatabaseResource, SettingsResource
+from segmentation_pipeline.resources import DatabaseResource, SettingsResource, SparkResource
 from segmentation_pipeline.storage.database import read_table, table_columns
 
 
@@ -56,9 +56,13 @@ def high_water_mark(frame: pd.DataFrame, id_column: str, updated_at: str | None)
     description="The configured customer table, read in keyset-paginated chunks.",
 )
 def raw_customers(
-    context: dg.AssetExecutionContext, settings: SettingsResource, database: DatabaseResource
+    context: dg.AssetExecutionContext, settings: SettingsResource, database: DatabaseResource, spark: SparkResource
 ) -> dg.Output[pd.DataFrame]:
     cfg = settings.load()
+    if cfg.engine == "spark":  # same asset, Spark's partitioned JDBC read (assets/spark_stages.py)
+        from segmentation_pipeline.assets import spark_stages
+
+        return spark_stages.raw_customers(cfg, database.engine(), spark.session())
 
     def progress(done: int, total: int) -> None:
         context.log.info(f"extracted {done:,} / ~{total:,} rows from {cfg.source.table}")

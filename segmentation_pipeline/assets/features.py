@@ -24,6 +24,10 @@ def customer_features(
     clean_customers: pd.DataFrame,
 ) -> dg.Output[FeatureMatrix]:
     cfg = settings.load()
+    if cfg.engine == "spark":  # MLlib features, the same MLflow records (assets/spark_stages.py)
+        from segmentation_pipeline.assets import spark_stages
+
+        return spark_stages.customer_features(context, cfg, mlflow_tracking.target(), clean_customers)
     fit_mask = ~clean_customers["is_outlier"].to_numpy(dtype=bool)
     matrix = build_features(clean_customers, cfg, cfg.source.id_column, fit_mask=fit_mask)
     variance = pd.DataFrame(

@@ -32,6 +32,13 @@ def customer_segments(
 ) -> dg.MaterializeResult:
     cfg = settings.load()
     target = mlflow_tracking.target()
+    if cfg.engine == "spark":  # executors assign, Spark JDBC writes, same swap (assets/spark_stages.py)
+        from segmentation_pipeline.assets import spark_stages
+
+        return spark_stages.customer_segments(
+            context, cfg, database.engine(), target, clean_customers, rejected_customers, segmentation_model,
+            model_promotion,
+        )
     trained = segmentation_model
     if model_promotion.champion_version == trained.model_version or trained.champion is None:
         assigner, version, segment_ids = trained.assigner, trained.model_version, trained.segment_ids

@@ -74,13 +74,18 @@ def k_selection(
 ) -> dg.Output[KSelection]:
     cfg = settings.load()
     X = customer_features.X[customer_features.fit_mask]
+    sweep = select_k
+    if cfg.engine == "spark":  # MLlib sweep over all fit rows, same k rule and MLflow records (spark_stages.py)
+        from segmentation_pipeline.assets.spark_stages import select_k as sweep
+
+        X = customer_features.spark_X_fit
 
     ks = cfg.k_candidates
 
     def progress(k: int, row: dict) -> None:
         context.log.info(f"k sweep: fitted k={k} ({ks.index(k) + 1}/{len(ks)}), inertia={row['inertia']:.4g}")
 
-    selection = select_k(X, cfg, progress=progress)
+    selection = sweep(X, cfg, progress=progress)
     context.log.info(
         "k sweep scores: "
         + ", ".join(f"k={r.k} silhouette={r.silhouette:.3f}" for r in selection.metrics.itertuples(index=False))
@@ -145,6 +150,10 @@ def segmentation_model(
 ) -> dg.Output[TrainedSegmentation]:
     cfg = settings.load()
     target = mlflow_tracking.target()
+    if cfg.engine == "spark":  # MLlib KMeans exported into the same pyfunc (assets/spark_stages.py)
+        from segmentation_pipeline.assets import spark_stages
+
+        return spark_stages.segmentation_model(context, cfg, target, clean_customers, customer_features, k_selection)
     X, fit_mask = customer_features.X, customer_features.fit_mask
     kmeans = fit_kmeans(
         X[fit_mask],

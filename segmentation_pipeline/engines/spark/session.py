@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +64,9 @@ class SparkSettings(BaseModel):
         8, ge=1, description="JDBC read/write partitions; also spark.sql.shuffle.partitions unless extra_conf sets it"
     )
     extra_conf: dict[str, str] = Field(default_factory=dict, description="any spark.* setting; wins over the defaults")
+    kmeans_n_init: int = Field(
+        1, ge=1, description="MLlib KMeans restarts per fit (sweep and final model); k-means|| seeding rarely needs more"
+    )
 
     @field_validator("executor_memory", "driver_memory")
     @classmethod
@@ -137,6 +141,9 @@ def build_session(settings: SparkSettings | None = None) -> "SparkSession":
     if settings.is_local:
         # Spark otherwise warns that the host name resolves to loopback and guesses an interface.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python workers (scoring with the registered sklearn model) must run this interpreter,
+        # not whatever "python3" is on PATH; on a cluster the executors' Python is the cluster's.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
     for key, value in settings.spark_conf().items():
         builder = builder.config(key, value)
