@@ -25,9 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from joblib import cpu_count
 from kneed import KneeLocator
-from threadpoolctl import threadpool_limits
 
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.modeling import fit_kmeans, sample_indices, silhouette_scores, spread_scores
@@ -108,16 +106,15 @@ def sweep_k(
     sil_idx = sample_indices(n, silhouette_sample, random_state)
     X_sil = X[sil_idx]
 
-    # Fit every k first, with every core (KMeans is OpenMP, no GIL); then score all k in one
-    # pass over the silhouette sample's distances (silhouette_scores), instead of an n x n
-    # matrix held for the whole sweep or one distance pass per k.
+    # Fit every k first, on all cores (KMeans is OpenMP); then score all k in one pass over the
+    # silhouette sample's distances (silhouette_scores), instead of an n x n matrix held for the
+    # whole sweep or one distance pass per k.
     fitted: list[tuple[int, float, np.ndarray]] = []
-    with threadpool_limits(limits=cpu_count(), user_api="openmp"):
-        for k in ks:
-            model = fit_kmeans(X_fit, k, n_init=n_init, max_iter=300, random_state=random_state, canonical=False)
-            fitted.append((k, float(model.inertia_), model.predict(X_sil)))
-            if progress is not None:
-                progress(k, {"k": k, "inertia": float(model.inertia_)})
+    for k in ks:
+        model = fit_kmeans(X_fit, k, n_init=n_init, max_iter=300, random_state=random_state, canonical=False)
+        fitted.append((k, float(model.inertia_), model.predict(X_sil)))
+        if progress is not None:
+            progress(k, {"k": k, "inertia": float(model.inertia_)})
     silhouettes = silhouette_scores(X_sil, [labels for _k, _i, labels in fitted])
     rows = [
         {"k": k, "inertia": inertia, "silhouette": silhouette, **spread_scores(X_sil, labels)}

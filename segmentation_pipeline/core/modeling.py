@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
-from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 from sklearn.pipeline import Pipeline
 
 __all__ = [
@@ -30,16 +30,12 @@ __all__ = [
     "cluster_scores",
     "fit_kmeans",
     "quality_metrics",
-    "sample_distances",
     "sample_indices",
     "silhouette_scores",
     "spread_scores",
 ]
 
-# A precomputed float32 distance matrix is reused across k when it fits in this budget;
-# sklearn's silhouette otherwise recomputes all pairwise distances on every call.
-PRECOMPUTED_DISTANCE_BUDGET_BYTES = 512 * 1024**2
-_DISTANCE_BLOCK_ROWS = 256  # ~20 MB float64 scratch per block: stays cache- and page-friendly
+_DISTANCE_BLOCK_ROWS = 256  # distance rows per block: ~20 MB float64 scratch for a 10k sample
 
 
 def sample_indices(n: int, size: int, seed: int | Sequence[int]) -> np.ndarray:
@@ -48,24 +44,6 @@ def sample_indices(n: int, size: int, seed: int | Sequence[int]) -> np.ndarray:
         return np.arange(n)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=size, replace=False))
-
-
-def sample_distances(X_sample: np.ndarray) -> np.ndarray | None:
-    """Pairwise distances of the silhouette sample, or None when they exceed the memory budget.
-
-    Computed once per sweep (scipy cdist in row blocks into float32: half the memory of float64,
-    and far fewer page faults than sklearn's upcasting float32 path) and reused for every k.
-    """
-    n = len(X_sample)
-    if n * n * 4 > PRECOMPUTED_DISTANCE_BUDGET_BYTES:
-        return None
-    points = np.asarray(X_sample, dtype=np.float64)
-    distances = np.empty((n, n), dtype=np.float32)
-    for start in range(0, n, _DISTANCE_BLOCK_ROWS):
-        stop = start + _DISTANCE_BLOCK_ROWS
-        distances[start:stop] = cdist(points[start:stop], points)
-    np.fill_diagonal(distances, 0.0)
-    return distances
 
 
 def _defined(labels: np.ndarray) -> bool:
@@ -83,28 +61,24 @@ def spread_scores(X: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
-def cluster_scores(
-    X: np.ndarray, labels: np.ndarray, *, distances: np.ndarray | None = None
-) -> dict[str, float]:
+def cluster_scores(X: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Silhouette, Davies-Bouldin and Calinski-Harabasz on these rows; NaN when undefined.
 
     NaN (rather than an exception) for e.g. k=1 or a sample where every row fell in one cluster,
-    so a sweep keeps going. ``distances`` (from :func:`sample_distances`) lets a sweep pay for
-    the O(n^2) distance matrix once instead of once per k.
+    so a sweep keeps going. To score many labelings of the same rows, :func:`silhouette_scores`
+    pays for the distances once.
     """
     labels = np.asarray(labels)
-    return {"silhouette": _silhouette(X, labels, distances), **spread_scores(X, labels)}
+    return {"silhouette": _silhouette(X, labels), **spread_scores(X, labels)}
 
 
-def _silhouette(X: np.ndarray, labels: np.ndarray, distances: np.ndarray | None = None) -> float:
-    if not _defined(labels):
-        return float("nan")
-    if distances is not None:
-        return float(silhouette_score(distances, labels, metric="precomputed"))
-    return silhouette_scores(X, [labels])[0]
+def _silhouette(X: np.ndarray, labels: np.ndarray) -> float:
+    return silhouette_scores(X, [labels])[0] if _defined(labels) else float("nan")
 
 
-def silhouette_scores(X: np.ndarray, labelings: Sequence[np.ndarray], *, block_rows: int = _DISTANCE_BLOCK_ROWS) -> list[float]:
+def silhouette_scores(
+    X: np.ndarray, labelings: Sequence[np.ndarray], *, block_rows: int = _DISTANCE_BLOCK_ROWS
+) -> list[float]:
     """Mean silhouette of each labeling of the same rows, in one pass over the pairwise distances.
 
     Why not sklearn's ``silhouette_score`` per labeling: it recomputes (or needs a stored n x n

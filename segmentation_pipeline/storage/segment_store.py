@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from segmentation_pipeline.config import OutputConfig
 from segmentation_pipeline.storage.database import ProgressFn, is_mysql, quote_identifier, table_exists, write_lock
 from segmentation_pipeline.storage.writeback import (
-    FramePlan,
+    HistoryCopy,
     copy_history,
     ensure_history_table,
     plan_frame,
@@ -25,6 +25,7 @@ from segmentation_pipeline.storage.writeback import (
 
 HISTORY_COLUMNS = ["dagster_run_id", "customer_id", "segment_id", "segment_name", "is_outlier", "model_version", "scored_at"]
 FAILURES_TABLE = "pipeline_run_failures"
+_HISTORY_KEYS = {"run_key_column": "dagster_run_id", "id_column": "customer_id"}
 
 
 def lock_name(output: OutputConfig) -> str:
@@ -43,27 +44,17 @@ def publish_segments(
 ) -> list[str]:
     """Replace both tables (swapped together atomically) and record the run in the history.
 
-    The history is copied from the freshly swapped segments table on the server, so the rows
-    cross the network once.
+    The history is loaded from the same files as the segments, in parallel (MySQL), or copied on
+    the server from the swapped-in table: either way the rows are rendered and sent once.
     """
-    plan = plan_frame(segments, "customer_id")
+    history = HistoryCopy(output.history_table, output.segments_table, HISTORY_COLUMNS, run_key=run_key,
+                          **_HISTORY_KEYS)
     with write_lock(engine, lock_name(output), lock_timeout_s):
         write_tables_atomic(
-            engine, [(output.segments_table, segments, plan), (output.rejects_table, rejects, None)],
-            progress=progress,
+            engine, [(output.segments_table, segments, "customer_id"), (output.rejects_table, rejects, None)],
+            progress=progress, history=history,
         )
-        _record_history(engine, output, output.segments_table, plan, run_key, len(segments))
     return [output.segments_table, output.rejects_table, output.history_table]
-
-
-_HISTORY_KEYS = {"run_key_column": "dagster_run_id", "id_column": "customer_id"}
-
-
-def _record_history(
-    bind: sa.Engine | sa.Connection, output: OutputConfig, source: str, plan: FramePlan, run_key: str, rows: int
-) -> None:
-    copy_history(bind, output.history_table, source, plan, HISTORY_COLUMNS, run_key=run_key, expected_rows=rows,
-                 **_HISTORY_KEYS)
 
 
 def upsert_segments(
@@ -107,7 +98,8 @@ def upsert_segments(
                 conn.execute(sa.text(f"INSERT INTO {seg} ({seg_cols}) SELECT {seg_cols} FROM {inc_seg}"))
                 conn.execute(sa.text(f"INSERT INTO {rej} ({rej_cols}) SELECT {rej_cols} FROM {inc_rej}"))
                 if len(segments):  # the history commits with the upsert, or neither does
-                    _record_history(conn, output, incoming_segments, plan, run_key, len(segments))
+                    copy_history(conn, output.history_table, incoming_segments, plan, HISTORY_COLUMNS,
+                                 run_key=run_key, expected_rows=len(segments), **_HISTORY_KEYS)
         finally:
             with contextlib.suppress(Exception), engine.begin() as conn:
                 for name in (incoming_segments, incoming_rejects, incoming_ids):

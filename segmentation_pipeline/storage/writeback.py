@@ -15,7 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +43,7 @@ from segmentation_pipeline.storage.database import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FramePlan", "WriteError", "append_history", "copy_history", "ensure_history_table", "load_frame", "plan_frame", "write_table_atomic",
+    "FramePlan", "HistoryCopy", "WriteError", "append_history", "copy_history", "ensure_history_table", "load_frame", "plan_frame", "write_table_atomic",
     "write_tables_atomic",
 ]
 
@@ -300,12 +300,18 @@ def _transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
         trans.commit()
 
 
-def _load_data_sql(conn: sa.Connection, table: str, names: Sequence[str]) -> str:
-    columns = ", ".join(quote_identifier(conn, n, "column") for n in names)
+def _load_data_sql(
+    conn: sa.Connection, table: str, names: Sequence[str | None], set_columns: Sequence[str] = ()
+) -> str:
+    """``names[i]`` receives the file's field i (None: the field is read and dropped); each of
+    ``set_columns`` is set from a bound parameter after the file name."""
+    columns = ", ".join("@_" if n is None else quote_identifier(conn, n, "column") for n in names)
+    assignments = ", ".join(f"{quote_identifier(conn, c, 'column')} = %s" for c in set_columns)
     return (
         f"LOAD DATA LOCAL INFILE %s INTO TABLE {quote_identifier(conn, table, 'table')} CHARACTER SET utf8mb4 "
         # hex literals, because backslash escapes in SQL strings change meaning under NO_BACKSLASH_ESCAPES
         f"FIELDS TERMINATED BY X'09' ESCAPED BY X'5C' LINES TERMINATED BY X'0A' ({columns})"
+        + (f" SET {assignments}" if assignments else "")
     )
 
 
@@ -324,6 +330,59 @@ def _refused_local_infile(exc: BaseException) -> bool:
     return code in _LOCAL_INFILE_REFUSED or "LOAD_LOCAL packet" in str(orig)
 
 
+@contextlib.contextmanager
+def _load_errors(conn: sa.Connection, raw: Any, table: str, *, refusable: bool) -> Iterator[None]:
+    """Driver errors of a LOAD DATA as WriteError naming the table; a refused LOCAL INFILE is
+    re-raised as is when ``refusable`` (the caller falls back to INSERTs)."""
+    driver_error: type[Exception] = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except driver_error as exc:
+        if refusable and _refused_local_infile(exc):
+            raise
+        raise WriteError(f"LOAD DATA into {table!r} failed ({masked_url(conn)}): {exc}") from exc
+    except WriteError:
+        raise
+    except Exception as exc:
+        # PyMySQL: when the server drops the connection during the file upload, its
+        # cleanup writes to the closed socket and raises AttributeError instead
+        if getattr(raw, "open", True):
+            raise
+        lost = exc.__context__ if isinstance(exc.__context__, driver_error) else exc
+        raise WriteError(f"LOAD DATA into {table!r} failed ({masked_url(conn)}): connection lost: {lost}") from exc
+
+
+@contextlib.contextmanager
+def _settled(current: Any) -> Iterator[None]:
+    """On the way out (also on errors), wait for the in-flight ``current()`` future, if any."""
+    try:
+        yield
+    finally:
+        future = current()
+        if future is not None:
+            with contextlib.suppress(Exception):
+                future.result()
+
+
+@dataclass
+class _Mirror:
+    """A second table loaded from the same LOAD DATA files, on its own connection and thread.
+
+    The server inserts into both tables at once (one core each) while the rows are rendered and
+    sent once. ``fields[i]`` names the mirror column for file field i (None: dropped);
+    ``set_values`` fills the remaining columns. ``loaded`` counts the server-reported rows;
+    ``complete`` is False when the main load fell back to INSERTs (the caller then copies the
+    rows on the server instead).
+    """
+
+    conn: sa.Connection
+    table: str
+    fields: list[str | None]
+    set_values: dict[str, Any]
+    loaded: int = 0
+    complete: bool = False
+
+
 def _insert_frame(
     conn: sa.Connection,
     table: str,
@@ -333,8 +392,9 @@ def _insert_frame(
     chunk_size: int,
     progress: ProgressFn | None,
     method: Literal["auto", "load_data", "executemany"] = "auto",
+    mirror: _Mirror | None = None,
 ) -> int:
-    """Insert all rows on ``conn`` (inside the caller's transaction).
+    """Insert all rows on ``conn`` (inside the caller's transaction), and into ``mirror`` too.
 
     Returns the rows the server reports inserted (LOAD DATA: checked per chunk, warning-free), so
     callers verify a load without a COUNT(*) scan.
@@ -359,35 +419,50 @@ def _insert_frame(
                     path, _chunk_arrays(frame, plan, start, min(start + chunk_size, total)), plan.names
                 )
 
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tsv") as pool:
+            mirrored: Future[int] | None = None
+            mirror_raw = mirror.conn.connection.dbapi_connection if mirror is not None else None
+
+            def load_mirror(path: Path, rows: int) -> int:
+                assert mirror is not None
+                with _load_errors(mirror.conn, mirror_raw, mirror.table, refusable=False):
+                    return _load_data_chunk(
+                        mirror.conn, mirror_raw, mirror.table, path, mirror.fields, rows, mirror.set_values
+                    )
+
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tsv") as pool, ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="mirror"
+            ) as mirror_pool, _settled(lambda: mirrored):
                 pending = pool.submit(prepare, 0)
                 while done < len(starts):
                     path, rows = pending.result()
+                    if mirrored is not None:  # the file prepare(done + 1) overwrites fed it
+                        assert mirror is not None
+                        mirror.loaded += mirrored.result()
+                        mirrored = None
                     if done + 1 < len(starts):
                         pending = pool.submit(prepare, done + 1)
+                    if mirror is not None:
+                        mirrored = mirror_pool.submit(load_mirror, path, rows)
                     try:
-                        inserted += _load_data_chunk(conn, raw, table, path, plan.names, rows)
-                    except driver_error as exc:
-                        if method == "load_data" or not _refused_local_infile(exc):
-                            raise WriteError(f"LOAD DATA into {table!r} failed ({masked_url(conn)}): {exc}") from exc
+                        with _load_errors(conn, raw, table, refusable=method != "load_data"):
+                            inserted += _load_data_chunk(conn, raw, table, path, plan.names, rows)
+                    except driver_error as exc:  # LOCAL INFILE refused
                         log.warning(
                             "LOAD DATA LOCAL refused by %s (%s); falling back to batched INSERTs",
                             masked_url(conn),
                             exc,
                         )
                         break
-                    except Exception as exc:
-                        # PyMySQL: when the server drops the connection during the file upload, its
-                        # cleanup writes to the closed socket and raises AttributeError instead
-                        if getattr(raw, "open", True):
-                            raise
-                        lost = exc.__context__ if isinstance(exc.__context__, driver_error) else exc
-                        raise WriteError(
-                            f"LOAD DATA into {table!r} failed ({masked_url(conn)}): connection lost: {lost}"
-                        ) from exc
                     done += 1
                     if progress is not None:
                         progress(inserted, total)
+                if mirror is not None and done == len(starts):  # else: fell back to INSERTs
+                    if mirrored is not None:
+                        mirror.loaded += mirrored.result()
+                        mirrored = None
+                    mirror.complete = True
+        elif mirror is not None and not starts:
+            mirror.complete = True  # nothing to mirror
         for start in starts[done:]:
             rows_ = _python_rows(
                 _chunk_arrays(frame, plan, start, min(start + chunk_size, total)), sqlite=is_sqlite(conn)
@@ -406,15 +481,24 @@ def _insert_frame(
     return inserted
 
 
-def _load_data_chunk(conn: sa.Connection, raw: Any, table: str, path: Path, names: Sequence[str], expected: int) -> int:
+def _load_data_chunk(
+    conn: sa.Connection,
+    raw: Any,
+    table: str,
+    path: Path,
+    names: Sequence[str | None],
+    expected: int,
+    set_values: dict[str, Any] | None = None,
+) -> int:
     """One LOAD DATA; warnings (truncation, bad numbers, duplicate keys) are errors here.
 
     With LOCAL the server downgrades data errors to warnings and skips duplicate keys, so a
     load that "succeeded" with warnings has silently changed data.
     """
+    values = dict(set_values or {})
     cursor = raw.cursor()
     try:
-        cursor.execute(_load_data_sql(conn, table, names), (str(path),))
+        cursor.execute(_load_data_sql(conn, table, names, list(values)), (str(path), *values.values()))
         loaded, warnings = int(cursor.rowcount), int(getattr(cursor, "warning_count", 0))
         if warnings:
             cursor.execute("SHOW WARNINGS LIMIT 5")
@@ -530,6 +614,19 @@ def write_table_atomic(
     return len(frame)
 
 
+@dataclass(frozen=True)
+class HistoryCopy:
+    """Also record the rows of replaced table ``source`` in history ``table`` as run ``run_key``
+    (the run's earlier history rows are replaced: re-runs are idempotent)."""
+
+    table: str
+    source: str
+    columns: Sequence[str]
+    run_key_column: str
+    run_key: str
+    id_column: str
+
+
 def write_tables_atomic(
     engine: sa.Engine,
     tables: Sequence[tuple[str, pd.DataFrame, str | None | FramePlan]],
@@ -539,19 +636,43 @@ def write_tables_atomic(
     lock_timeout_s: int = 600,
     chunk_size: int = DEFAULT_WRITE_CHUNK,
     method: Literal["auto", "load_data", "executemany"] = "auto",
+    history: HistoryCopy | None = None,
 ) -> list[int]:
     """Replace several tables as one unit: ``(table, frame, primary_key)`` items are all staged
     and verified first, then swapped together (one MySQL ``RENAME TABLE``, one SQLite
     transaction). On any failure none of the tables changes. Returns the rows written per table.
+
+    ``history``: on MySQL the history is loaded from the same LOAD DATA files as its source, on a
+    second connection, in parallel, and committed right after the swap; elsewhere (or when
+    LOCAL INFILE is refused) it is copied on the server from the swapped-in table. Either way a
+    history failure after the swap leaves the new tables published and raises.
     """
     items = []
     for table, frame, key in tables:
         validate_identifier(table, "table")
         plan = key if isinstance(key, FramePlan) else _plan_frame(frame, None, key)
         items.append((table, frame, plan, _derived_name(table, STAGING_SUFFIX), _derived_name(table, OLD_SUFFIX)))
+    source = None
+    if history is not None:
+        source = next((item for item in items if item[0] == history.source), None)
+        if source is None:
+            raise ValueError(f"history source {history.source!r} is not one of the replaced tables")
+        _check_run_key(history.run_key)
     started = time.perf_counter()
     lock = write_lock(engine, lock_name, lock_timeout_s) if lock_name else contextlib.nullcontext()
-    with lock:
+    with lock, contextlib.ExitStack() as stack:
+        mirror: _Mirror | None = None
+        if history is not None and source is not None:
+            hist_plan = ensure_history_table(
+                engine, history.table, source[2], history.columns, run_key_column=history.run_key_column,
+                id_column=history.id_column,
+            )
+            if is_mysql(engine) and method != "executemany":
+                hconn = stack.enter_context(engine.connect())
+                hconn.begin()
+                _delete_run(hconn, history.table, history.run_key_column, history.run_key)
+                fields = [n if n in hist_plan.names and n != history.run_key_column else None for n in source[2].names]
+                mirror = _Mirror(hconn, history.table, fields, {history.run_key_column: history.run_key})
         with engine.connect() as conn:
             for *_, staging, _old in items:
                 _drop_if_exists(conn, staging)
@@ -564,26 +685,60 @@ def write_tables_atomic(
                 with _transaction(engine) as conn:
                     # server-reported counts of this transaction: no COUNT(*) scan of the staging table
                     loaded = _insert_frame(
-                        conn, staging, frame, plan, chunk_size=chunk_size, progress=progress, method=method
+                        conn, staging, frame, plan, chunk_size=chunk_size, progress=progress, method=method,
+                        mirror=mirror if source is not None and table == source[0] else None,
                     )
                 if loaded != len(frame):
                     raise WriteError(
                         f"staging table {staging!r} holds {loaded} rows but the frame has {len(frame)} "
                         f"({masked_url(engine)}); {table!r} left unchanged"
                     )
+            if mirror is not None and mirror.complete and source is not None and mirror.loaded != len(source[1]):
+                raise WriteError(
+                    f"history {mirror.table!r} got {mirror.loaded} rows for run {mirror.set_values}, expected "
+                    f"{len(source[1])} ({masked_url(engine)}); nothing replaced"
+                )
             _swap(engine, [(table, staging, old) for table, _f, _p, staging, old in items])
         except BaseException:
+            if mirror is not None:
+                _abandon(mirror.conn)
             with contextlib.suppress(Exception), engine.connect() as conn:
                 for *_, staging, _old in items:
                     _drop_if_exists(conn, staging)
                 conn.commit()
             raise
+        if history is not None and source is not None:
+            try:
+                if mirror is not None and mirror.complete:
+                    mirror.conn.commit()
+                else:
+                    if mirror is not None:
+                        _abandon(mirror.conn)
+                    copy_history(
+                        engine, history.table, history.source, source[2], history.columns,
+                        run_key_column=history.run_key_column, run_key=history.run_key,
+                        id_column=history.id_column, expected_rows=len(source[1]),
+                    )
+            except Exception as exc:
+                raise WriteError(
+                    f"published {[item[0] for item in items]} but recording run {history.run_key!r} in history "
+                    f"{history.table!r} failed ({masked_url(engine)}): {getattr(exc, 'orig', exc)}; a re-run of "
+                    "the same run records it"
+                ) from exc
     for table, frame, *_ in items:
         log.info(
             "replaced %r with %d rows in %.2fs (%s)", table, len(frame), time.perf_counter() - started,
             masked_url(engine),
         )
     return [len(frame) for _t, frame, *_ in items]
+
+
+def _abandon(conn: sa.Connection) -> None:
+    """Roll back; a connection that died mid-statement cannot, so it is discarded instead."""
+    try:
+        conn.rollback()
+    except Exception:  # noqa: BLE001 - the original error is the one being raised
+        conn.invalidate()
 
 
 def _check_existing_columns(engine: sa.Engine, table: str, names: Sequence[str]) -> None:
@@ -725,6 +880,18 @@ def ensure_history_table(
     return plan
 
 
+def _check_run_key(run_key: str) -> None:
+    if not isinstance(run_key, str) or not run_key:
+        raise ValueError(f"run_key must be a non-empty string, got {run_key!r}")
+    if len(run_key) > _RUN_KEY_VARCHAR:
+        raise ValueError(f"run_key {run_key[:80]!r} has {len(run_key)} characters; at most {_RUN_KEY_VARCHAR}")
+
+
+def _delete_run(conn: sa.Connection, table: str, run_key_column: str, run_key: str) -> None:
+    tbl = sa.table(table, sa.column(run_key_column))
+    conn.execute(sa.delete(tbl).where(tbl.c[run_key_column] == run_key))
+
+
 def copy_history(
     bind: sa.Engine | sa.Connection,
     table: str,
@@ -747,10 +914,7 @@ def copy_history(
     count must equal ``expected_rows`` or nothing is recorded.
     """
     validate_identifier(source_table, "history source table")
-    if not isinstance(run_key, str) or not run_key:
-        raise ValueError(f"run_key must be a non-empty string, got {run_key!r}")
-    if len(run_key) > _RUN_KEY_VARCHAR:
-        raise ValueError(f"run_key {run_key[:80]!r} has {len(run_key)} characters; at most {_RUN_KEY_VARCHAR}")
+    _check_run_key(run_key)
     if isinstance(bind, sa.Engine):
         ensure_history_table(bind, table, source_plan, columns, run_key_column=run_key_column, id_column=id_column)
         with _transaction(bind) as conn:
@@ -760,10 +924,9 @@ def copy_history(
     names = _history_plan(source_plan, columns, run_key_column, id_column).names
     q = lambda name: quote_identifier(conn, name, "column")  # noqa: E731 - local shorthand
     target, source = quote_identifier(conn, table, "history table"), quote_identifier(conn, source_table, "table")
-    tbl = sa.table(table, sa.column(run_key_column))
     selected = ", ".join(":run_key" if c == run_key_column else q(c) for c in names)
     try:
-        conn.execute(sa.delete(tbl).where(tbl.c[run_key_column] == run_key))
+        _delete_run(conn, table, run_key_column, run_key)
         copied = conn.execute(
             sa.text(f"INSERT INTO {target} ({', '.join(q(c) for c in names)}) SELECT {selected} FROM {source}"),
             {"run_key": run_key},

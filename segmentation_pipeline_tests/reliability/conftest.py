@@ -84,7 +84,6 @@ class Killer:
 
     database: str
     table: str
-    info_like: str | None = None  # instead: KILL the statement whose PROCESSLIST.INFO is LIKE this
     max_kills: int = 1
     stall_s: float = 10.0  # at most; the upload resumes (onto the dead connection) once killed
     before_kill: Any = None
@@ -94,20 +93,16 @@ class Killer:
 
     def watch(self) -> None:
         engine = sa.create_engine(MYSQL_ADMIN_URL, pool_pre_ping=True)
-        into = (
-            "INFO LIKE 'LOAD DATA%%' AND (INFO LIKE CONCAT('%% INTO TABLE ', :t, ' %%') "
-            "OR INFO LIKE CONCAT('%% INTO TABLE `', :t, '` %%'))"
-            if self.info_like is None
-            else "INFO LIKE :info"
-        )
         query = sa.text(
             "SELECT ID, INFO FROM information_schema.PROCESSLIST "
-            f"WHERE DB = :db AND COMMAND = 'Query' AND {into} ORDER BY ID LIMIT 1"
+            "WHERE DB = :db AND COMMAND = 'Query' AND INFO LIKE 'LOAD DATA%%' "
+            "AND (INFO LIKE CONCAT('%% INTO TABLE ', :t, ' %%') OR INFO LIKE CONCAT('%% INTO TABLE `', :t, '` %%')) "
+            "ORDER BY ID LIMIT 1"
         )
         try:
             with engine.connect() as conn:
                 while not self._stop.is_set() and len(self.killed) < self.max_kills:
-                    row = conn.execute(query, {"db": self.database, "t": self.table, "info": self.info_like}).first()
+                    row = conn.execute(query, {"db": self.database, "t": self.table}).first()
                     if row is None:
                         time.sleep(0.02)
                         continue

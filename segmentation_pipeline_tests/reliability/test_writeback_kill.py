@@ -145,21 +145,11 @@ def test_kill_during_history_append_of_a_rerun_keeps_one_copy_per_run_key(
     _publish(engine, output, "run-1", _run_frames("run-1", 40, seed=1))
     _publish(engine, output, "run-2", run2)
     before = _snapshot(engine, output)
-    # re-running run-2 replaces its history rows (DELETE + INSERT ... SELECT from the swapped-in
-    # segments, one transaction): a trigger holds the copy on one row while the watcher KILLs it
-    held = int(run2[0]["customer_id"].iloc[len(run2[0]) // 2])
-    with engine.begin() as conn:  # PROCESSLIST shows the trigger's statement while it runs
-        conn.exec_driver_sql(
-            f"CREATE TRIGGER slow_{suffix} BEFORE INSERT ON `{output.history_table}` FOR EACH ROW "
-            f"BEGIN IF NEW.customer_id = {held} THEN SET @held_{suffix} = SLEEP(10); END IF; END"
-        )
-    killing = kill_load_data(database_name(mysql_database_url), output.history_table, info_like=f"SET @held_{suffix}%")
-    with killing as killer:
-        with pytest.raises(WriteError, match=f"history '{output.history_table}' copy from '{output.segments_table}'"):
+    # re-running run-2 replaces its history rows (DELETE + LOAD DATA in one transaction): kill the load
+    with kill_load_data(database_name(mysql_database_url), output.history_table) as killer:
+        with pytest.raises(WriteError, match=output.history_table):
             _publish(engine, output, "run-2", run2)
     assert len(killer.killed) == 1
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP TRIGGER slow_{suffix}")
     after = _snapshot(engine, output)
     pd.testing.assert_frame_equal(after["history"], before["history"], obj="history")  # DELETE rolled back
     _publish(engine, output, "run-2", run2)

@@ -473,6 +473,51 @@ def test_copy_history_copies_on_the_server_idempotently_keyed_by_run_and_id(db: 
         writeback.copy_history(db, history, source, plan, columns, run_key="r" * 65, expected_rows=4, **keys)
 
 
+@pytest.mark.parametrize(
+    "backend", [pytest.param("mysql", marks=pytest.mark.mysql), pytest.param("mysql-no-infile", marks=pytest.mark.mysql),
+                "sqlite"]
+)
+def test_history_is_loaded_beside_its_table_or_copied_after_the_swap(
+    backend: str, request: pytest.FixtureRequest, table_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MySQL: the history rides on the same LOAD DATA files (a second connection, in parallel);
+    refused LOCAL INFILE or SQLite: copied on the server from the swapped-in table. Same rows."""
+    if backend == "sqlite":
+        engine = create_db_engine(request.getfixturevalue("sqlite_url"))
+    else:
+        engine = create_db_engine(request.getfixturevalue("mysql_database_url"), local_infile=backend == "mysql")
+    loads: list[str] = []
+    real = writeback._load_data_chunk
+
+    def spy(conn: Any, raw: Any, table: str, *args: Any, **kwargs: Any) -> int:
+        loaded = real(conn, raw, table, *args, **kwargs)
+        loads.append(table)  # only loads the server accepted
+        return loaded
+
+    monkeypatch.setattr(writeback, "_load_data_chunk", spy)
+    history = f"{table_name}_hist"
+    columns = ["run", "customer_id", "segment", "label"]
+
+    def publish(frame: pd.DataFrame, run: str) -> None:
+        copy = writeback.HistoryCopy(history, table_name, columns, run_key_column="run", run_key=run,
+                                     id_column="customer_id")
+        writeback.write_tables_atomic(engine, [(table_name, frame, "customer_id")], chunk_size=1000, history=copy)
+
+    try:
+        first, second = _segments(2500), _segments(1700, version=2)
+        publish(first, "run-a")
+        publish(second, "run-b")
+        publish(second, "run-a")  # a re-run of run-a replaces its rows
+        with engine.connect() as conn:
+            got = pd.read_sql(f"SELECT run, customer_id, segment, label FROM {history} ORDER BY run, customer_id", conn)
+        want = pd.concat([second.assign(run="run-a"), second.assign(run="run-b")], ignore_index=True)
+        pd.testing.assert_frame_equal(got, want[columns], check_dtype=False)
+        pd.testing.assert_frame_equal(_read(engine, table_name), second)
+        assert loads.count(history) == (3 + 2 + 2 if backend == "mysql" else 0), loads  # one per chunk file
+    finally:
+        engine.dispose()
+
+
 def test_load_frame_replace_and_append(db: sa.Engine, table_name: str) -> None:
     full = _segments(15)
     assert load_frame(db, table_name, full.iloc[:10], primary_key="customer_id") == 10

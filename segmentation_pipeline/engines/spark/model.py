@@ -38,7 +38,7 @@ import pandas as pd
 
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, KSelection, choose_k
-from segmentation_pipeline.core.modeling import cluster_scores, sample_distances, sample_indices
+from segmentation_pipeline.core.modeling import cluster_scores, sample_indices
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.ml import PipelineModel
@@ -285,7 +285,6 @@ def _sample_matrix(X: "DataFrame", n: int, size: int, seed: int) -> np.ndarray:
 @dataclass
 class _Sample:
     X: np.ndarray
-    distances: np.ndarray | None
     frame: Any = None  # the same rows as a Spark DataFrame (for ClusteringEvaluator)
 
 
@@ -298,7 +297,7 @@ def _silhouette_sample(X: "DataFrame", n: int, config: PipelineConfig) -> _Sampl
     frame = X.sparkSession.createDataFrame(rows, "v array<double>").select(
         array_to_vector(_F().col("v")).alias(FEATURES_COL)
     )
-    return _Sample(matrix, sample_distances(matrix), frame)
+    return _Sample(matrix, frame)
 
 
 def sweep_k(
@@ -342,7 +341,7 @@ def sweep_k(
             model = _fit_best(X_fit, k, seed, config.model.max_iter, n_init)
             centers = np.asarray(model.clusterCenters(), dtype=np.float64)
             labels = _nearest_numpy(sample.X, centers)
-            scores = cluster_scores(sample.X, labels, distances=sample.distances)
+            scores = cluster_scores(sample.X, labels)
             silhouette_sq = float("nan")
             if spark_silhouette and len(np.unique(labels)) >= 2:
                 silhouette_sq = float(evaluator.evaluate(model.transform(sample.frame)))
@@ -377,7 +376,7 @@ def quality_metrics(
     n = int(n_rows if n_rows is not None else X_fit.count())
     sample = sample or _silhouette_sample(X_fit, n, config)
     labels = _nearest_numpy(sample.X, kmeans.centers)
-    silhouette = cluster_scores(sample.X, labels, distances=sample.distances)["silhouette"]
+    silhouette = cluster_scores(sample.X, labels)["silhouette"]
     d = kmeans.centers.shape[1]
     mapping = F.array(*[F.lit(int(v)) for v in kmeans.spark_to_canonical])
     assigned = kmeans.model.transform(X_fit).select(
