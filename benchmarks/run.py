@@ -530,7 +530,7 @@ def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         marginal = pairwise_slopes(sizes, whole)
         if len(marginal) > 1:
             ratio = max(marginal.values()) / min(marginal.values())
-            add(f"marginal time per row between sizes within 1.3× (linear scaling)",
+            add("marginal time per row between sizes within 1.3× (linear scaling)",
                 f"{ratio:.2f}× (" + ", ".join(f"{1e6 * v:.1f} µs/row {k}" for k, v in marginal.items()) + ")",
                 ratio <= 1.3, "slope of whole-run time between consecutive sizes, same run")
         feature_row = 3 * 8 * by_n[top]["pipeline"]["n_features"]  # bytes per row of 3× the float64 matrix

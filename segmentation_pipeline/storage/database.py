@@ -53,7 +53,7 @@ __all__ = [
     "read_table",
     "high_water_mark",
     "write_lock",
-]  # plus write_table_atomic, append_history, load_frame, read_csv_file via __getattr__
+]  # plus write_table_atomic, load_frame, read_csv_file via __getattr__
 
 ProgressFn = Callable[[int, int], None]
 ReadBackend = Literal["auto", "connectorx", "sqlalchemy"]
@@ -684,7 +684,6 @@ def write_lock(engine: sa.Engine, name: str, timeout_s: int) -> Iterator[None]:
 
 _REEXPORTS = {
     "write_table_atomic": "segmentation_pipeline.storage.writeback",
-    "append_history": "segmentation_pipeline.storage.writeback",
     "load_frame": "segmentation_pipeline.storage.writeback",
     "read_csv_file": "segmentation_pipeline.storage.csv_loader",
 }

@@ -43,7 +43,7 @@ from segmentation_pipeline.storage.database import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FramePlan", "HistoryCopy", "WriteError", "append_history", "copy_history", "ensure_history_table", "load_frame", "plan_frame", "write_table_atomic",
+    "FramePlan", "HistoryCopy", "WriteError", "copy_history", "ensure_history_table", "load_frame", "plan_frame", "plan_table", "write_table_atomic",
     "write_tables_atomic",
 ]
 
@@ -793,52 +793,11 @@ def _ensure_index(engine: sa.Engine, table: str, plan: FramePlan, index: tuple[s
             raise
 
 
-def append_history(
-    engine: sa.Engine,
-    table: str,
-    frame: pd.DataFrame,
-    *,
-    run_key_column: str,
-    run_key: str,
-    id_column: str | None = None,
-    chunk_size: int = DEFAULT_WRITE_CHUNK,
-) -> int:
-    """Append ``frame`` as run ``run_key``, replacing that run's earlier rows: re-runs are idempotent.
-
-    The table is created on first use with an index on ``(run_key_column, id_column)``.
-    ``run_key_column`` is added to the frame when absent. Delete + insert + count check happen
-    in one transaction, so readers see the run's old rows or its new rows.
-    """
-    validate_identifier(table, "history table")
-    validate_identifier(run_key_column, "run key column")
-    if id_column is not None:
-        validate_identifier(id_column, "id column")
-        if id_column not in frame.columns:
-            raise ValueError(f"id column {id_column!r} is not a frame column; frame columns: {list(frame.columns)}")
-    if not isinstance(run_key, str) or not run_key:
-        raise ValueError(f"run_key must be a non-empty string, got {run_key!r}")
-    if run_key_column in frame.columns:
-        other = frame.loc[frame[run_key_column] != run_key, run_key_column]
-        if len(other):
-            raise ValueError(
-                f"frame column {run_key_column!r} holds run keys other than {run_key!r}: {other.unique()[:5].tolist()}"
-            )
-        rows = frame
-    else:
-        rows = frame.assign(**{run_key_column: run_key})
-    plan = _plan_frame(rows, {run_key_column: sa.String(_VARCHAR)}, None)
-    index_columns = [run_key_column, *([id_column] if id_column else [])]
-    _create_if_missing(engine, table, plan, index=(_index_name(table, "run"), index_columns))
-    with _transaction(engine) as conn:
-        tbl = sa.table(table, sa.column(run_key_column))
-        conn.execute(sa.delete(tbl).where(tbl.c[run_key_column] == run_key))
-        _insert_frame(conn, table, rows, plan, chunk_size=chunk_size, progress=None)
-        stored = _count(conn, table, (run_key_column, run_key))
-        if stored != len(rows):
-            raise WriteError(
-                f"history {table!r} has {stored} rows for run {run_key!r}, expected {len(rows)}; rolled back"
-            )
-    return len(rows)
+def plan_table(engine: sa.Engine, table: str) -> FramePlan:
+    """The plan of an existing table, from the database's own column types (for copies made on
+    the server, e.g. :func:`copy_history` from a table another writer loaded)."""
+    columns = sa.inspect(engine).get_columns(table)
+    return FramePlan([c["name"] for c in columns], {}, {c["name"]: c["type"] for c in columns}, None)
 
 
 def plan_frame(frame: pd.DataFrame, primary_key: str | None = None) -> FramePlan:
@@ -907,7 +866,7 @@ def copy_history(
     """Record ``source_table``'s rows as run ``run_key`` of the history, on the server.
 
     ``INSERT ... SELECT``: rows already in the database never travel through Python again.
-    Idempotent like :func:`append_history` (the run's earlier rows are replaced). Given an
+    Idempotent: the run's earlier rows are replaced. Given an
     Engine, the table is created when missing and the copy runs in its own transaction; given a
     Connection, it runs inside the caller's transaction (the scoring upsert commits segments and
     history together) and :func:`ensure_history_table` must have run first. The server's row

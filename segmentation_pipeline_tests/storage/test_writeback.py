@@ -1,4 +1,4 @@
-"""write_table_atomic / write_lock / append_history / load_frame against real MariaDB and SQLite."""
+"""write_table_atomic / write_lock / copy_history / load_frame against real MariaDB and SQLite."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from segmentation_pipeline.storage.database import (
     table_columns,
     write_lock,
 )
-from segmentation_pipeline.storage.writeback import WriteError, append_history, load_frame, write_table_atomic
+from segmentation_pipeline.storage.writeback import WriteError, load_frame, write_table_atomic
 
 NASTY = [
     "tab\there",
@@ -278,10 +278,13 @@ def test_bad_names_raise_config_error_before_sql(db: sa.Engine, table_name: str)
             write_table_atomic(db, bad, _segments(3))
         with pytest.raises(ConfigError):
             write_table_atomic(db, table_name, _segments(3).rename(columns={"segment": bad}))
+        plan = writeback.plan_frame(_segments(3), "customer_id")
         with pytest.raises(ConfigError):
-            append_history(db, bad, _segments(3), run_key_column="run_id", run_key="r")
+            writeback.copy_history(db, bad, table_name, plan, ["segment"], run_key_column="run_id", run_key="r",
+                                   id_column="customer_id", expected_rows=3)
         with pytest.raises(ConfigError):
-            append_history(db, table_name + "_h", _segments(3), run_key_column=bad, run_key="r")
+            writeback.copy_history(db, table_name + "_h", table_name, plan, ["segment"], run_key_column=bad,
+                                   run_key="r", id_column="customer_id", expected_rows=3)
     with pytest.raises(ConfigError, match="__staging"):  # 60 chars is fine, its staging name is not
         write_table_atomic(db, "x" * 60, _segments(3))
     assert _count(db, table_name) == 3
@@ -415,34 +418,7 @@ def test_second_lock_holder_times_out(db: sa.Engine, table_name: str) -> None:
         pass
 
 
-# --------------------------------------------------------------------------- append_history / load_frame
-
-
-def test_append_history_is_idempotent_per_run(db: sa.Engine, table_name: str) -> None:
-    def run(n: int, segment: int) -> pd.DataFrame:
-        return pd.DataFrame({"customer_id": np.arange(1, n + 1), "segment": np.full(n, segment)})
-
-    assert (
-        append_history(
-            db, table_name, run(3, 0), run_key_column="dagster_run_id", run_key="run-a", id_column="customer_id"
-        )
-        == 3
-    )
-    append_history(db, table_name, run(2, 1), run_key_column="dagster_run_id", run_key="run-b", id_column="customer_id")
-    append_history(db, table_name, run(4, 7), run_key_column="dagster_run_id", run_key="run-a", id_column="customer_id")
-    with db.connect() as conn:
-        rows = conn.exec_driver_sql(
-            f"SELECT dagster_run_id, customer_id, segment FROM {table_name} ORDER BY dagster_run_id, customer_id"
-        ).all()
-    assert [tuple(r) for r in rows] == [("run-a", i, 7) for i in range(1, 5)] + [("run-b", 1, 1), ("run-b", 2, 1)]
-    indexes = sa.inspect(db).get_indexes(table_name)
-    assert any(ix["column_names"] == ["dagster_run_id", "customer_id"] for ix in indexes), indexes
-    with pytest.raises(ValueError, match="other than"):
-        append_history(
-            db, table_name, run(2, 1).assign(dagster_run_id="run-x"), run_key_column="dagster_run_id", run_key="run-a"
-        )
-    with pytest.raises(Exception, match="'extra'"):
-        append_history(db, table_name, run(2, 1).assign(extra=1), run_key_column="dagster_run_id", run_key="run-c")
+# --------------------------------------------------------------------------- history / load_frame
 
 
 def test_copy_history_copies_on_the_server_idempotently_keyed_by_run_and_id(db: sa.Engine, table_name: str) -> None:

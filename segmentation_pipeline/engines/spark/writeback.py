@@ -11,7 +11,8 @@ comment, so chunked readers notice the swap exactly as they do for local writes.
 
 :func:`publish_segments` is the Spark twin of
 :func:`segmentation_pipeline.storage.segment_store.publish_segments`: both tables swapped under the
-same database lock, plus the idempotent ``segment_assignments`` history for the run.
+same database lock, plus the idempotent ``segment_assignments`` history for the run, copied on
+the server from the swapped-in segments table (the rows cross JDBC once).
 """
 
 from __future__ import annotations
@@ -30,16 +31,15 @@ from sqlalchemy.dialects import mysql
 from segmentation_pipeline.config import OutputConfig, validate_identifier
 from segmentation_pipeline.core.segment_tables import REJECT_COLUMNS, SEGMENT_COLUMNS
 from segmentation_pipeline.engines.spark.extract import JdbcTarget, jdbc_target, scrub
-from segmentation_pipeline.storage.database import (
-    SourceError,
-    is_mysql,
-    masked_url,
-    table_columns,
-    table_exists,
-    write_lock,
-)
+from segmentation_pipeline.storage.database import is_mysql, masked_url, write_lock
 from segmentation_pipeline.storage.segment_store import HISTORY_COLUMNS, lock_name
-from segmentation_pipeline.storage.writeback import STAGING_SUFFIX, WriteError, swap_in_staging
+from segmentation_pipeline.storage.writeback import (
+    STAGING_SUFFIX,
+    WriteError,
+    copy_history,
+    plan_table,
+    swap_in_staging,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
-    "append_history",
     "publish_segments",
     "rejects_frame",
     "segments_frame",
@@ -318,89 +317,6 @@ def write_table_atomic(
     return rows
 
 
-def _index_name(table: str, suffix: str) -> str:
-    name = f"ix_{table}_{suffix}"
-    if len(name) > 64:
-        import hashlib
-
-        name = f"ix_{table[:40]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}"
-    return name
-
-
-def append_history(
-    df: "DataFrame",
-    engine: sa.Engine,
-    table: str,
-    *,
-    run_key_column: str,
-    run_key: str,
-    id_column: str | None = None,
-    target: JdbcTarget | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    num_partitions: int | None = None,
-) -> int:
-    """Append ``df`` as run ``run_key``, replacing that run's earlier rows (idempotent re-runs).
-
-    Spark loads ``<table>__staging``; one transaction then deletes the run's old rows, copies the
-    staging rows in and checks the count, so readers see the run's old rows or its new rows. The
-    table is created on first use with an index on ``(run_key_column, id_column)``.
-    """
-    from pyspark import StorageLevel
-
-    F = _F()
-    if not is_mysql(engine):
-        raise ValueError(f"Spark write-back needs MySQL/MariaDB; {masked_url(engine)} is {engine.dialect.name}")
-    validate_identifier(table, "history table")
-    validate_identifier(run_key_column, "run key column")
-    if not isinstance(run_key, str) or not run_key:
-        raise ValueError(f"run_key must be a non-empty string, got {run_key!r}")
-    if id_column is not None and id_column not in df.columns:
-        raise ValueError(f"id column {id_column!r} is not a frame column; frame columns: {df.columns}")
-    rows = df if run_key_column in df.columns else df.withColumn(run_key_column, F.lit(run_key))
-    if run_key_column in df.columns and rows.where(F.col(run_key_column) != F.lit(run_key)).limit(1).count():
-        raise ValueError(f"frame column {run_key_column!r} holds run keys other than {run_key!r}")
-    target = target or jdbc_target(engine.url)
-    staging = _derived(table, STAGING_SUFFIX)
-    cached = rows.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        columns, expected = _plan(cached, None)
-        names = [c[0] for c in columns]
-        if table_exists(engine, table):
-            existing = table_columns(engine, table)
-            missing = [n for n in names if n not in existing]
-            if missing:
-                raise SourceError(
-                    f"table {table!r} ({masked_url(engine)}) has no column(s) {missing} for the frame; "
-                    f"existing columns: {existing}. Migrate the table or drop it to let it be recreated."
-                )
-        else:
-            index = (_index_name(table, "run"), [run_key_column, *([id_column] if id_column else [])])
-            with contextlib.suppress(sa.exc.DBAPIError):  # a concurrent run may win the creation race
-                _create(engine, table, columns, index=index)
-        _drop(engine, staging)
-        try:
-            _create(engine, staging, columns)
-            _load(cached, engine, staging, target, batch_size=batch_size, num_partitions=num_partitions)
-            q = engine.dialect.identifier_preparer.quote
-            listed = ", ".join(q(n) for n in names)
-            with engine.begin() as conn:
-                conn.execute(sa.text(f"DELETE FROM {q(table)} WHERE {q(run_key_column)} = :k"), {"k": run_key})
-                conn.exec_driver_sql(f"INSERT INTO {q(table)} ({listed}) SELECT {listed} FROM {q(staging)}")
-                stored = int(conn.execute(
-                    sa.text(f"SELECT COUNT(*) FROM {q(table)} WHERE {q(run_key_column)} = :k"), {"k": run_key}
-                ).scalar_one())
-                if stored != expected:
-                    raise WriteError(
-                        f"history {table!r} has {stored} rows for run {run_key!r}, expected {expected}; rolled back"
-                    )
-        finally:
-            with contextlib.suppress(Exception):
-                _drop(engine, staging)
-    finally:
-        cached.unpersist()
-    return expected
-
-
 def publish_segments(
     engine: sa.Engine,
     output: OutputConfig,
@@ -429,9 +345,12 @@ def publish_segments(
             engine, [(segments, output.segments_table, "customer_id"), (rejects, output.rejects_table, None)], **options
         )
         written = {output.segments_table: n_segments, output.rejects_table: n_rejects}
-        written[output.history_table] = append_history(
-            segments.select(*HISTORY_COLUMNS), engine, output.history_table, run_key_column="dagster_run_id",
-            run_key=run_key, id_column="customer_id", **options,
+        # the same history as the local engine, copied on the server from the swapped-in table:
+        # the rows do not cross JDBC a second time
+        written[output.history_table] = copy_history(
+            engine, output.history_table, output.segments_table, plan_table(engine, output.segments_table),
+            HISTORY_COLUMNS, run_key_column="dagster_run_id", run_key=run_key, id_column="customer_id",
+            expected_rows=n_segments,
         )
     return written
 
