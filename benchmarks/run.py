@@ -521,7 +521,7 @@ def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         whole = {n: by_n[n]["pipeline"]["whole_s"] for n in sizes}
         per_row = {n: whole[n] / n for n in sizes}
         ratio = max(per_row.values()) / min(per_row.values())
-        intercept, slope = fixed_and_marginal(sizes, [whole[n] for n in sizes])
+        intercept, _marginal = fixed_and_marginal(sizes, [whole[n] for n in sizes])
         add(f"time per row (whole run ÷ rows) {fmt_n(sizes[0])} → {fmt_n(top)} within 1.3×",
             f"{ratio:.2f}× (" + ", ".join(f"{1e6 * per_row[n]:.1f} µs/row at {fmt_n(n)}" for n in sizes) + ")",
             ratio <= 1.3,
@@ -543,7 +543,7 @@ def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             + f"{fmt_mb(increments[top])} over the post-import RSS at {fmt_n(top)}",
             last < feature_row, "slope of peak RSS (VmHWM − RSS after imports) between consecutive sizes")
         if len(memory) > 1:
-            values = [v for v in memory.values()]
+            values = list(memory.values())
             ratio = max(values) / min(values) if min(values) > 0 else float("inf")
             add("peak memory grows linearly (marginal B/row within 1.3× between size pairs)",
                 f"{ratio:.2f}× (" + ", ".join(f"{v:.0f} B/row {k}" for k, v in memory.items()) + ")", ratio <= 1.3)

@@ -69,11 +69,7 @@ def cluster_scores(X: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     pays for the distances once.
     """
     labels = np.asarray(labels)
-    return {"silhouette": _silhouette(X, labels), **spread_scores(X, labels)}
-
-
-def _silhouette(X: np.ndarray, labels: np.ndarray) -> float:
-    return silhouette_scores(X, [labels])[0] if _defined(labels) else float("nan")
+    return {"silhouette": silhouette_scores(X, [labels])[0], **spread_scores(X, labels)}
 
 
 def silhouette_scores(
@@ -201,7 +197,7 @@ def quality_metrics(
         raise ValueError(f"labels has {len(labels)} entries for {len(X)} rows")
     idx = sample_indices(len(X), sample, random_state)
     X_sample = X[idx]
-    silhouette = _silhouette(X_sample, labels[idx])
+    [silhouette] = silhouette_scores(X_sample, [labels[idx]])
     return {
         "silhouette": silhouette,
         **spread_scores(X, labels),

@@ -43,7 +43,15 @@ from segmentation_pipeline.storage.database import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FramePlan", "HistoryCopy", "WriteError", "copy_history", "ensure_history_table", "load_frame", "plan_frame", "plan_table", "write_table_atomic",
+    "FramePlan",
+    "HistoryCopy",
+    "WriteError",
+    "copy_history",
+    "ensure_history_table",
+    "load_frame",
+    "plan_frame",
+    "plan_table",
+    "write_table_atomic",
     "write_tables_atomic",
 ]
 
@@ -456,13 +464,12 @@ def _insert_frame(
                     done += 1
                     if progress is not None:
                         progress(inserted, total)
-                if mirror is not None and done == len(starts):  # else: fell back to INSERTs
-                    if mirrored is not None:
-                        mirror.loaded += mirrored.result()
-                        mirrored = None
-                    mirror.complete = True
-        elif mirror is not None and not starts:
-            mirror.complete = True  # nothing to mirror
+                if mirrored is not None and done == len(starts):  # else: fell back to INSERTs
+                    assert mirror is not None
+                    mirror.loaded += mirrored.result()
+                    mirrored = None
+        if mirror is not None:  # every chunk (none, for an empty frame) went through LOAD DATA
+            mirror.complete = use_load_data and done == len(starts)
         for start in starts[done:]:
             rows_ = _python_rows(
                 _chunk_arrays(frame, plan, start, min(start + chunk_size, total)), sqlite=is_sqlite(conn)
@@ -536,16 +543,6 @@ def _create_table(
 
 def _drop_if_exists(conn: sa.Connection, table: str) -> None:
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote_identifier(conn, table, 'table')}")
-
-
-def _count(conn: sa.Connection, table: str, where: tuple[str, Any] | None = None) -> int:
-    sql = f"SELECT COUNT(*) FROM {quote_identifier(conn, table, 'table')}"
-    if where is None:
-        return int(conn.exec_driver_sql(sql).scalar_one())
-    column, value = where
-    tbl = sa.table(table, sa.column(column))
-    stmt = sa.select(sa.func.count()).select_from(tbl).where(tbl.c[column] == value)
-    return int(conn.execute(stmt).scalar_one())
 
 
 def _derived_name(table: str, suffix: str) -> str:
@@ -695,7 +692,7 @@ def write_tables_atomic(
                     )
             if mirror is not None and mirror.complete and source is not None and mirror.loaded != len(source[1]):
                 raise WriteError(
-                    f"history {mirror.table!r} got {mirror.loaded} rows for run {mirror.set_values}, expected "
+                    f"history {mirror.table!r} got {mirror.loaded} rows for run {history.run_key!r}, expected "
                     f"{len(source[1])} ({masked_url(engine)}); nothing replaced"
                 )
             _swap(engine, [(table, staging, old) for table, _f, _p, staging, old in items])
@@ -866,11 +863,11 @@ def copy_history(
     """Record ``source_table``'s rows as run ``run_key`` of the history, on the server.
 
     ``INSERT ... SELECT``: rows already in the database never travel through Python again.
-    Idempotent: the run's earlier rows are replaced. Given an
-    Engine, the table is created when missing and the copy runs in its own transaction; given a
-    Connection, it runs inside the caller's transaction (the scoring upsert commits segments and
-    history together) and :func:`ensure_history_table` must have run first. The server's row
-    count must equal ``expected_rows`` or nothing is recorded.
+    Idempotent: the run's earlier rows are replaced. Given an Engine, the table is created when
+    missing and the copy runs in its own transaction; given a Connection, it runs inside the
+    caller's transaction (the scoring upsert commits segments and history together) and
+    :func:`ensure_history_table` must have run first. The server's row count must equal
+    ``expected_rows`` or nothing is recorded.
     """
     validate_identifier(source_table, "history source table")
     _check_run_key(run_key)
