@@ -53,12 +53,11 @@ STEPS = ["raw_customers", "clean_and_reject", "customer_features", "k_selection"
 
 def worker(engine: str, workdir: Path) -> None:
     """Fresh interpreter: the real pipeline on one engine, timed; writes <engine>.json."""
-    import dagster as dg
 
     import segmentation_pipeline.assets.extraction as extraction_asset
     import segmentation_pipeline.assets.segments as segments_asset
     import segmentation_pipeline.assets.training as training_asset
-    from segmentation_pipeline import cli
+    from segmentation_pipeline import cli, in_process
     from segmentation_pipeline.config import load_config
     from segmentation_pipeline.engines.spark import cleaning as spark_cleaning
     from segmentation_pipeline.engines.spark import model as spark_model
@@ -93,13 +92,13 @@ def worker(engine: str, workdir: Path) -> None:
         timed("sweep", training_asset, "select_k")
         timed("final_fit", training_asset, "fit_kmeans")
         timed("write_back_and_swap", segments_asset, "publish_segments")
-    original = dg.materialize
+    original = in_process.run_training
 
-    def materialize(*args: Any, **kwargs: Any) -> Any:
+    def run_training(*args: Any, **kwargs: Any) -> Any:
         captured["result"] = original(*args, **kwargs)
         return captured["result"]
 
-    dg.materialize = materialize
+    in_process.run_training = run_training
     floor: dict[str, float] = {}
     if engine == "spark":
         floor = spark_read_floor(cfg)

@@ -16,7 +16,7 @@ For every size N (each in its own fresh state):
    from two sources in that same run: measurement-only wrappers around the functions the assets
    call (read_table, clean_customers, build_features, select_k, fit_kmeans, evaluate_promotion,
    publish_segments, and every MLflow/registry call, outermost-only) and the Dagster run's
-   STEP_SUCCESS durations (``dg.materialize`` is wrapped to capture its result). RSS is sampled
+   STEP_SUCCESS durations (``in_process.run_training`` is wrapped to capture its result). RSS is sampled
    every 20 ms (attributed to the stage running) and VmHWM read at the end.
 3. Floors in the same run: ``mariadb --batch --quick -e "SELECT * FROM customers"`` > /dev/null;
    ``LOAD DATA LOCAL INFILE`` (mariadb CLI, --local-infile=1) of the rows the write-back wrote to
@@ -121,7 +121,6 @@ def fmt_n(n: int) -> str:
 
 def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
     """Runs in a fresh interpreter: the real pipeline, timed stage by stage; writes pipeline.json."""
-    import dagster as dg
     import mlflow
     import numpy as np
     from mlflow.tracking import MlflowClient
@@ -132,7 +131,7 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
     import segmentation_pipeline.assets.features as features_asset
     import segmentation_pipeline.assets.segments as segments_asset
     import segmentation_pipeline.assets.training as training_asset
-    from segmentation_pipeline import cli
+    from segmentation_pipeline import cli, in_process
     from segmentation_pipeline.config import load_config
     from segmentation_pipeline.storage import mlflow_registry as registry
 
@@ -146,7 +145,12 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
     captured: dict[str, Any] = {}
     sampler = RssSampler()
 
-    def timed(stage: str, fn: Any) -> Any:
+    harness_s = [0.0]  # time the harness itself spends inside the run (saving the fit matrix)
+
+    def timed(stage: str, fn: Any, keep: Any = None) -> Any:
+        """Times ``fn``; ``keep(out)`` extracts what the report needs once, so the harness never
+        holds a stage's data (a held DataFrame would count in the pipeline's peak memory)."""
+
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             previous, sampler.stage = sampler.stage, stage
             started = time.perf_counter()
@@ -156,10 +160,19 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
                 timings[stage] += time.perf_counter() - started
                 calls[stage] += 1
                 sampler.stage = previous
-            captured.setdefault(stage, out)
+            if keep is not None and stage not in captured:
+                started = time.perf_counter()
+                captured[stage] = keep(out)
+                harness_s[0] += time.perf_counter() - started
             return out
 
         return wrapper
+
+    def keep_features(matrix: Any) -> dict[str, Any]:
+        # the floors refit on exactly the pipeline's matrix: written now, no copy kept in memory
+        np.save(workdir / "X.npy", matrix.X)
+        np.save(workdir / "fit_mask.npy", matrix.fit_mask)
+        return {"shape": list(matrix.X.shape), "dtype": str(matrix.X.dtype), "n_fit": int(matrix.fit_mask.sum())}
 
     depth = [0]
 
@@ -212,19 +225,22 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
         setattr(mlflow, name, mlflow_timed(getattr(mlflow, name)))
     extraction_asset.read_table = timed("extraction", extraction_asset.read_table)
     cleaning_asset.clean_customers = timed("cleaning", cleaning_asset.clean_customers)
-    features_asset.build_features = timed("features", features_asset.build_features)
-    training_asset.select_k = timed("sweep", training_asset.select_k)
-    training_asset.fit_kmeans = timed("final_fit", training_asset.fit_kmeans)
+    features_asset.build_features = timed("features", features_asset.build_features, keep_features)
+    training_asset.select_k = timed("sweep", training_asset.select_k,
+                                    lambda sel: {"k": int(sel.k), "reason": sel.reason,
+                                                 "sweep_rows": int(sel.metrics.attrs.get("sweep_rows", 0))})
+    training_asset.fit_kmeans = timed("final_fit", training_asset.fit_kmeans,
+                                      lambda km: {"inertia": float(km.inertia_)})
     training_asset.evaluate_promotion = timed("promotion", training_asset.evaluate_promotion)
     segments_asset.publish_segments = timed("write_back", segments_asset.publish_segments)
-    original_materialize = dg.materialize
+    original_run_training = in_process.run_training
 
-    def materialize(*args: Any, **kwargs: Any) -> Any:
-        result = original_materialize(*args, **kwargs)
+    def run_training(*args: Any, **kwargs: Any) -> Any:
+        result = original_run_training(*args, **kwargs)
         captured["result"] = result
         return result
 
-    dg.materialize = materialize
+    in_process.run_training = run_training
 
     rss_before = proc_status("VmRSS")
     sampler.start()
@@ -237,7 +253,7 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
         profiler.dump_stats(profile)
     else:
         summary = cli.run_pipeline(str(cfg_path))
-    whole = time.perf_counter() - started
+    whole = time.perf_counter() - started - harness_s[0]
     sampler.stop()
     hwm = proc_status("VmHWM")
 
@@ -247,11 +263,8 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
             steps[event.step_key] = event.event_specific_data.duration_ms / 1000
 
     matrix = captured["features"]
-    X_fit = np.ascontiguousarray(matrix.X[matrix.fit_mask])
-    np.save(workdir / "X_fit.npy", X_fit)
     selection = captured["sweep"]
-    final = captured["final_fit"]
-    n_clean = int(matrix.X.shape[0])
+    n_clean = int(matrix["shape"][0])
     out = {
         "whole_s": whole,
         "stages_s": dict(timings),
@@ -261,16 +274,16 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
         "rss_peak": hwm,
         "rss_peak_by_stage": dict(sampler.peak),
         "n_clean": n_clean,
-        "n_fit": int(matrix.fit_mask.sum()),
+        "n_fit": matrix["n_fit"],
         "n_features": len(cfg.features),
-        "matrix_dtype": str(matrix.X.dtype),
-        "matrix_shape": list(matrix.X.shape),
+        "matrix_dtype": matrix["dtype"],
+        "matrix_shape": matrix["shape"],
         "feature_matrix_f64_bytes": n_clean * len(cfg.features) * 8,
-        "k": int(selection.k),
-        "k_reason": selection.reason,
-        "sweep_rows": int(selection.metrics.attrs.get("sweep_rows", 0)),
+        "k": selection["k"],
+        "k_reason": selection["reason"],
+        "sweep_rows": selection["sweep_rows"],
         "sweep_n_init": cfg.k_selection.sweep_n_init,
-        "final_inertia": float(final.inertia_),
+        "final_inertia": captured["final_fit"]["inertia"],
         "final_n_init": cfg.model.n_init,
         "summary_seconds": summary["seconds"],
         "n_input": summary["n_input"],
@@ -362,7 +375,7 @@ def floor_lloyd(workdir: Path, k: int) -> dict[str, float]:
     import numpy as np
     from sklearn.cluster import KMeans
 
-    X = np.load(workdir / "X_fit.npy")
+    X = np.ascontiguousarray(np.load(workdir / "X.npy")[np.load(workdir / "fit_mask.npy")])
     started = time.perf_counter()
     for kk in K_VALUES:
         KMeans(n_clusters=kk, algorithm="lloyd", n_init=1, random_state=0).fit(X)

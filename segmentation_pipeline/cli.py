@@ -70,55 +70,54 @@ def _describe_error(cause: BaseException) -> str:
 
 
 def run_pipeline(config_path: str | None = None, features: list[str] | None = None) -> dict[str, Any]:
-    """Materialize the training job in-process (values stay in memory) and summarise it."""
-    import dagster as dg
+    """Run the training job in this process and summarise it from the run's metadata.
 
-    from segmentation_pipeline.automation import TRAINING_GROUPS
-    from segmentation_pipeline.definitions import ASSETS, build_resources
+    Values pass between steps in memory and each is released after its last consumer
+    (``in_process.run_training``), so the raw and clean tables are not all held at once.
+    """
+    from segmentation_pipeline.in_process import run_training
     from segmentation_pipeline.resources import SettingsResource
 
-    overrides = _overrides_for_features(config_path, features) if features else {}
-    settings = SettingsResource(config_path=config_path, overrides_json=json.dumps(overrides))
-    cfg = settings.load()
+    overrides_json = json.dumps(_overrides_for_features(config_path, features) if features else {})
+    cfg = SettingsResource(config_path=config_path, overrides_json=overrides_json).load()  # fail fast on config
     started = time.perf_counter()
-    result = dg.materialize(
-        ASSETS,
-        selection=dg.AssetSelection.groups(*TRAINING_GROUPS),
-        resources=build_resources(settings, cfg, io_manager=dg.mem_io_manager),
-        instance=_instance(),
-        tags={"trigger": "cli"},
-        run_config=QUIET_LOGS,
-    )
+    result = run_training(_instance(), config_path, overrides_json, run_config=QUIET_LOGS, tags={"trigger": "cli"})
     return summarise(result, cfg, time.perf_counter() - started)
 
 
+def _metadata(result: Any, node: str) -> dict[str, Any]:
+    [event] = result.asset_materializations_for_node(node)
+    return {k: getattr(v, "value", v) for k, v in event.metadata.items()}
+
+
 def summarise(result: Any, cfg: PipelineConfig, seconds: float) -> dict[str, Any]:
-    trained = result.output_for_node("segmentation_model")
-    promotion = result.output_for_node("model_promotion")
-    [segments_event] = result.asset_materializations_for_node("customer_segments")
-    meta = {k: getattr(v, "value", v) for k, v in segments_event.metadata.items()}
-    profile = trained.profile if promotion.promoted else None
+    """The run's outcome as plain data, from what its steps reported (nothing is reloaded)."""
+    selection = _metadata(result, "k_selection")
+    trained = _metadata(result, "segmentation_model")
+    promotion = _metadata(result, "model_promotion")
+    meta = _metadata(result, "customer_segments")
+    metrics = trained["metrics"]
     return {
-        "k": trained.k,
-        "k_reason": trained.k_reason,
-        "silhouette": trained.metrics.get("silhouette"),
-        "davies_bouldin": trained.metrics.get("davies_bouldin"),
-        "calinski_harabasz": trained.metrics.get("calinski_harabasz"),
+        "k": trained["k"],
+        "k_reason": selection["reason"],
+        "silhouette": metrics.get("silhouette"),
+        "davies_bouldin": metrics.get("davies_bouldin"),
+        "calinski_harabasz": metrics.get("calinski_harabasz"),
         "n_input": meta["n_input"],
         "n_segmented": meta["n_segmented"],
         "n_rejected": meta["n_rejected"],
         "n_outliers_segmented": meta["n_outliers_segmented"],
-        "model_name": trained.model_name,
-        "model_version": trained.model_version,
-        "champion_version": promotion.champion_version,
-        "promoted": promotion.promoted,
-        "promotion_reasons": promotion.decision.reasons,
-        "mlflow_run_id": trained.mlflow_run_id,
+        "model_name": cfg.model.name,
+        "model_version": promotion["challenger_version"],
+        "champion_version": promotion["champion_version"],
+        "promoted": promotion["promoted"],
+        "promotion_reasons": promotion["reason_list"],
+        "mlflow_run_id": trained["mlflow_run_id"],
         "mlflow_tracking_uri": cfg.mlflow.tracking_uri,
         "dagster_run_id": result.run_id,
         "database": cfg.database.safe_url(),
         "tables": meta["tables"],
-        "segments": None if profile is None else json.loads(profile.to_json(orient="records")),
+        "segments": trained["segments"] if promotion["promoted"] else None,
         "seconds": round(seconds, 2),
     }
 

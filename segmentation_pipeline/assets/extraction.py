@@ -37,6 +37,7 @@ def read_customers(
         chunk_size=cfg.database.chunk_size,
         progress=progress,
         where_after=where_after,
+        categorical=list(cfg.cleaning.categorical),
     )
 
 

@@ -14,6 +14,8 @@ gate); every customer is still assigned and written back by Spark.
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -242,7 +244,8 @@ def segmentation_model(
     extra = {} if migration is None else {"migration_vs_champion": table(migration.reset_index())}
     return dg.Output(trained, metadata=_md(
         model=f"{cfg.model.name} v{version}", mlflow_run_id=run_id, k=selection.k, metrics=metrics,
-        profile=table(profile), profile_plot=image(profile_png, "segment profiles"), engine="spark", **extra,
+        profile=table(profile), segments=json.loads(profile.to_json(orient="records")),
+        profile_plot=image(profile_png, "segment profiles"), engine="spark", **extra,
     ))
 
 

@@ -1,6 +1,7 @@
 """Stages 4–5: the k sweep, the final KMeans (registered as challenger), and promotion."""
 
 
+import json
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -135,6 +136,17 @@ def _stable_ids(
     return label_to_segment
 
 
+def drift_reference(
+    clean: pd.DataFrame, segment_ids: np.ndarray, features: list[str], sample: int, random_state: int
+) -> pd.DataFrame:
+    """The drift reference: features and segment of up to ``sample`` rows, the rows picked first
+    (the same ones ``DataFrame.sample`` picks), so only they are ever copied."""
+    positions = np.arange(len(clean))
+    if len(clean) > sample:
+        positions = pd.Series(positions).sample(sample, random_state=random_state).to_numpy()
+    return clean.iloc[positions][features].assign(segment_id=segment_ids[positions])
+
+
 @dg.asset(
     group_name="training",
     kinds={"scikitlearn", "mlflow"},
@@ -217,10 +229,8 @@ def segmentation_model(
         if migration is not None:
             registry.log_frame(migration.reset_index(), "segments/migration_vs_champion.csv")
             registry.log_png(migration_plot(migration), "segments/migration_vs_champion.png")
-        reference = clean_customers[cfg.features].assign(segment_id=segment_ids)
-        if len(reference) > cfg.drift.sample:
-            reference = reference.sample(cfg.drift.sample, random_state=cfg.model.random_state)
-        registry.log_reference(reference)
+        registry.log_reference(drift_reference(clean_customers, segment_ids, cfg.features, cfg.drift.sample,
+                                               cfg.model.random_state))
         version = registry.log_segmentation_model(assigner, clean_customers, cfg.model.name)
     registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.challenger_alias, version)
     registry.tag_version(
@@ -251,6 +261,7 @@ def segmentation_model(
         "k": dg.MetadataValue.int(k_selection.k),
         "metrics": dg.MetadataValue.json(jsonable(metrics)),
         "profile": table(profile),
+        "segments": dg.MetadataValue.json(json.loads(profile.to_json(orient="records"))),
         "profile_plot": image(profile_png, "segment profiles"),
     }
     if migration is not None:
@@ -301,6 +312,7 @@ def model_promotion(
             "champion_version": dg.MetadataValue.text(champion_version),
             "challenger_version": dg.MetadataValue.text(trained.model_version),
             "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
+            "reason_list": dg.MetadataValue.json(list(decision.reasons)),
             "evidence": dg.MetadataValue.json(jsonable(decision.evidence)),
         },
     )

@@ -276,9 +276,8 @@ def clean_customers(
             parts.append(pd.DataFrame({"pos": where, "code": _NON_NUMERIC * n_columns + rank, "detail": detail}))
             non_numeric_keys.append(where * n_columns + rank)
 
-    work = pd.DataFrame(
-        {id_col: raw[id_col].reset_index(drop=True), **numeric, **{c: raw[c].reset_index(drop=True) for c in categorical}}
-    )
+    # arrays, not Series: no index alignment and, with copy=False, no copy of the table to validate
+    work = pd.DataFrame({id_col: raw[id_col].array, **numeric, **{c: raw[c].array for c in categorical}}, copy=False)
     order = _latest_first(raw, id_col, config.source.updated_at_column)
     if order is not None:
         work = work.take(order)  # index labels stay the original positions
@@ -303,8 +302,14 @@ def clean_customers(
     if not valid.any() and not allow_all_rejected:
         _raise_all_rejected(n, rejected, table)
 
+    del work
     valid_pos = np.flatnonzero(valid)
-    frame = pd.DataFrame({f: numeric[f][valid_pos] for f in features})
+    if len(valid_pos) < n:  # compact each parsed array in place: the valid rows, no second copy
+        for feature in features:
+            values = numeric[feature]
+            values[: len(valid_pos)] = values[valid_pos]
+            numeric[feature] = values[: len(valid_pos)]
+    frame = pd.DataFrame({f: numeric[f] for f in features}, copy=False)
     _check_scalable(frame, set(config.transform.log1p), table)
     try:
         found = (
@@ -314,7 +319,7 @@ def clean_customers(
         )
     except OutlierPolicyError as exc:
         raise DataQualityError(f"table {table!r}: {exc}") from exc
-    outlier_reason = found.reasons.to_numpy(dtype=object)
+    outlier_reason = found.reasons.array  # categorical: a code per row
     is_outlier = np.asarray(found.mask, dtype=bool)
     n_outliers = int(is_outlier.sum())
     keep = np.ones(len(valid_pos), dtype=bool)
@@ -328,15 +333,19 @@ def clean_customers(
             _raise_all_rejected(n, rejected, table)
 
     clean_pos = valid_pos[keep]
-    clean = pd.DataFrame({id_col: raw[id_col].iloc[clean_pos].reset_index(drop=True)})
+    del frame
+    # one column at a time, each parsed array dropped once copied: no second copy of the features
+    columns_out: dict[str, Any] = {id_col: raw[id_col].array.take(clean_pos)}
     for feature in features:
-        clean[feature] = numeric[feature][clean_pos]
+        values = numeric.pop(feature)
+        columns_out[feature] = values if keep.all() else values[keep]
+        del values
     for column in categorical:
-        clean[column] = raw[column].iloc[clean_pos].reset_index(drop=True)
-    clean["is_outlier"] = is_outlier[keep]
-    clean["outlier_reason"] = outlier_reason[keep]
-    clean["imputed"] = flag_labels(imputed[clean_pos], features)
-    clean.index = raw.index[clean_pos]
+        columns_out[column] = raw[column].array.take(clean_pos)
+    columns_out["is_outlier"] = is_outlier[keep]
+    columns_out["outlier_reason"] = outlier_reason[keep]
+    columns_out["imputed"] = flag_labels(imputed[clean_pos], features)
+    clean = pd.DataFrame(columns_out, index=raw.index[clean_pos], copy=False)
 
     reject_pos = rejected["pos"].to_numpy()
     rejects = pd.DataFrame(
@@ -384,7 +393,7 @@ def _check_scalable(frame: pd.DataFrame, log1p: set[str], table: str) -> None:
 def _outlier_rejects(
     valid_pos: np.ndarray,
     is_outlier: np.ndarray,
-    reasons: np.ndarray,
+    reasons: pd.Categorical,
     frame: pd.DataFrame,
     columns: list[str],
     labels: np.ndarray,
@@ -392,7 +401,7 @@ def _outlier_rejects(
 ) -> pd.DataFrame:
     """Rejects for ``action: reject``: the first flagged feature is the reason, all go in detail."""
     rows = np.flatnonzero(is_outlier)
-    flagged = pd.Series(reasons[rows])
+    flagged = pd.Series(np.asarray(reasons[rows], dtype=object))
     first = flagged.str.slice(len("outlier:")).str.split(",").str[0]
     rank = first.map({c: i for i, c in enumerate(columns)}).to_numpy(dtype=np.int64)
     values = frame.to_numpy()[rows, rank - 1]  # frame holds the features, columns[0] is the id

@@ -141,11 +141,32 @@ def _check_frame(clean: pd.DataFrame, config: PipelineConfig) -> None:
             raise ValueError(f"log1p column {name} has values <= -1 (min {low}); clean the range first")
 
 
-def _check_finite(X: np.ndarray, values: pd.DataFrame, ids: pd.Series) -> None:
+#: Rows per transform block: each block's float64 intermediates (log1p, scaled, projected) stay
+#: a few MB, so transforming millions of rows costs the output matrix and no more.
+TRANSFORM_BLOCK_ROWS = 262_144
+
+
+def _transform_in_blocks(preprocessor: Pipeline, clean: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """``preprocessor.transform`` of every row, block by block into one preallocated matrix."""
+    n = len(clean)
+    first = preprocessor.transform(clean.iloc[:TRANSFORM_BLOCK_ROWS][features])
+    if n <= TRANSFORM_BLOCK_ROWS:
+        return first
+    X = np.empty((n, first.shape[1]), dtype=first.dtype)
+    X[: len(first)] = first
+    for start in range(TRANSFORM_BLOCK_ROWS, n, TRANSFORM_BLOCK_ROWS):
+        X[start : start + TRANSFORM_BLOCK_ROWS] = preprocessor.transform(
+            clean.iloc[start : start + TRANSFORM_BLOCK_ROWS][features]
+        )
+    return X
+
+
+def _check_finite(X: np.ndarray, clean: pd.DataFrame, features: list[str], ids: pd.Series) -> None:
     """Finite but huge inputs (1e300 in a feature without a range) overflow once scaled; name
     them instead of letting KMeans fail with "Input X contains NaN"."""
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
+        values = clean[features]
         rows = values[bad]
         columns = sorted({str(rows.columns[i]) for i in np.abs(rows.to_numpy(dtype=np.float64)).argmax(axis=1)})
         examples = [
@@ -177,11 +198,10 @@ def build_features(
         raise ValueError(f"need at least 2 rows to fit the preprocessor; fit_mask selects {n_fit}")
 
     features = list(config.features)
-    values = clean[features]
     preprocessor = build_preprocessor(config)
-    preprocessor.fit(values[mask] if n_fit < n else values)
-    X = preprocessor.transform(values)
-    _check_finite(X, values, clean[id_column])
+    preprocessor.fit(clean.loc[mask, features] if n_fit < n else clean[features])
+    X = _transform_in_blocks(preprocessor, clean, features)
+    _check_finite(X, clean, features, clean[id_column])
     component_names = [str(name) for name in preprocessor.get_feature_names_out()]
 
     pca: PCA | None = preprocessor.named_steps.get("pca")

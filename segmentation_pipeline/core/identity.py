@@ -25,6 +25,8 @@ from matplotlib.figure import Figure
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
+from segmentation_pipeline.core.naming import segment_sums
+
 
 def centroids_in_feature_space(
     frame: pd.DataFrame, labels: npt.ArrayLike, features: list[str]
@@ -38,8 +40,8 @@ def centroids_in_feature_space(
         raise ValueError(f"labels must be 1-D with one entry per row: got {label_array.shape} for {len(frame)} rows")
     if len(frame) == 0:
         raise ValueError("frame has no rows")
-    means = frame[features].groupby(label_array, sort=True).mean()
-    return means.to_numpy(dtype=float), [int(label) for label in means.index]
+    ids, counts, sums = segment_sums(frame, label_array, features)
+    return sums / counts[:, None], [int(label) for label in ids]
 
 
 def standardised_distances(

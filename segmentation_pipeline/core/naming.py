@@ -23,12 +23,44 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["MAX_NAME_FEATURES", "SEPARATOR", "name_segments", "profile_segments", "segment_z_scores"]
+__all__ = [
+    "MAX_NAME_FEATURES",
+    "SEPARATOR",
+    "name_segments",
+    "population_moments",
+    "profile_segments",
+    "segment_sums",
+    "segment_z_scores",
+]
 
 SEPARATOR = " · "
 # Longer names stop being read; this caps the threshold-passing parts (not disambiguation).
 MAX_NAME_FEATURES = 3
 AVERAGE_NAME = "Average customers"
+
+
+def segment_sums(
+    frame: pd.DataFrame, labels: np.ndarray, columns: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted segment ids, row count of each, per-segment sum of each column as (k, c) float64).
+
+    Column by column with ``np.bincount``: pandas' groupby would first copy the columns and
+    build group codes, tens of bytes per row on tables of millions of customers.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iu" and (len(labels) == 0 or labels.min() >= 0):
+        codes, size = labels, (int(labels.max()) + 1 if len(labels) else 0)
+    else:
+        uniques, codes = np.unique(labels, return_inverse=True)
+        codes, size = codes.ravel(), len(uniques)
+    counts = np.bincount(codes, minlength=size)
+    present = np.flatnonzero(counts)
+    sums = np.empty((len(present), len(columns)))
+    for j, column in enumerate(columns):
+        weights = frame[column].to_numpy(dtype=np.float64)
+        sums[:, j] = np.bincount(codes, weights=weights, minlength=size)[present]
+    ids = present if codes is labels else uniques[present]
+    return ids, counts[present], sums
 
 
 def profile_segments(
@@ -44,20 +76,36 @@ def profile_segments(
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"columns missing from the frame: {missing}")
-    grouped = frame[columns].groupby(labels, sort=True)
-    means = grouped[list(features)].mean().add_prefix("mean_")
-    counts = grouped.size()
+    ids, counts, sums = segment_sums(frame, labels, columns)
     profile = pd.DataFrame(
         {
-            "segment_id": counts.index.astype(np.int64),
-            "count": counts.to_numpy(dtype=np.int64),
-            "share_pct": counts.to_numpy(dtype=np.float64) * 100.0 / len(frame),
+            "segment_id": ids.astype(np.int64),
+            "count": counts.astype(np.int64),
+            "share_pct": counts.astype(np.float64) * 100.0 / len(frame),
+            **{f"mean_{f}": sums[:, j] / counts for j, f in enumerate(features)},
         }
     )
-    profile = pd.concat([profile, means.reset_index(drop=True)], axis=1)
     if value_feature:
-        profile[f"total_{value_feature}"] = grouped[value_feature].sum().to_numpy(dtype=np.float64)
+        profile[f"total_{value_feature}"] = sums[:, columns.index(value_feature)]
     return profile
+
+
+def population_moments(
+    population: pd.DataFrame, features: list[str], log_features: Sequence[str] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (ddof=0) of each feature, log1p-scaled where asked.
+
+    One column at a time: on millions of rows a copy of the feature table (and its log copy)
+    would cost more memory than the rest of the naming step together.
+    """
+    logged = set(log_features)
+    centre, spread = np.empty(len(features)), np.empty(len(features))
+    for i, feature in enumerate(features):
+        values = population[feature].to_numpy(dtype=np.float64)
+        if feature in logged:
+            values = np.log1p(np.clip(values, 0, None))
+        centre[i], spread[i] = values.mean(), values.std()
+    return centre, spread
 
 
 def segment_z_scores(
@@ -69,15 +117,10 @@ def segment_z_scores(
     inflate the std so much that a clearly affluent segment would read as merely average.
     """
     means = profile[[f"mean_{f}" for f in features]].to_numpy(dtype=np.float64)
-    values = population[list(features)].astype("float64")
     logged = [i for i, f in enumerate(features) if f in set(log_features)]
     if logged:
         means[:, logged] = np.log1p(np.clip(means[:, logged], 0, None))
-        values = values.copy()
-        for i in logged:
-            values[features[i]] = np.log1p(values[features[i]].clip(lower=0))
-    centre = values.mean().to_numpy(dtype=np.float64)
-    spread = values.std(ddof=0).to_numpy(dtype=np.float64)
+    centre, spread = population_moments(population, features, log_features)
     safe = np.where(spread > 0, spread, 1.0)
     z = np.where(spread > 0, (means - centre) / safe, 0.0)
     return pd.DataFrame(z, index=profile["segment_id"].to_numpy(), columns=list(features))

@@ -72,24 +72,24 @@ def _tukey(q1: Any, q3: Any, multiplier: float) -> tuple[Any, Any]:
     return q1 - multiplier * (q3 - q1), q3 + multiplier * (q3 - q1)
 
 
-def flag_labels(flags: np.ndarray, names: Sequence[str], prefix: str = "") -> np.ndarray:
-    """Turn an (n, f) bool matrix into ``prefix + "a,b"`` strings ("" for none), vectorised.
+def flag_labels(flags: np.ndarray, names: Sequence[str], prefix: str = "") -> pd.Categorical:
+    """Turn an (n, f) bool matrix into ``prefix + "a,b"`` labels ("" for none), vectorised.
 
     Rows are encoded as a bitmask so only the few distinct combinations of the (few) flagged
-    rows are ever formatted.
+    rows are ever formatted; the result is categorical (a byte per row, not a string each).
     """
     flags = np.asarray(flags, dtype=bool)
     if flags.ndim != 2 or flags.shape[1] != len(names):
         raise ValueError(f"flags of shape {flags.shape} do not match {len(names)} names")
-    out = np.full(flags.shape[0], "", dtype=object)
+    codes = np.zeros(flags.shape[0], dtype=np.int32)
     flagged = np.flatnonzero(flags.any(axis=1))
-    if len(flagged) == 0:
-        return out
-    codes, inverse = np.unique(np.packbits(flags[flagged], axis=1, bitorder="little"), axis=0, return_inverse=True)
-    bits = np.unpackbits(codes, axis=1, count=len(names), bitorder="little").astype(bool)
-    table = np.array([prefix + ",".join(np.asarray(names)[row]) for row in bits], dtype=object)
-    out[flagged] = table[inverse.ravel()]
-    return out
+    categories = [""]
+    if len(flagged):
+        packed, inverse = np.unique(np.packbits(flags[flagged], axis=1, bitorder="little"), axis=0, return_inverse=True)
+        bits = np.unpackbits(packed, axis=1, count=len(names), bitorder="little").astype(bool)
+        categories += [prefix + ",".join(np.asarray(names)[row]) for row in bits]
+        codes[flagged] = inverse.ravel() + 1
+    return pd.Categorical.from_codes(codes, categories=categories)
 
 
 def _transformed(frame: pd.DataFrame, columns: Sequence[str], log1p: set[str]) -> np.ndarray:
@@ -261,12 +261,13 @@ def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResul
     if not ocfg.enabled or n == 0:
         if ocfg.enabled:
             report["method_used"] = "pooled"
-        return OutlierResult(np.zeros(n, dtype=bool), pd.Series("", index=frame.index, dtype=object), report)
+        none = pd.Categorical.from_codes(np.zeros(n, dtype=np.int32), categories=[""])
+        return OutlierResult(np.zeros(n, dtype=bool), pd.Series(none, index=frame.index), report)
 
     # Outlier features are a subset of the features (config validates it); clusters use them all.
     z_all = _transformed(frame, config.features, log1p)
     fence_cols = [config.features.index(c) for c in columns]
-    z = z_all[:, fence_cols]
+    z = z_all if fence_cols == list(range(z_all.shape[1])) else z_all[:, fence_cols]  # no copy when all
 
     q1, q3 = np.percentile(z, [25, 75], axis=0)
 
@@ -359,5 +360,5 @@ def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResul
         n_outliers=int(mask.sum()),
         outliers_by_feature={c: int(flags[:, j].sum()) for j, c in enumerate(columns)},
     )
-    reasons = pd.Series(flag_labels(flags, columns, prefix="outlier:"), index=frame.index, dtype=object)
+    reasons = pd.Series(flag_labels(flags, columns, prefix="outlier:"), index=frame.index)
     return OutlierResult(mask, reasons, report)

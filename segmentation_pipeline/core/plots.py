@@ -13,6 +13,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from segmentation_pipeline.core.naming import population_moments
+
 __all__ = ["elbow_plot", "metrics_plot", "profile_plot", "silhouette_plot"]
 
 _DPI = 100
@@ -90,8 +92,7 @@ def profile_plot(
     """
     means = profile[[f"mean_{f}" for f in features]].to_numpy(dtype=np.float64)
     if population is not None:
-        centre = population[list(features)].mean().to_numpy(dtype=np.float64)
-        spread = population[list(features)].std(ddof=0).to_numpy(dtype=np.float64)
+        centre, spread = population_moments(population, list(features))
     else:
         centre = means.mean(axis=0)
         spread = means.std(axis=0)

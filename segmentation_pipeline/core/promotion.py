@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score, davies_bouldin_score
+from sklearn.metrics import adjusted_rand_score
 
-from segmentation_pipeline.core.modeling import silhouette_scores
+from segmentation_pipeline.core.modeling import silhouette_scores, spread_scores
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _internal_scores(silhouette: float, X: np.ndarray, labels: np.ndarray) -> tu
     """(silhouette on the shared sample, Davies-Bouldin on all rows); NaN when fewer than 2 clusters."""
     if len(np.unique(labels)) < 2 or math.isnan(silhouette):
         return math.nan, math.nan
-    return silhouette, float(davies_bouldin_score(X, labels))
+    return silhouette, spread_scores(X, labels)["davies_bouldin"]
 
 
 def evaluate_promotion(

@@ -18,6 +18,13 @@ def _now() -> pd.Timestamp:
     return pd.Timestamp(datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0))
 
 
+def _categorical(values: pd.Series) -> pd.Categorical:
+    """Text labels as a categorical; cleaning already hands them over as one (no per-row strings)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.array
+    return pd.Categorical(values.astype(str).to_numpy())
+
+
 def build_segments_table(
     clean: pd.DataFrame,
     id_column: str,
@@ -47,9 +54,7 @@ def build_segments_table(
         "segment_id": ids,
         "segment_name": _names(ids, segment_names),
         "is_outlier": clean["is_outlier"].to_numpy(dtype=bool) if "is_outlier" in clean else np.zeros(n, dtype=bool),
-        "outlier_reason": (
-            pd.Categorical(clean["outlier_reason"].astype(str).to_numpy()) if "outlier_reason" in clean else repeated("")
-        ),
+        "outlier_reason": _categorical(clean["outlier_reason"]) if "outlier_reason" in clean else repeated(""),
         "model_name": repeated(model_name),
         "model_version": repeated(str(model_version)),
         "mlflow_run_id": repeated(mlflow_run_id),

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import ReflectedColumn
@@ -56,6 +57,11 @@ __all__ = [
 ]  # plus write_table_atomic, load_frame, read_csv_file via __getattr__
 
 ProgressFn = Callable[[int, int], None]
+# Arrow allocates from the system allocator here, not its default mimalloc pool: mimalloc kept
+# the freed pages and chunk copies of a read, measured +330 MB of RSS for the rest of a
+# 5M-row run (545 MB vs 880 MB after extraction), and reads were no slower.
+pa.set_memory_pool(pa.system_memory_pool())
+
 ReadBackend = Literal["auto", "connectorx", "sqlalchemy"]
 
 # Bounded retries when a writer swaps the table between two chunks of one read.
@@ -411,6 +417,7 @@ def read_table(
     progress: ProgressFn | None = None,
     where_after: dict[str, Any] | None = None,
     backend: ReadBackend = "auto",
+    categorical: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Read ``columns`` (None: all) of ``table`` by keyset pages on ``id_column``.
 
@@ -422,6 +429,8 @@ def read_table(
     string values such as cursor JSON are converted to the column's type). If a writer swaps
     the table mid-read, the read restarts, so the frame always comes from one table version.
     Booleans come back as 0/1 integers on both backends (MySQL has no boolean type).
+    Text columns named in ``categorical`` come back as pandas categoricals (dictionary-encoded
+    while still Arrow): a few distinct values then cost a byte per row, not a Python string each.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -514,8 +523,10 @@ def read_table(
     del chunks
     if plan.keep != plan.columns:
         combined = combined.select(plan.keep)
+    combined = _dictionary_encode(combined, categorical)
     frame = combined.to_pandas(split_blocks=True, self_destruct=True)
     del combined
+    pa.default_memory_pool().release_unused()  # hand the freed page and chunk copies back to the OS
     log.info(
         "read %d rows x %d columns from %r in %.2fs via %s",
         len(frame),
@@ -525,6 +536,17 @@ def read_table(
         "connectorx" if use_cx else "sqlalchemy",
     )
     return frame
+
+
+def _dictionary_encode(table: pa.Table, columns: Sequence[str]) -> pa.Table:
+    """Text columns among ``columns`` as Arrow dictionaries (pandas categoricals after to_pandas)."""
+    for name in columns:
+        if name not in table.column_names:
+            continue
+        column = table.column(name)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            table = table.set_column(table.schema.get_field_index(name), name, pc.dictionary_encode(column))
+    return table
 
 
 def _count_and_check_ids(engine: sa.Engine, plan: _ReadPlan, *, check_ids: bool) -> tuple[int, bool]:

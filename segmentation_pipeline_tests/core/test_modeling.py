@@ -94,6 +94,25 @@ def test_fit_kmeans_rejects_impossible_k() -> None:
         fit_kmeans(np.zeros((3, 2)), 5, n_init=1, max_iter=10, random_state=0)
 
 
+def test_spread_scores_match_sklearn_in_blocks() -> None:
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    from segmentation_pipeline.core.modeling import spread_scores
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1001, 3)).astype(np.float32)
+    X[:300] += 4.0
+    gaps = np.where(X[:, 0] > 2, 7, rng.integers(0, 3, 1001))  # ids with gaps (segment ids can be sparse)
+    negative = np.where(X[:, 1] > 0, -1, 2)  # labels that are not codes
+    duplicated = np.r_[np.zeros(500, int), np.ones(501, int)]
+    X_dup = np.repeat(X[:2].astype(np.float64), [500, 501], axis=0)  # zero scatter in both clusters: DB is 0
+    for data, labels in ((X, gaps), (X, negative), (X, (X[:, 2] > 0).astype(int)), (X_dup, duplicated)):
+        got = spread_scores(data, labels, block_rows=128)  # several blocks, the last one partial
+        np.testing.assert_allclose(got["davies_bouldin"], davies_bouldin_score(data, labels), rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(got["calinski_harabasz"], calinski_harabasz_score(data, labels), rtol=1e-5)
+    assert np.isnan(spread_scores(X, np.zeros(1001, int))["davies_bouldin"])  # one cluster: undefined
+
+
 def test_silhouette_scores_match_sklearn_for_every_labeling_at_once() -> None:
     from segmentation_pipeline.core.modeling import silhouette_scores
 

@@ -307,6 +307,18 @@ def test_undeclared_duplicate_and_null_ids_are_read_whole(
     assert out["customer_id"].tolist() == [1, 2, 3, 4]
 
 
+def test_categorical_text_columns_come_back_as_categoricals(db: sa.Engine, table_name: str) -> None:
+    frame = _customers(900)
+    frame.loc[[3, 500], "gender"] = None
+    _create_customers(db, table_name, frame)
+    out = read_table(db, table_name, ["customer_id", "gender", "age"], id_column="customer_id", chunk_size=200,
+                     categorical=["gender", "age", "not_read"])  # a number and an absent name are left alone
+    assert isinstance(out["gender"].dtype, pd.CategoricalDtype)
+    assert set(out["gender"].cat.categories) == {"Female", "Male", "Other"}
+    assert out["gender"].astype(object).where(out["gender"].notna(), None).tolist() == frame["gender"].tolist()
+    assert out["age"].tolist() == frame["age"].tolist() and not isinstance(out["age"].dtype, pd.CategoricalDtype)
+
+
 def test_empty_table(db: sa.Engine, table_name: str) -> None:
     _create_customers(db, table_name, _customers(0))
     calls: list[tuple[int, int]] = []

@@ -1,0 +1,81 @@
+"""In-process training runs: values are released after their last consumer, kept for retries."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+import segmentation_pipeline.assets.extraction as extraction_asset
+import segmentation_pipeline.assets.training as training_asset
+from segmentation_pipeline import cli
+from segmentation_pipeline.core.demo_data import generate_customers
+from segmentation_pipeline.definitions import ASSETS
+from segmentation_pipeline.in_process import ReleasingMemoryIOManager, consumers_of
+from segmentation_pipeline.storage.database import create_db_engine, load_frame
+from segmentation_pipeline_tests.helpers import write_config
+
+KEY = dg.AssetKey
+
+
+def test_consumers_counts_readers_and_keeps_what_a_retried_step_reads() -> None:
+    selected = {key for definition in ASSETS for key in definition.keys
+                if definition.group_names_by_key[key] in {"extraction", "cleaning", "features", "training", "segments"}}
+    counts, keep = consumers_of(ASSETS, selected)
+    assert counts[KEY("raw_customers")] == 1  # cleaning only: released right after it
+    assert counts[KEY("customer_features")] == 3  # sweep, final model, promotion
+    assert counts[KEY("clean_customers")] == 3  # features, final model, write-back
+    # customer_segments has a retry policy: what it reads must survive a failed attempt
+    assert keep == {KEY("clean_customers"), KEY("rejected_customers"), KEY("segmentation_model"),
+                    KEY("model_promotion")}
+    assert KEY("scored_customers") not in counts  # outside the selection: its reads are not counted
+
+
+def test_io_manager_drops_a_value_after_its_last_consumer_and_keeps_retried_inputs() -> None:
+    manager = ReleasingMemoryIOManager({KEY("a"): 2, KEY("b"): 1}, keep=frozenset({KEY("b")}))
+    manager.handle_output(dg.build_output_context(asset_key=KEY("a")), [1])
+    manager.handle_output(dg.build_output_context(asset_key=KEY("b")), [2])
+    manager.handle_output(dg.build_output_context(asset_key=KEY("unread")), [3])  # nobody reads it
+    assert manager.held == ["a", "b"]
+
+    def load(name: str) -> object:
+        upstream = dg.build_output_context(asset_key=KEY(name))
+        return manager.load_input(dg.build_input_context(asset_key=KEY(name), upstream_output=upstream))
+
+    assert load("a") == [1] and manager.held == ["a", "b"]  # one consumer still to come
+    assert load("a") == [1] and manager.held == ["b"]
+    assert load("b") == [2] and load("b") == [2] and manager.held == ["b"]  # a retry loads it again
+    with pytest.raises(KeyError, match="no value for a in this run"):
+        load("a")
+
+
+def test_cli_run_releases_the_raw_table_before_the_sweep(tmp_path, sqlite_url, local_mlflow_uri, monkeypatch) -> None:
+    frame, _ = generate_customers(1500, seed=3)
+    load_frame(create_db_engine(sqlite_url), "customers", frame, if_exists="replace")
+    config = write_config(tmp_path, sqlite_url, local_mlflow_uri, **{"k_range": [2, 5]})
+    raw_refs: list[weakref.ref] = []
+    alive_at_sweep: list[bool] = []
+
+    real_read, real_select = extraction_asset.read_customers, training_asset.select_k
+
+    def read_customers(*args, **kwargs) -> pd.DataFrame:
+        raw = real_read(*args, **kwargs)
+        raw_refs.append(weakref.ref(raw))
+        return raw
+
+    def select_k(*args, **kwargs):
+        gc.collect()
+        alive_at_sweep.append(raw_refs[0]() is not None)
+        return real_select(*args, **kwargs)
+
+    monkeypatch.setattr(extraction_asset, "read_customers", read_customers)
+    monkeypatch.setattr(training_asset, "select_k", select_k)
+    summary = cli.run_pipeline(str(config))
+
+    assert alive_at_sweep == [False], "the raw table outlived its only consumer (cleaning)"
+    assert summary["n_input"] == len(frame) == summary["n_segmented"] + summary["n_rejected"]
+    assert summary["promoted"] and summary["promotion_reasons"] and summary["segments"]
+    assert {s["segment_id"] for s in summary["segments"]} == set(range(summary["k"]))
