@@ -38,7 +38,7 @@ class DataQualityError(ValueError):
 
 @dataclass(frozen=True)
 class CleaningResult:
-    clean: pd.DataFrame  # id, features (float64), categorical columns, is_outlier, outlier_reason, imputed
+    clean: pd.DataFrame  # id, features (float64), categorical columns, is_outlier, outlier_reason + imputed (categoricals)
     rejects: pd.DataFrame  # one row per rejected input row: customer_id, reason, detail
     report: dict[str, Any]
 
@@ -339,13 +339,12 @@ def clean_customers(
     for feature in features:
         values = numeric.pop(feature)
         columns_out[feature] = values if keep.all() else values[keep]
-        del values
     for column in categorical:
         columns_out[column] = raw[column].array.take(clean_pos)
     columns_out["is_outlier"] = is_outlier[keep]
     columns_out["outlier_reason"] = outlier_reason[keep]
     columns_out["imputed"] = flag_labels(imputed[clean_pos], features)
-    clean = pd.DataFrame(columns_out, index=raw.index[clean_pos], copy=False)
+    clean = pd.DataFrame(columns_out, index=_labels_at(raw.index, clean_pos), copy=False)
 
     reject_pos = rejected["pos"].to_numpy()
     rejects = pd.DataFrame(
@@ -354,7 +353,7 @@ def clean_customers(
             "reason": rejected["reason"].to_numpy(dtype=object),
             "detail": rejected["detail"].to_numpy(dtype=object),
         },
-        index=raw.index[reject_pos],
+        index=_labels_at(raw.index, reject_pos),
     )
     assert len(clean) + len(rejects) == n, f"{len(clean)} clean + {len(rejects)} rejected != {n} input rows"
     assert (rejects["reason"].str.len() > 0).all(), "a reject without a reason"
@@ -371,6 +370,14 @@ def clean_customers(
         "outliers": found.report,
     }
     return CleaningResult(clean=clean, rejects=rejects, report=report)
+
+
+def _labels_at(index: pd.Index, positions: np.ndarray) -> pd.Index:
+    """``index[positions]``; for a default RangeIndex the positions themselves (indexing a
+    RangeIndex would materialise and cache all of it: 8 B per input row for the run)."""
+    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1:
+        return pd.Index(positions, copy=False)
+    return index[positions]
 
 
 def _check_scalable(frame: pd.DataFrame, log1p: set[str], table: str) -> None:
