@@ -15,7 +15,6 @@ gate); every customer is still assigned and written back by Spark.
 from __future__ import annotations
 
 import json
-
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any

@@ -11,6 +11,7 @@ import pandas as pd
 
 from segmentation_pipeline.assets._metadata import image, jsonable, table
 from segmentation_pipeline.core.assigner import SegmentAssigner
+from segmentation_pipeline.core.drift import reference_sample
 from segmentation_pipeline.core.features import FeatureMatrix
 from segmentation_pipeline.core.identity import (
     centroids_in_feature_space,
@@ -136,17 +137,6 @@ def _stable_ids(
     return label_to_segment
 
 
-def drift_reference(
-    clean: pd.DataFrame, segment_ids: np.ndarray, features: list[str], sample: int, random_state: int
-) -> pd.DataFrame:
-    """The drift reference: features and segment of up to ``sample`` rows, the rows picked first
-    (the same ones ``DataFrame.sample`` picks), so only they are ever copied."""
-    positions = np.arange(len(clean))
-    if len(clean) > sample:
-        positions = pd.Series(positions).sample(sample, random_state=random_state).to_numpy()
-    return clean.iloc[positions][features].assign(segment_id=segment_ids[positions])
-
-
 @dg.asset(
     group_name="training",
     kinds={"scikitlearn", "mlflow"},
@@ -229,8 +219,8 @@ def segmentation_model(
         if migration is not None:
             registry.log_frame(migration.reset_index(), "segments/migration_vs_champion.csv")
             registry.log_png(migration_plot(migration), "segments/migration_vs_champion.png")
-        registry.log_reference(drift_reference(clean_customers, segment_ids, cfg.features, cfg.drift.sample,
-                                               cfg.model.random_state))
+        registry.log_reference(reference_sample(clean_customers, segment_ids, cfg.features, cfg.drift.sample,
+                                                cfg.model.random_state))
         version = registry.log_segmentation_model(assigner, clean_customers, cfg.model.name)
     registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.challenger_alias, version)
     registry.tag_version(

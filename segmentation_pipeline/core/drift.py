@@ -81,12 +81,26 @@ class DriftResult:
     html: str = field(repr=False)
 
 
+def sample_positions(n: int, sample: int | None, random_state: int) -> np.ndarray:
+    """Row positions of at most ``sample`` rows, the ones ``DataFrame.sample`` would pick; picked
+    before anything is copied, so sampling a table of millions costs the sample, not the table."""
+    positions = np.arange(n)
+    if sample is not None and n > sample:
+        positions = pd.Series(positions).sample(n=sample, random_state=random_state).to_numpy()
+    return positions
+
+
+def reference_sample(
+    clean: pd.DataFrame, segment_ids: np.ndarray, features: list[str], sample: int, random_state: int
+) -> pd.DataFrame:
+    """The drift reference logged with a model: features and segment id of a seeded row sample."""
+    positions = sample_positions(len(clean), sample, random_state)
+    return clean.iloc[positions][features].assign(segment_id=np.asarray(segment_ids)[positions])
+
+
 def _sampled(frame: pd.DataFrame, columns: list[str], sample: int | None, random_state: int) -> pd.DataFrame:
     """Only the needed columns, at most ``sample`` rows: drift tests need thousands, not millions."""
-    subset = frame.loc[:, columns]
-    if sample is not None and len(subset) > sample:
-        subset = subset.sample(n=sample, random_state=random_state)
-    return subset.reset_index(drop=True)
+    return frame.iloc[sample_positions(len(frame), sample, random_state)][columns].reset_index(drop=True)
 
 
 def segment_share_table(reference: pd.Series, current: pd.Series) -> pd.DataFrame:

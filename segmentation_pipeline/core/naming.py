@@ -49,7 +49,7 @@ def segment_sums(
     """
     labels = np.asarray(labels)
     if labels.dtype.kind in "iu" and (len(labels) == 0 or labels.min() >= 0):
-        codes, size = labels, (int(labels.max()) + 1 if len(labels) else 0)
+        codes, size, uniques = labels, (int(labels.max()) + 1 if len(labels) else 0), None  # ids are the codes
     else:
         uniques, codes = np.unique(labels, return_inverse=True)
         codes, size = codes.ravel(), len(uniques)
@@ -59,8 +59,7 @@ def segment_sums(
     for j, column in enumerate(columns):
         weights = frame[column].to_numpy(dtype=np.float64)
         sums[:, j] = np.bincount(codes, weights=weights, minlength=size)[present]
-    ids = present if codes is labels else uniques[present]
-    return ids, counts[present], sums
+    return (present if uniques is None else uniques[present]), counts[present], sums
 
 
 def profile_segments(

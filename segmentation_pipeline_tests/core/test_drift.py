@@ -125,3 +125,17 @@ def test_rejects_bad_input(reference: pd.DataFrame) -> None:
         compute_drift(reference, reference, [*FEATURES, "segment_id"])
     with pytest.raises(ValueError):
         DriftThresholds(feature_share_warn=0.6, feature_share_error=0.5)
+
+
+def test_reference_sample_picks_the_rows_dataframe_sample_picks_without_copying_the_table() -> None:
+    from segmentation_pipeline.core.drift import reference_sample
+
+    rng = np.random.default_rng(2)
+    clean = pd.DataFrame({"a": rng.normal(size=5000), "b": rng.normal(size=5000), "other": "x"},
+                         index=np.arange(5000) * 3)  # labels that are not positions
+    ids = rng.integers(0, 4, 5000)
+    got = reference_sample(clean, ids, ["a", "b"], sample=700, random_state=11)
+    want = clean[["a", "b"]].assign(segment_id=ids).sample(700, random_state=11)
+    pd.testing.assert_frame_equal(got, want)
+    small = reference_sample(clean.head(300), ids[:300], ["a"], sample=700, random_state=11)
+    assert len(small) == 300 and list(small.columns) == ["a", "segment_id"]

@@ -130,3 +130,19 @@ def test_profile_plot_is_png() -> None:
     assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 5000
     named = profile.assign(segment_name=profile["segment_id"].map(_names(frame, labels)))
     assert profile_plot(named, FEATURES).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_segment_sums_and_moments_match_pandas_for_any_labels() -> None:
+    from segmentation_pipeline.core.naming import population_moments, segment_sums
+
+    rng = np.random.default_rng(8)
+    frame = pd.DataFrame({"x": rng.normal(50, 9, 2000), "y": rng.gamma(2.0, 1e4, 2000)})
+    for labels in (rng.choice([0, 3, 9], 2000), rng.choice([-1, 2], 2000), rng.choice(["b", "a"], 2000)):
+        ids, counts, sums = segment_sums(frame, labels, ["x", "y"])
+        grouped = frame.groupby(labels, sort=True)
+        assert ids.tolist() == grouped.size().index.tolist() and counts.tolist() == grouped.size().tolist()
+        np.testing.assert_allclose(sums, grouped.sum().to_numpy(), rtol=1e-12)
+    centre, spread = population_moments(frame, ["x", "y"], log_features=["y"])
+    logged = frame.assign(y=np.log1p(frame["y"]))
+    np.testing.assert_allclose(centre, logged.mean().to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(spread, logged.std(ddof=0).to_numpy(), rtol=1e-12)
