@@ -20,7 +20,7 @@ from segmentation_pipeline.automation import (
     score_job,
     segmentation_job,
 )
-from segmentation_pipeline.config import ENV_CONFIG, PipelineConfig, load_config
+from segmentation_pipeline.config import ENV_CONFIG, PipelineConfig
 from segmentation_pipeline.resources import (
     AssetStoreIOManager,
     DatabaseResource,

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import urllib.request
 
-import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import dagster as dg
 import mlflow
-import pandas as pd
 
 from segmentation_pipeline.assets._metadata import image, jsonable, table
 from segmentation_pipeline.assets.extraction import read_customers

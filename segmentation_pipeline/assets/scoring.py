@@ -2,7 +2,6 @@
 
 
 import dagster as dg
-import pandas as pd
 
 from segmentation_pipeline.assets._metadata import jsonable
 from segmentation_pipeline.assets.extraction import high_water_mark, read_customers
