@@ -158,11 +158,12 @@ def segmentation_model(
         return spark_stages.segmentation_model(context, cfg, target, clean_customers, customer_features, k_selection)
     X, fit_mask = customer_features.X, customer_features.fit_mask
     kmeans = fit_kmeans(
-        X[fit_mask],
+        X[fit_mask],  # a copy already: centred in place rather than copied again
         k_selection.k,
         n_init=cfg.model.n_init,
         max_iter=cfg.model.max_iter,
         random_state=cfg.model.random_state,
+        overwrite_input=True,
     )
     raw_labels = kmeans.predict(X)
     canonical = canonical_relabel(kmeans)

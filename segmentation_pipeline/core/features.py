@@ -99,7 +99,9 @@ def build_preprocessor(config: PipelineConfig) -> Pipeline:
         remainder="drop",
         verbose_feature_names_out=False,
     )
-    steps: list[tuple[str, object]] = [("log1p", columns), ("scale", StandardScaler())]
+    # copy=False: the scaler's input is always the ColumnTransformer's fresh output, so scaling it
+    # in place is safe and saves a full float64 copy of the rows being fitted or transformed
+    steps: list[tuple[str, object]] = [("log1p", columns), ("scale", StandardScaler(copy=False))]
     if n_components is not None:
         steps.append(
             (
@@ -144,6 +146,17 @@ def _check_frame(clean: pd.DataFrame, config: PipelineConfig) -> None:
 #: Rows per transform block: each block's float64 intermediates (log1p, scaled, projected) stay
 #: a few MB, so transforming millions of rows costs the output matrix and no more.
 TRANSFORM_BLOCK_ROWS = 262_144
+
+
+def _fit(preprocessor: Pipeline, rows: pd.DataFrame) -> None:
+    """``preprocessor.fit(rows)``, except that the stateless float32 cast at the end is fitted on
+    one block: ``Pipeline.fit`` would otherwise project every fit row through PCA only to fit it."""
+    if preprocessor.steps[-1][0] != "float32":
+        preprocessor.fit(rows)
+        return
+    head = preprocessor[:-1]  # a shallow slice: fitting it fits the same step objects
+    head.fit(rows)
+    preprocessor.steps[-1][1].fit(head.transform(rows.iloc[:TRANSFORM_BLOCK_ROWS]))
 
 
 def _transform_in_blocks(preprocessor: Pipeline, clean: pd.DataFrame, features: list[str]) -> np.ndarray:
@@ -199,7 +212,11 @@ def build_features(
 
     features = list(config.features)
     preprocessor = build_preprocessor(config)
-    preprocessor.fit(clean.loc[mask, features] if n_fit < n else clean[features])
+    # the fit rows as separate column arrays with a RangeIndex (no consolidated copy, no index)
+    fit_rows = pd.DataFrame({f: clean[f].to_numpy()[mask] if n_fit < n else clean[f].to_numpy() for f in features},
+                            copy=False)
+    _fit(preprocessor, fit_rows)
+    del fit_rows
     X = _transform_in_blocks(preprocessor, clean, features)
     _check_finite(X, clean, features, clean[id_column])
     component_names = [str(name) for name in preprocessor.get_feature_names_out()]

@@ -167,8 +167,13 @@ def fit_kmeans(
     max_iter: int,
     random_state: int,
     canonical: bool = True,
+    overwrite_input: bool = False,
 ) -> KMeans:
-    """Lloyd KMeans with k-means++ init; ids made canonical (see module docstring) by default."""
+    """Lloyd KMeans with k-means++ init; ids made canonical (see module docstring) by default.
+
+    ``overwrite_input=True`` lets scikit-learn centre ``X_fit`` in place (and shift it back)
+    instead of copying it: for callers whose ``X_fit`` is already a throwaway copy.
+    """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if len(X_fit) < k:
@@ -180,6 +185,7 @@ def fit_kmeans(
         n_init=n_init,
         max_iter=max_iter,
         random_state=random_state,
+        copy_x=not overwrite_input,
     ).fit(X_fit)
     return canonicalize_kmeans(model) if canonical else model
 

@@ -37,6 +37,8 @@ PROVISIONAL_MAX_K = 15
 MIN_CLUSTER_SHARE = 0.01
 #: n_init of the provisional KMeans: it only needs to find the obvious groups.
 PROVISIONAL_N_INIT = 3
+#: Rows standardised and assigned at a time by the provisional clustering.
+PREDICT_BLOCK_ROWS = 262_144
 #: Pooled fences flagging more than this share of one provisional cluster are erasing a segment.
 ERASED_CLUSTER_SHARE = 0.25
 #: ...and only clusters this large count as segments: a handful of far points is what IQR is for.
@@ -148,12 +150,12 @@ def _provisional_labels(z: np.ndarray, config: PipelineConfig) -> tuple[np.ndarr
     seed = config.model.random_state
     rng = np.random.default_rng(seed)
     n = z.shape[0]
-    x = StandardScaler().fit_transform(z)
+    scaler = StandardScaler().fit(z)  # rows are standardised when used: no standardised copy of all of z
     silhouettes: dict[int, float] = {}
     if config.k is not None:
         k = config.k
     else:
-        small = x[_sample(n, PROVISIONAL_K_SAMPLE, rng)]
+        small = scaler.transform(z[_sample(n, PROVISIONAL_K_SAMPLE, rng)])
         with threadpool_limits(1):  # on a few thousand rows thread start-up costs more than it saves
             ceiling = min(PROVISIONAL_MAX_K, small.shape[0] // MIN_SEGMENT_ROWS)
             for cand in config.k_candidates:
@@ -168,14 +170,16 @@ def _provisional_labels(z: np.ndarray, config: PipelineConfig) -> tuple[np.ndarr
     k = max(1, min(k, n))
     facts: dict[str, Any] = {"provisional_k": k, "provisional_silhouette": silhouettes, "provisional_dissolved": []}
     if k == 1:
-        return np.zeros(n, dtype=np.int64), facts
-    fit_rows = x[_sample(n, PROVISIONAL_FIT_ROWS, rng)]
+        return np.zeros(n, dtype=np.int32), facts
+    fit_rows = scaler.transform(z[_sample(n, PROVISIONAL_FIT_ROWS, rng)])
     model = KMeans(k, n_init=PROVISIONAL_N_INIT, random_state=seed).fit(fit_rows)
     dissolved = np.flatnonzero(np.bincount(model.labels_, minlength=k) < MIN_CLUSTER_SHARE * len(fit_rows))
-    labels = model.predict(x).astype(np.int64)
+    labels = np.empty(n, dtype=np.int32)
+    for start in range(0, n, PREDICT_BLOCK_ROWS):  # block by block: predict's scratch stays small
+        labels[start : start + PREDICT_BLOCK_ROWS] = model.predict(scaler.transform(z[start : start + PREDICT_BLOCK_ROWS]))
     moved = np.isin(labels, dissolved)
     if moved.any() and len(dissolved) < k:
-        distance = model.transform(x[moved])
+        distance = model.transform(scaler.transform(z[moved]))
         distance[:, dissolved] = np.inf
         labels[moved] = distance.argmin(axis=1)
     facts["provisional_dissolved"] = dissolved.tolist()
@@ -269,7 +273,8 @@ def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResul
     fence_cols = [config.features.index(c) for c in columns]
     z = z_all if fence_cols == list(range(z_all.shape[1])) else z_all[:, fence_cols]  # no copy when all
 
-    q1, q3 = np.percentile(z, [25, 75], axis=0)
+    # column by column: the same quartiles as axis=0, without a partitioned copy of the whole matrix
+    q1, q3 = np.array([np.percentile(z[:, j], [25, 75]) for j in range(z.shape[1])]).T
 
     def pooled(multiplier: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         low, high = _tukey(q1, q3, multiplier)

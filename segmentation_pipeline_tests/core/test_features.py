@@ -103,6 +103,24 @@ def test_fit_ignores_rows_outside_fit_mask() -> None:
     assert not np.allclose(unmasked.preprocessor.named_steps["scale"].mean_, scaler.mean_)
 
 
+def test_block_wise_fit_and_transform_equal_one_pipeline_fit_and_leave_the_input_alone(monkeypatch) -> None:
+    import segmentation_pipeline.core.features as features_module
+
+    monkeypatch.setattr(features_module, "TRANSFORM_BLOCK_ROWS", 128)  # several blocks, the last partial
+    frame = _customers(n=1000)
+    before = frame.copy()
+    mask = np.ones(len(frame), dtype=bool)
+    mask[::7] = False
+    config = _config()
+    fm = build_features(frame, config, "customer_id", fit_mask=mask)
+
+    reference = build_preprocessor(config).fit(frame.loc[mask, config.features])  # plain sklearn, all at once
+    np.testing.assert_array_equal(fm.X, reference.transform(frame))
+    np.testing.assert_array_equal(fm.preprocessor.transform(frame), fm.X)  # the served pipeline, same answer
+    assert fm.X.dtype == np.float32 and fm.X.shape == (1000, len(fm.component_names))
+    pd.testing.assert_frame_equal(frame, before)  # the in-place scaler never writes into the caller's frame
+
+
 def test_float32_output_follows_config() -> None:
     frame = _customers()
     assert build_features(frame, _config(), "customer_id").X.dtype == np.float32
