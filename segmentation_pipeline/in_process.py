@@ -9,13 +9,35 @@ retry policy stay until the run ends: a retry loads its inputs again.
 
 from __future__ import annotations
 
+import ctypes
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 
 JOB_NAME = "segmentation_in_process"
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def release_free_heap() -> None:
+    """Return the heap pages freed since the last call to the OS (glibc's ``malloc_trim``).
+
+    glibc keeps freed medium-sized blocks in the process; the next step's large arrays are
+    mapped fresh instead of reusing them, so without this the peak of every step stacks on the
+    garbage of the one before (measured at 5M rows: 154 MB held after cleaning).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class ReleasingMemoryIOManager(dg.IOManager):
@@ -32,6 +54,7 @@ class ReleasingMemoryIOManager(dg.IOManager):
             self._values[key] = obj
 
     def load_input(self, context: dg.InputContext) -> Any:
+        release_free_heap()  # what the previous step freed goes back to the OS before this one allocates
         key = context.asset_key
         if key not in self._values:
             raise KeyError(f"no value for {key.to_user_string()} in this run (its step did not run or failed)")
