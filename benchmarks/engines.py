@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
     command = "python -m benchmarks.engines " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    Path(args.results_dir).mkdir(parents=True, exist_ok=True)
     results_json, results_md = Path(args.results_dir) / "engines_results.json", Path(args.results_dir) / "ENGINES.md"
     results: dict[str, Any] = json.loads(results_json.read_text()) if results_json.exists() else {}
     started = time.perf_counter()
