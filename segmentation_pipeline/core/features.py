@@ -23,6 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from segmentation_pipeline.config import PipelineConfig
+from segmentation_pipeline.core.rows import ROW_BLOCK, map_row_blocks
 
 __all__ = ["FeatureMatrix", "build_features", "build_preprocessor"]
 
@@ -145,7 +146,7 @@ def _check_frame(clean: pd.DataFrame, config: PipelineConfig) -> None:
 
 #: Rows per transform block: each block's float64 intermediates (log1p, scaled, projected) stay
 #: a few MB, so transforming millions of rows costs the output matrix and no more.
-TRANSFORM_BLOCK_ROWS = 262_144
+TRANSFORM_BLOCK_ROWS = ROW_BLOCK
 
 
 def _fit(preprocessor: Pipeline, rows: pd.DataFrame) -> None:
@@ -157,21 +158,6 @@ def _fit(preprocessor: Pipeline, rows: pd.DataFrame) -> None:
     head = preprocessor[:-1]  # a shallow slice: fitting it fits the same step objects
     head.fit(rows)
     preprocessor.steps[-1][1].fit(head.transform(rows.iloc[:TRANSFORM_BLOCK_ROWS]))
-
-
-def _transform_in_blocks(preprocessor: Pipeline, clean: pd.DataFrame, features: list[str]) -> np.ndarray:
-    """``preprocessor.transform`` of every row, block by block into one preallocated matrix."""
-    n = len(clean)
-    first = preprocessor.transform(clean.iloc[:TRANSFORM_BLOCK_ROWS][features])
-    if n <= TRANSFORM_BLOCK_ROWS:
-        return first
-    X = np.empty((n, first.shape[1]), dtype=first.dtype)
-    X[: len(first)] = first
-    for start in range(TRANSFORM_BLOCK_ROWS, n, TRANSFORM_BLOCK_ROWS):
-        X[start : start + TRANSFORM_BLOCK_ROWS] = preprocessor.transform(
-            clean.iloc[start : start + TRANSFORM_BLOCK_ROWS][features]
-        )
-    return X
 
 
 def _check_finite(X: np.ndarray, clean: pd.DataFrame, features: list[str], ids: pd.Series) -> None:
@@ -217,7 +203,8 @@ def build_features(
                             copy=False)
     _fit(preprocessor, fit_rows)
     del fit_rows
-    X = _transform_in_blocks(preprocessor, clean, features)
+    X = map_row_blocks(lambda start, stop: preprocessor.transform(clean.iloc[start:stop][features]), n,
+                       block_rows=TRANSFORM_BLOCK_ROWS)
     _check_finite(X, clean, features, clean[id_column])
     component_names = [str(name) for name in preprocessor.get_feature_names_out()]
 

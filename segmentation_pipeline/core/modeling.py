@@ -21,6 +21,8 @@ from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 from sklearn.pipeline import Pipeline
 
+from segmentation_pipeline.core.rows import ROW_BLOCK, label_codes
+
 __all__ = [
     "build_model_pipeline",
     "canonical_order",
@@ -45,29 +47,18 @@ def sample_indices(n: int, size: int, seed: int | Sequence[int]) -> np.ndarray:
     return np.sort(rng.choice(n, size=size, replace=False))
 
 
-def _defined(labels: np.ndarray) -> bool:
-    """Cluster scores need 2 <= distinct labels <= rows - 1 (not k=1, not a one-cluster sample)."""
-    return 2 <= len(np.unique(labels)) <= len(labels) - 1
-
-
-_SPREAD_BLOCK_ROWS = 262_144  # rows per block of the spread scores: a few MB of float64 scratch
-
-
-def spread_scores(X: np.ndarray, labels: np.ndarray, *, block_rows: int = _SPREAD_BLOCK_ROWS) -> dict[str, float]:
+def spread_scores(X: np.ndarray, labels: np.ndarray, *, block_rows: int = ROW_BLOCK) -> dict[str, float]:
     """Davies-Bouldin and Calinski-Harabasz, as scikit-learn defines them, in two passes over
     row blocks: O(n k) time and O(block) scratch. scikit-learn's scorers copy every cluster and
     its distances (~85 B per row together), which at millions of rows is the run's peak memory.
+    NaN when undefined (< 2 or > n - 1 clusters).
     """
-    labels = np.asarray(labels)
-    if not _defined(labels):
-        return {"davies_bouldin": float("nan"), "calinski_harabasz": float("nan")}
-    if labels.dtype.kind in "iu" and labels.min() >= 0:
-        codes = labels
-    else:
-        codes = np.unique(labels, return_inverse=True)[1].ravel()
-    k_max = int(codes.max()) + 1
+    codes, _ = label_codes(labels)
     n, d = X.shape
-    counts = np.bincount(codes, minlength=k_max).astype(np.float64)
+    counts = np.bincount(codes).astype(np.float64)
+    if not 2 <= int((counts > 0).sum()) <= n - 1:
+        return {"davies_bouldin": float("nan"), "calinski_harabasz": float("nan")}
+    k_max = len(counts)
     sums = np.zeros((k_max, d))
     for start in range(0, n, block_rows):
         block, code = np.asarray(X[start : start + block_rows], dtype=np.float64), codes[start : start + block_rows]

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from segmentation_pipeline.core.rows import label_codes
+
 __all__ = [
     "MAX_NAME_FEATURES",
     "SEPARATOR",
@@ -47,18 +49,13 @@ def segment_sums(
     Column by column with ``np.bincount``: pandas' groupby would first copy the columns and
     build group codes, tens of bytes per row on tables of millions of customers.
     """
-    labels = np.asarray(labels)
-    if labels.dtype.kind in "iu" and (len(labels) == 0 or labels.min() >= 0):
-        codes, size, uniques = labels, (int(labels.max()) + 1 if len(labels) else 0), None  # ids are the codes
-    else:
-        uniques, codes = np.unique(labels, return_inverse=True)
-        codes, size = codes.ravel(), len(uniques)
-    counts = np.bincount(codes, minlength=size)
+    codes, uniques = label_codes(labels)
+    counts = np.bincount(codes)
     present = np.flatnonzero(counts)
     sums = np.empty((len(present), len(columns)))
     for j, column in enumerate(columns):
         weights = frame[column].to_numpy(dtype=np.float64)
-        sums[:, j] = np.bincount(codes, weights=weights, minlength=size)[present]
+        sums[:, j] = np.bincount(codes, weights=weights, minlength=len(counts))[present]
     return (present if uniques is None else uniques[present]), counts[present], sums
 
 

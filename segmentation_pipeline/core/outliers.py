@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from segmentation_pipeline.config import PipelineConfig
+from segmentation_pipeline.core.rows import map_row_blocks
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ PROVISIONAL_MAX_K = 15
 MIN_CLUSTER_SHARE = 0.01
 #: n_init of the provisional KMeans: it only needs to find the obvious groups.
 PROVISIONAL_N_INIT = 3
-#: Rows standardised and assigned at a time by the provisional clustering.
-PREDICT_BLOCK_ROWS = 262_144
 #: Pooled fences flagging more than this share of one provisional cluster are erasing a segment.
 ERASED_CLUSTER_SHARE = 0.25
 #: ...and only clusters this large count as segments: a handful of far points is what IQR is for.
@@ -174,9 +173,8 @@ def _provisional_labels(z: np.ndarray, config: PipelineConfig) -> tuple[np.ndarr
     fit_rows = scaler.transform(z[_sample(n, PROVISIONAL_FIT_ROWS, rng)])
     model = KMeans(k, n_init=PROVISIONAL_N_INIT, random_state=seed).fit(fit_rows)
     dissolved = np.flatnonzero(np.bincount(model.labels_, minlength=k) < MIN_CLUSTER_SHARE * len(fit_rows))
-    labels = np.empty(n, dtype=np.int32)
-    for start in range(0, n, PREDICT_BLOCK_ROWS):  # block by block: predict's scratch stays small
-        labels[start : start + PREDICT_BLOCK_ROWS] = model.predict(scaler.transform(z[start : start + PREDICT_BLOCK_ROWS]))
+    # block by block: predict's scratch stays small; int32 labels, no int64 copy
+    labels = map_row_blocks(lambda start, stop: model.predict(scaler.transform(z[start:stop])), n)
     moved = np.isin(labels, dissolved)
     if moved.any() and len(dissolved) < k:
         distance = model.transform(scaler.transform(z[moved]))

@@ -102,9 +102,10 @@ def bootstrap_stability(
 
 def _internal_scores(silhouette: float, X: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(silhouette on the shared sample, Davies-Bouldin on all rows); NaN when fewer than 2 clusters."""
-    if len(np.unique(labels)) < 2 or math.isnan(silhouette):
+    if math.isnan(silhouette):
         return math.nan, math.nan
-    return silhouette, spread_scores(X, labels)["davies_bouldin"]
+    davies_bouldin = spread_scores(X, labels)["davies_bouldin"]  # NaN when fewer than 2 clusters
+    return (math.nan, math.nan) if math.isnan(davies_bouldin) else (silhouette, davies_bouldin)
 
 
 def evaluate_promotion(
