@@ -5,28 +5,58 @@ ends, so the raw table, the clean table and the feature matrix all stay alive to
 job runs through ``dg.execute_job`` on a reconstructable job (no output capture) with an IO
 manager that drops a value after its last consumer has loaded it. Values read by a step with a
 retry policy stay until the run ends: a retry loads its inputs again.
+
+Tables (DataFrames) are not held at all: they go to Parquet files in a scratch directory for
+the run (deleted when it ends) and consumers read the columns they need, when they need them
+(:mod:`segmentation_pipeline.storage.tables`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
+import shutil
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
+
+from segmentation_pipeline.storage.tables import write_table
 
 JOB_NAME = "segmentation_in_process"
 
 
-def _libc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - both are glibc's
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
         return None
+    return libc
 
 
-_MALLOC_TRIM = _libc_trim()
+_LIBC = _libc()
+_MALLOC_TRIM = _LIBC.malloc_trim if _LIBC is not None else None
+#: glibc's mallopt parameter for the size above which an allocation gets its own mapping.
+_M_MMAP_THRESHOLD = -3
+#: Allocations above this (glibc's initial default) are mapped on their own: freeing one unmaps it.
+MMAP_THRESHOLD_BYTES = 1 << 17
+
+
+def map_large_allocations() -> None:
+    """Keep every allocation over 128 KB in its own mapping, returned to the OS when it is freed.
+
+    glibc raises its mmap threshold each time a mapped block is freed (up to 32 MB), after which
+    column-sized arrays (16 MB at 2M rows) and row blocks come from the heap, and freed ones stay
+    in the process, fragmenting it: each step's peak then sits on the garbage of the steps before.
+    Measured at 3M rows: the cleaning step's peak 541 -> 489 MB, the final model's 672 -> 637 MB.
+    """
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def release_free_heap() -> None:
@@ -40,21 +70,45 @@ def release_free_heap() -> None:
         _MALLOC_TRIM(0)
 
 
-class ReleasingMemoryIOManager(dg.IOManager):
-    """Values in a dict keyed by asset; dropped when the last consumer has loaded them."""
+def _consumer(context: dg.InputContext) -> str | None:
+    """The name of the step loading this input (None for a bare test context)."""
+    try:
+        return context.op_def.name
+    except dg.DagsterInvariantViolationError:
+        return None
 
-    def __init__(self, consumers: Mapping[dg.AssetKey, int], keep: frozenset[dg.AssetKey]) -> None:
+
+class ReleasingMemoryIOManager(dg.IOManager):
+    """Values in a dict keyed by asset; dropped when the last consumer has loaded them.
+
+    With a ``scratch`` directory, DataFrames are written there as Parquet and handed on as
+    :class:`~segmentation_pipeline.storage.tables.ParquetTable` (only the path stays in memory).
+    """
+
+    def __init__(
+        self, consumers: Mapping[dg.AssetKey, int], keep: frozenset[dg.AssetKey], scratch: Path | None = None
+    ) -> None:
         self._remaining = dict(consumers)
         self._keep = keep
+        self._scratch = scratch
         self._values: dict[dg.AssetKey, Any] = {}
+        self._step: str | None = ""  # the step whose inputs were loaded last ("": none yet)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         key = context.asset_key
         if self._remaining.get(key, 0) > 0 or key in self._keep:
+            if self._scratch is not None and isinstance(obj, pd.DataFrame):
+                obj = write_table(obj, self._scratch / f"{'__'.join(key.path)}.parquet")
             self._values[key] = obj
 
     def load_input(self, context: dg.InputContext) -> Any:
-        release_free_heap()  # what the previous step freed goes back to the OS before this one allocates
+        step = _consumer(context)
+        if step != self._step:  # a new step: what the previous one freed goes back to the OS
+            self._step = step
+            # Dagster's step machinery keeps each Output (and so its value) in a reference cycle:
+            # without a collection the previous step's tables stay until the collector next runs
+            gc.collect()
+            release_free_heap()
         key = context.asset_key
         if key not in self._values:
             raise KeyError(f"no value for {key.to_user_string()} in this run (its step did not run or failed)")
@@ -98,9 +152,18 @@ def training_job(config_path: str | None, overrides_json: str = "{}") -> dg.JobD
     selected = {key for definition in ASSETS for key, group in definition.group_names_by_key.items()
                 if group in TRAINING_GROUPS}
     counts, keep = consumers_of(ASSETS, selected)
+
+    def io_manager_fn(_: dg.InitResourceContext) -> Iterator[ReleasingMemoryIOManager]:
+        cfg.data_path.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".run-tables-", dir=cfg.data_path))
+        try:
+            yield ReleasingMemoryIOManager(counts, keep, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
     io_manager = dg.IOManagerDefinition(
-        resource_fn=lambda _: ReleasingMemoryIOManager(counts, keep),
-        description="in-memory values, each released after its last consumer",
+        resource_fn=io_manager_fn,
+        description="values in memory, each released after its last consumer; tables as Parquet in a run scratch dir",
     )
     job = dg.define_asset_job(JOB_NAME, selection=selection, executor_def=dg.in_process_executor)
     defs = dg.Definitions(assets=ASSETS, jobs=[job], resources=build_resources(settings, cfg, io_manager=io_manager))
@@ -116,8 +179,14 @@ def run_training(
     tags: Mapping[str, str] | None = None,
 ) -> dg.JobExecutionResult:
     """Run the training job in this process; raises the step's error when a step fails."""
+    map_large_allocations()
     job = dg.build_reconstructable_job(
         __name__, training_job.__name__, reconstructable_args=(config_path, overrides_json)
     )
-    return dg.execute_job(job, instance=instance, run_config=dict(run_config or {}), tags=dict(tags or {}),
-                          raise_on_error=True)
+    gc.collect()
+    gc.freeze()  # the interpreter's modules are never garbage: the per-step collections skip them
+    try:
+        return dg.execute_job(job, instance=instance, run_config=dict(run_config or {}), tags=dict(tags or {}),
+                              raise_on_error=True)
+    finally:
+        gc.unfreeze()

@@ -22,6 +22,7 @@ from segmentation_pipeline.config import PipelineConfig, load_config
 from segmentation_pipeline.storage.database import create_db_engine
 from segmentation_pipeline.engines.spark.handoff import MARKER, SparkHandoff, load_handoff, save_handoff
 from segmentation_pipeline.storage.mlflow_registry import TrackingTarget
+from segmentation_pipeline.storage.tables import parquet_table, write_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -103,6 +104,9 @@ class SparkResource(dg.ConfigurableResource):
 class AssetStoreIOManager(dg.ConfigurableIOManager):
     """Hands assets between steps: DataFrames as Parquet (Arrow), other values pickled.
 
+    A DataFrame is loaded as a :class:`~segmentation_pipeline.storage.tables.ParquetTable`: the
+    consumer reads the columns it needs when it needs them.
+
     Spark-engine values (:class:`~segmentation_pipeline.engines.spark.handoff.SparkHandoff`)
     are written by Spark (Parquet, MLlib persistence) into a directory and read back through the
     ``spark`` resource's session. Used when steps run in separate processes (the Dagster UI); the
@@ -127,13 +131,13 @@ class AssetStoreIOManager(dg.ConfigurableIOManager):
             return
         shutil.rmtree(path.with_suffix(".spark"), ignore_errors=True)  # an earlier engine: spark value
         if isinstance(obj, pd.DataFrame):
-            obj.to_parquet(tmp, index=False)
-            target = path.with_suffix(".parquet")
-        else:
-            with tmp.open("wb") as handle:
-                pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            target = path.with_suffix(".pkl")
-        tmp.replace(target)  # a crashed step never leaves a half-written hand-off
+            write_table(obj, path.with_suffix(".parquet"))  # atomic too
+            path.with_suffix(".pkl").unlink(missing_ok=True)
+            return
+        with tmp.open("wb") as handle:
+            pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path.with_suffix(".pkl"))  # a crashed step never leaves a half-written hand-off
+        path.with_suffix(".parquet").unlink(missing_ok=True)
 
     def load_input(self, context: dg.InputContext) -> Any:
         path = self._path(context)
@@ -141,8 +145,8 @@ class AssetStoreIOManager(dg.ConfigurableIOManager):
             if self.spark is None:
                 raise RuntimeError(f"{path.with_suffix('.spark')} holds a Spark value but the IO manager has no spark resource")
             return load_handoff(self.spark.session(), path.with_suffix(".spark"))
-        if path.with_suffix(".parquet").exists():
-            return pd.read_parquet(path.with_suffix(".parquet"))
+        if path.with_suffix(".parquet").exists():  # read by the consumer, only the columns it needs
+            return parquet_table(path.with_suffix(".parquet"))
         if path.with_suffix(".pkl").exists():
             with path.with_suffix(".pkl").open("rb") as handle:
                 return pickle.load(handle)

@@ -16,6 +16,7 @@ from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.definitions import ASSETS
 from segmentation_pipeline.in_process import ReleasingMemoryIOManager, consumers_of
 from segmentation_pipeline.storage.database import create_db_engine, load_frame
+from segmentation_pipeline.storage.tables import ParquetTable
 from segmentation_pipeline_tests.helpers import write_config
 
 KEY = dg.AssetKey
@@ -52,6 +53,19 @@ def test_io_manager_drops_a_value_after_its_last_consumer_and_keeps_retried_inpu
         load("a")
 
 
+def test_io_manager_hands_tables_on_as_parquet_files(tmp_path) -> None:
+    manager = ReleasingMemoryIOManager({KEY("clean"): 1, KEY("model"): 1}, keep=frozenset(), scratch=tmp_path)
+    frame = pd.DataFrame({"customer_id": [3, 1, 2], "age": [30.0, 40.0, 50.0]})
+    manager.handle_output(dg.build_output_context(asset_key=KEY("clean")), frame)
+    manager.handle_output(dg.build_output_context(asset_key=KEY("model")), {"k": 3})  # not a table: in memory
+    upstream = dg.build_output_context(asset_key=KEY("clean"))
+    table = manager.load_input(dg.build_input_context(asset_key=KEY("clean"), upstream_output=upstream))
+    assert isinstance(table, ParquetTable) and table.path.parent == tmp_path
+    pd.testing.assert_frame_equal(table.read(["age"]), frame[["age"]])
+    model = dg.build_output_context(asset_key=KEY("model"))
+    assert manager.load_input(dg.build_input_context(asset_key=KEY("model"), upstream_output=model)) == {"k": 3}
+
+
 def test_cli_run_releases_the_raw_table_before_the_sweep(tmp_path, sqlite_url, local_mlflow_uri, monkeypatch) -> None:
     frame, _ = generate_customers(1500, seed=3)
     load_frame(create_db_engine(sqlite_url), "customers", frame, if_exists="replace")
@@ -79,3 +93,5 @@ def test_cli_run_releases_the_raw_table_before_the_sweep(tmp_path, sqlite_url, l
     assert summary["n_input"] == len(frame) == summary["n_segmented"] + summary["n_rejected"]
     assert summary["promoted"] and summary["promotion_reasons"] and summary["segments"]
     assert {s["segment_id"] for s in summary["segments"]} == set(range(summary["k"]))
+    data_dir = tmp_path / "data"
+    assert data_dir.is_dir() and not list(data_dir.glob(".run-tables-*"))  # the run's table files are gone

@@ -9,6 +9,7 @@ from segmentation_pipeline.assets._metadata import jsonable, table
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.resources import MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
+from segmentation_pipeline.storage.tables import owns_rows, read_columns
 
 
 @dg.multi_asset(
@@ -33,10 +34,13 @@ def clean_and_reject(
     raw_customers: pd.DataFrame,
 ):
     cfg = settings.load()
-    clean = clean_customers
     if cfg.engine == "spark":  # Spark SQL cleaning; clean/rejects are counted SparkFrames (spark_stages.py)
-        from segmentation_pipeline.assets.spark_stages import clean_customers as clean
-    result = clean(raw_customers, cfg, table=cfg.source.table)
+        from segmentation_pipeline.assets.spark_stages import clean_customers as clean_in_spark
+
+        result = clean_in_spark(raw_customers, cfg, table=cfg.source.table)
+    else:  # a private copy read from the hand-off file may be consumed column by column as it is cleaned
+        result = clean_customers(read_columns(raw_customers), cfg, table=cfg.source.table,
+                                 consume=owns_rows(raw_customers))
     report = result.report
     outliers = report.get("outliers", {})
     if outliers.get("warning"):

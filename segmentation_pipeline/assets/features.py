@@ -10,6 +10,7 @@ from segmentation_pipeline.assets._metadata import table
 from segmentation_pipeline.core.features import FeatureMatrix, build_features
 from segmentation_pipeline.resources import MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
+from segmentation_pipeline.storage.tables import read_columns
 
 
 @dg.asset(
@@ -28,8 +29,9 @@ def customer_features(
         from segmentation_pipeline.assets import spark_stages
 
         return spark_stages.customer_features(context, cfg, mlflow_tracking.target(), clean_customers)
-    fit_mask = ~clean_customers["is_outlier"].to_numpy(dtype=bool)
-    matrix = build_features(clean_customers, cfg, cfg.source.id_column, fit_mask=fit_mask)
+    clean = read_columns(clean_customers, [cfg.source.id_column, *cfg.features, "is_outlier"])
+    matrix = build_features(clean, cfg, cfg.source.id_column, fit_mask=~clean["is_outlier"].to_numpy(dtype=bool))
+    del clean
     variance = pd.DataFrame(
         {
             "component": matrix.component_names,

@@ -12,6 +12,7 @@ from segmentation_pipeline.core.segment_tables import build_rejects_table, build
 from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
 from segmentation_pipeline.storage.segment_store import publish_segments
+from segmentation_pipeline.storage.tables import read_columns
 
 
 @dg.asset(
@@ -47,8 +48,10 @@ def customer_segments(
         assigner, version = trained.champion, str(trained.previous_champion)
         segment_ids = trained.champion_segment_ids
     run_ids = {"mlflow_run_id": trained.mlflow_run_id, "dagster_run_id": context.run.run_id}
+    keys = [c for c in (cfg.source.id_column, "is_outlier", "outlier_reason") if c in clean_customers.columns]
+    clean = read_columns(clean_customers, keys)  # the write-back needs no feature values
     segments = build_segments_table(
-        clean_customers,
+        clean,
         cfg.source.id_column,
         segment_ids,
         assigner.segment_names,
@@ -56,7 +59,8 @@ def customer_segments(
         model_version=version,
         **run_ids,
     )
-    rejects = build_rejects_table(rejected_customers, **run_ids)
+    del clean
+    rejects = build_rejects_table(read_columns(rejected_customers), **run_ids)
     n_input = len(clean_customers) + len(rejected_customers)
     if len(segments) + len(rejects) != n_input:
         raise RuntimeError(

@@ -139,7 +139,7 @@ def customer_features(
     X_fit = model._compact(fitted.transform(fit_rows).select(model.FEATURES_COL), fitted.n_fit)  # noqa: SLF001
     sample, X = _fit_sample(fit_rows, fitted, cfg)
     result = SparkFeatureSet(
-        customer_ids=sample[cfg.source.id_column].to_numpy(), X=X, fit_mask=np.ones(len(sample), dtype=bool),
+        X=X, fit_mask=np.ones(len(sample), dtype=bool),
         preprocessor=export.to_sklearn_preprocessor(fitted, cfg), component_names=fitted.component_names,
         explained_variance_ratio=fitted.explained_variance_ratio, loadings=fitted.loadings, features=fitted,
         spark_X_fit=X_fit.persist(StorageLevel.MEMORY_AND_DISK), n_clean=len(clean), sample=sample,

@@ -31,6 +31,7 @@ from segmentation_pipeline.core.plots import elbow_plot, profile_plot, silhouett
 from segmentation_pipeline.core.promotion import PromotionDecision, PromotionGate, evaluate_promotion
 from segmentation_pipeline.resources import MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
+from segmentation_pipeline.storage.tables import read_columns
 
 
 @dataclass
@@ -167,13 +168,21 @@ def segmentation_model(
     )
     raw_labels = kmeans.predict(X)
     canonical = canonical_relabel(kmeans)
+    # the scores do not depend on which id a cluster gets: computed before the feature values are read
+    metrics = quality_metrics(
+        X[fit_mask], raw_labels[fit_mask], sample=cfg.k_selection.silhouette_sample, random_state=cfg.model.random_state
+    )
+    metrics["inertia"] = float(kmeans.inertia_)
+    metrics["n_iter"] = float(kmeans.n_iter_)
+    # read only now, after the fit: the feature values are not held while KMeans runs
+    clean_customers = read_columns(clean_customers, list(cfg.features))
 
     champion: SegmentAssigner | None = None
     champion_version = registry.alias_version(target.tracking_uri, cfg.model.name, cfg.model.alias)
     if champion_version is not None:
         champion, _ = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
     label_to_segment = _stable_ids(clean_customers, cfg.features, raw_labels, canonical, champion)
-    segment_ids = label_to_segment[raw_labels]
+    segment_ids = label_to_segment.astype(np.int32)[raw_labels]
 
     profile = profile_segments(clean_customers, segment_ids, cfg.features, cfg.naming.value_feature)
     names = name_segments(
@@ -200,11 +209,6 @@ def segmentation_model(
             )
         },
     )
-    metrics = quality_metrics(
-        X[fit_mask], segment_ids[fit_mask], sample=cfg.k_selection.silhouette_sample, random_state=cfg.model.random_state
-    )
-    metrics["inertia"] = float(kmeans.inertia_)
-    metrics["n_iter"] = float(kmeans.n_iter_)
 
     migration = None
     champion_segment_ids = None

@@ -17,6 +17,7 @@ from pandera.errors import SchemaErrors
 
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.outliers import OutlierPolicyError, OutlierResult, detect_outliers, flag_labels
+from segmentation_pipeline.core.rows import ROW_BLOCK
 
 #: Name of the pandera check that rejects +-inf in a feature.
 FINITE_CHECK = "finite"
@@ -47,11 +48,17 @@ def _is_finite(series: pd.Series) -> pd.Series:
     return pd.Series(np.isfinite(series.to_numpy(dtype=np.float64)), index=series.index)
 
 
-def build_schema(config: PipelineConfig) -> pa.DataFrameSchema:
-    """The row rules as a pandera schema over the coerced frame (features already float64)."""
+def build_schema(config: PipelineConfig, *, ids_known_distinct: bool = False) -> pa.DataFrameSchema:
+    """The row rules as a pandera schema over the coerced frame (features already float64).
+
+    ``ids_known_distinct`` drops the uniqueness check (a hash table of every id) when the
+    caller has already proved the ids distinct more cheaply (:func:`_strictly_increasing`).
+    """
     cleaning = config.cleaning
     columns: dict[str, pa.Column] = {
-        config.source.id_column: pa.Column(None, nullable=False, unique=True, report_duplicates="exclude_first")
+        config.source.id_column: pa.Column(
+            None, nullable=False, unique=not ids_known_distinct, report_duplicates="exclude_first"
+        )
     }
     for feature in config.features:
         checks = [pa.Check(_is_finite, name=FINITE_CHECK)]
@@ -84,14 +91,19 @@ def _check_structure(raw: pd.DataFrame, config: PipelineConfig, table: str) -> N
         raise DataQualityError(f"table {table!r} has 0 rows")
 
 
-def _to_float(series: pd.Series, column: str, table: str) -> tuple[np.ndarray, np.ndarray]:
+def _to_float(series: pd.Series, column: str, table: str, *, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(float64 values with NaN for missing/unparsable, mask of unparsable) -- strings like
-    "12,000", " 42 " and "1e3" parse; the second pass only touches what the fast one could not."""
+    "12,000", " 42 " and "1e3" parse; the second pass only touches what the fast one could not.
+
+    Imputation and compaction write into the result, so it is a copy unless the caller owns
+    ``series`` (``owned``): then a float64 column is used as it is."""
     if pd.api.types.is_bool_dtype(series) or (
         pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_complex_dtype(series)
     ):
-        # copy: imputation fills this array in place and must never write into the caller's frame
-        return series.to_numpy(dtype=np.float64, na_value=np.nan, copy=True), np.zeros(len(series), dtype=bool)
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan, copy=not owned)
+        if not values.flags.writeable:
+            values = values.copy()
+        return values, np.zeros(len(series), dtype=bool)
     if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
         raise DataQualityError(
             f"table {table!r}: column {column!r} is not numeric: e.g. {series.dropna().iloc[0]!r} ({series.dtype})"
@@ -114,6 +126,54 @@ def _to_float(series: pd.Series, column: str, table: str) -> tuple[np.ndarray, n
             example = text[~blank].iloc[0]
             raise DataQualityError(f"table {table!r}: column {column!r} is not numeric: e.g. {example!r}")
     return values, non_numeric
+
+
+#: Rows validated per pandera call: each check's boolean scratch is a block's, not the table's.
+VALIDATE_BLOCK_ROWS = 1 << 20
+
+
+def _failure_cases(work: pd.DataFrame, config: PipelineConfig, *, ids_known_distinct: bool) -> pd.DataFrame | None:
+    """pandera's lazy failure cases for ``work``, or None when every row passes.
+
+    The row rules run block by block (pandera's scratch per check is then a block's); only
+    the id uniqueness rule needs all ids at once, and it is skipped when they are known distinct.
+    """
+    found: list[pd.DataFrame] = []
+    rows = build_schema(config, ids_known_distinct=True)
+    for start in range(0, len(work), VALIDATE_BLOCK_ROWS):
+        try:
+            rows.validate(work.iloc[start : start + VALIDATE_BLOCK_ROWS], lazy=True, inplace=True)
+        except SchemaErrors as exc:
+            found.append(exc.failure_cases)
+    if not ids_known_distinct:
+        id_col = config.source.id_column
+        unique = pa.DataFrameSchema({id_col: build_schema(config).columns[id_col]}, name=config.source.table)
+        try:
+            unique.validate(work[[id_col]], lazy=True, inplace=True)
+        except SchemaErrors as exc:
+            found.append(exc.failure_cases)
+    if not found:
+        return None
+    # a rule failing for the whole frame (a missing column) is reported once per block, and the
+    # id rules twice: once is enough
+    cases = found[0] if len(found) == 1 else pd.concat([f.astype(object) for f in found], ignore_index=True)
+    return cases.drop_duplicates(subset=["column", "check", "index"], ignore_index=True)
+
+
+def _strictly_increasing(ids: pd.Series) -> bool:
+    """Whether integer ids are sorted and distinct, checked block by block in O(1) memory.
+
+    Keyset-paginated reads return the ids in key order, so this usually holds, and then they
+    are unique without hashing every one of them (which costs ~40 B a row at peak).
+    """
+    if ids.dtype.kind not in "iu":
+        return False
+    values = ids.to_numpy()
+    for start in range(0, len(values) - 1, ROW_BLOCK):
+        stop = min(start + ROW_BLOCK + 1, len(values))
+        if not (values[start + 1 : stop] > values[start : stop - 1]).all():
+            return False
+    return True
 
 
 def _latest_first(raw: pd.DataFrame, id_col: str, column: str | None) -> np.ndarray | None:
@@ -243,7 +303,12 @@ def _impute_medians(
 
 
 def clean_customers(
-    raw: pd.DataFrame, config: PipelineConfig, table: str | None = None, *, allow_all_rejected: bool = False
+    raw: pd.DataFrame,
+    config: PipelineConfig,
+    table: str | None = None,
+    *,
+    allow_all_rejected: bool = False,
+    consume: bool = False,
 ) -> CleaningResult:
     """Validate, coerce, impute and outlier-flag the raw table; account for every row.
 
@@ -251,6 +316,11 @@ def clean_customers(
     no rows, a feature with no numeric value, every row rejected, outlier policy "fail").
     ``allow_all_rejected`` is for incremental scoring, where a small batch of only bad rows is
     a normal outcome to record, not a reason to stop.
+
+    ``consume`` is for a caller that owns ``raw`` and will not use it again (the pipeline reads
+    it fresh from its hand-off file): its columns are reused or deleted as soon as they have
+    been read, so the raw and clean tables are never both in memory, and ``clean``/``rejects``
+    get a plain RangeIndex instead of the raw row labels.
     """
     table = table or config.source.table
     _check_structure(raw, config, table)
@@ -268,23 +338,27 @@ def clean_customers(
     parts: list[pd.DataFrame] = []  # failures as (pos, code, detail), code = kind * n_columns + column rank
     non_numeric_keys: list[np.ndarray] = []  # pos * n_columns + column rank
     for rank, feature in enumerate(features, start=1):
-        numeric[feature], bad = _to_float(raw[feature], feature, table)
+        numeric[feature], bad = _to_float(raw[feature], feature, table, owned=consume)
         if bad.any():
             where = np.flatnonzero(bad)
             shown = raw[feature].iloc[where].astype(str).map(repr)
             detail = (f"{feature}=" + shown + " is not numeric").to_numpy(dtype=object)
             parts.append(pd.DataFrame({"pos": where, "code": _NON_NUMERIC * n_columns + rank, "detail": detail}))
             non_numeric_keys.append(where * n_columns + rank)
+        if consume:
+            del raw[feature]  # parsed (or reused as is): the raw column is not read again
 
     # arrays, not Series: no index alignment and, with copy=False, no copy of the table to validate
     work = pd.DataFrame({id_col: raw[id_col].array, **numeric, **{c: raw[c].array for c in categorical}}, copy=False)
-    order = _latest_first(raw, id_col, config.source.updated_at_column)
+    distinct_ids = _strictly_increasing(raw[id_col])
+    order = None if distinct_ids else _latest_first(raw, id_col, config.source.updated_at_column)
+    if consume and config.source.updated_at_column in raw.columns and config.source.updated_at_column not in columns:
+        del raw[config.source.updated_at_column]
     if order is not None:
         work = work.take(order)  # index labels stay the original positions
-    try:
-        build_schema(config).validate(work, lazy=True, inplace=True)
-    except SchemaErrors as exc:
-        found = _failure_frame(exc.failure_cases, config, columns, raw[id_col].reset_index(drop=True), table)
+    cases = _failure_cases(work, config, ids_known_distinct=distinct_ids)
+    if cases is not None:
+        found = _failure_frame(cases, config, columns, raw[id_col].reset_index(drop=True), table)
         key = found["pos"].to_numpy() * n_columns + found["code"].to_numpy() % n_columns
         is_missing = found["code"].to_numpy() // n_columns == _MISSING
         unparsed = np.isin(key, np.concatenate(non_numeric_keys)) if non_numeric_keys else False
@@ -303,7 +377,7 @@ def clean_customers(
         _raise_all_rejected(n, rejected, table)
 
     del work
-    valid_pos = np.flatnonzero(valid)
+    valid_pos = _positions(valid)
     if len(valid_pos) < n:  # compact each parsed array in place: the valid rows, no second copy
         for feature in features:
             values = numeric[feature]
@@ -332,20 +406,8 @@ def clean_customers(
         if not keep.any():
             _raise_all_rejected(n, rejected, table)
 
-    clean_pos = valid_pos[keep]
+    clean_pos = valid_pos if keep.all() else valid_pos[keep]
     del frame
-    # one column at a time, each parsed array dropped once copied: no second copy of the features
-    columns_out: dict[str, Any] = {id_col: raw[id_col].array.take(clean_pos)}
-    for feature in features:
-        values = numeric.pop(feature)
-        columns_out[feature] = values if keep.all() else values[keep]
-    for column in categorical:
-        columns_out[column] = raw[column].array.take(clean_pos)
-    columns_out["is_outlier"] = is_outlier[keep]
-    columns_out["outlier_reason"] = outlier_reason[keep]
-    columns_out["imputed"] = flag_labels(imputed[clean_pos], features)
-    clean = pd.DataFrame(columns_out, index=_labels_at(raw.index, clean_pos), copy=False)
-
     reject_pos = rejected["pos"].to_numpy()
     rejects = pd.DataFrame(
         {
@@ -353,8 +415,23 @@ def clean_customers(
             "reason": rejected["reason"].to_numpy(dtype=object),
             "detail": rejected["detail"].to_numpy(dtype=object),
         },
-        index=_labels_at(raw.index, reject_pos),
+        index=None if consume else _labels_at(raw.index, reject_pos),
     )
+    # one column at a time, each parsed array dropped once copied: no second copy of the features
+    columns_out: dict[str, Any] = {id_col: raw[id_col].array.take(clean_pos)}
+    if consume:
+        del raw[id_col]
+    for feature in features:
+        values = numeric.pop(feature)
+        columns_out[feature] = values if keep.all() else values[keep]
+    for column in categorical:
+        columns_out[column] = raw[column].array.take(clean_pos)
+        if consume:
+            del raw[column]
+    columns_out["is_outlier"] = is_outlier[keep]
+    columns_out["outlier_reason"] = outlier_reason[keep]
+    columns_out["imputed"] = flag_labels(imputed[clean_pos], features)
+    clean = pd.DataFrame(columns_out, index=None if consume else _labels_at(raw.index, clean_pos), copy=False)
     assert len(clean) + len(rejects) == n, f"{len(clean)} clean + {len(rejects)} rejected != {n} input rows"
     assert (rejects["reason"].str.len() > 0).all(), "a reject without a reason"
 
@@ -370,6 +447,12 @@ def clean_customers(
         "outliers": found.report,
     }
     return CleaningResult(clean=clean, rejects=rejects, report=report)
+
+
+def _positions(mask: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero(mask)``, as int32 when it fits: half the memory for tens of millions of rows."""
+    where = np.flatnonzero(mask)
+    return where.astype(np.int32) if len(mask) < np.iinfo(np.int32).max else where
 
 
 def _labels_at(index: pd.Index, positions: np.ndarray) -> pd.Index:

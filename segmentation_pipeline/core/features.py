@@ -13,6 +13,8 @@ package installed.
 from __future__ import annotations
 
 import functools
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +34,6 @@ __all__ = ["FeatureMatrix", "build_features", "build_preprocessor"]
 class FeatureMatrix:
     """The clustering input plus everything needed to explain and reproduce it."""
 
-    customer_ids: np.ndarray
     X: np.ndarray
     fit_mask: np.ndarray
     preprocessor: Pipeline
@@ -111,6 +112,7 @@ def build_preprocessor(config: PipelineConfig) -> Pipeline:
                     n_components=n_components,
                     svd_solver="covariance_eigh",
                     random_state=config.model.random_state,
+                    copy=False,  # its input is always the scaler's own output
                 ),
             )
         )
@@ -132,15 +134,15 @@ def _check_frame(clean: pd.DataFrame, config: PipelineConfig) -> None:
     missing = [name for name in config.features if name not in clean.columns]
     if missing:
         raise ValueError(f"feature columns missing from the cleaned frame: {missing}")
-    values = clean[list(config.features)]
-    nulls = values.isna().sum()
-    nulls = nulls[nulls > 0]
-    if len(nulls):
-        detail = ", ".join(f"{name}: {int(count)}" for name, count in nulls.items())
+    # column by column: clean[features] would copy them all
+    nulls = {name: int(clean[name].isna().sum()) for name in config.features}
+    nulls = {name: count for name, count in nulls.items() if count}
+    if nulls:
+        detail = ", ".join(f"{name}: {count}" for name, count in nulls.items())
         raise ValueError(f"features must be cleaned before building features; missing values in {detail}")
     for name in config.transform.log1p:
-        low = values[name].min()
-        if len(values) and low <= -1:
+        low = clean[name].min()
+        if len(clean) and low <= -1:
             raise ValueError(f"log1p column {name} has values <= -1 (min {low}); clean the range first")
 
 
@@ -149,15 +151,43 @@ def _check_frame(clean: pd.DataFrame, config: PipelineConfig) -> None:
 TRANSFORM_BLOCK_ROWS = ROW_BLOCK
 
 
-def _fit(preprocessor: Pipeline, rows: pd.DataFrame) -> None:
-    """``preprocessor.fit(rows)``, except that the stateless float32 cast at the end is fitted on
-    one block: ``Pipeline.fit`` would otherwise project every fit row through PCA only to fit it."""
-    if preprocessor.steps[-1][0] != "float32":
-        preprocessor.fit(rows)
-        return
-    head = preprocessor[:-1]  # a shallow slice: fitting it fits the same step objects
-    head.fit(rows)
-    preprocessor.steps[-1][1].fit(head.transform(rows.iloc[:TRANSFORM_BLOCK_ROWS]))
+def _fit_row_blocks(clean: pd.DataFrame, features: list[str], mask: np.ndarray) -> Iterator[pd.DataFrame]:
+    """The fit rows' features, one row block at a time (a block-sized copy each)."""
+    for start in range(0, len(clean), TRANSFORM_BLOCK_ROWS):
+        block = clean.iloc[start : start + TRANSFORM_BLOCK_ROWS][features]
+        keep = mask[start : start + TRANSFORM_BLOCK_ROWS]
+        if keep.any():
+            yield block if keep.all() else block[keep]
+
+
+def _fit(preprocessor: Pipeline, clean: pd.DataFrame, features: list[str], mask: np.ndarray, n_fit: int) -> None:
+    """Fit the preprocessor on the ``mask`` rows holding one float64 copy of them, not four.
+
+    ``Pipeline.fit`` holds the fit rows, the ColumnTransformer's stacked output, the scaler's
+    variance scratch and PCA's copy at once. Here the stateless steps (log1p, the float32 cast)
+    are fitted on one block; the log1p output of every fit row goes into one preallocated matrix;
+    the scaler is fitted on it block by block (``partial_fit``: the same mean and variance, up
+    to rounding) and scales it in place, and PCA (``copy=False``) fits on it as it is.
+    """
+    steps = preprocessor.named_steps
+    log1p, scaler = steps["log1p"], steps["scale"]
+    blocks = _fit_row_blocks(clean, features, mask)
+    first = next(blocks)
+    log1p.fit(first)
+    Z = np.empty((n_fit, len(log1p.get_feature_names_out())), dtype=np.float64)
+    at = 0
+    for rows in itertools.chain([first], blocks):
+        Z[at : at + len(rows)] = log1p.transform(rows)
+        at += len(rows)
+    for start in range(0, n_fit, TRANSFORM_BLOCK_ROWS):
+        scaler.partial_fit(Z[start : start + TRANSFORM_BLOCK_ROWS])
+    Z = scaler.transform(Z)  # in place (copy=False)
+    projected = Z[:TRANSFORM_BLOCK_ROWS]
+    if "pca" in steps:
+        steps["pca"].fit(Z)
+        projected = steps["pca"].transform(projected)
+    if "float32" in steps:
+        steps["float32"].fit(projected)
 
 
 def _check_finite(X: np.ndarray, clean: pd.DataFrame, features: list[str], ids: pd.Series) -> None:
@@ -198,11 +228,7 @@ def build_features(
 
     features = list(config.features)
     preprocessor = build_preprocessor(config)
-    # the fit rows as separate column arrays with a RangeIndex (no consolidated copy, no index)
-    fit_rows = pd.DataFrame({f: clean[f].to_numpy()[mask] if n_fit < n else clean[f].to_numpy() for f in features},
-                            copy=False)
-    _fit(preprocessor, fit_rows)
-    del fit_rows
+    _fit(preprocessor, clean, features, mask, n_fit)
     X = map_row_blocks(lambda start, stop: preprocessor.transform(clean.iloc[start:stop][features]), n,
                        block_rows=TRANSFORM_BLOCK_ROWS)
     _check_finite(X, clean, features, clean[id_column])
@@ -218,7 +244,6 @@ def build_features(
         explained = variances / total if total > 0 else np.zeros_like(variances)
         loadings = pd.DataFrame(np.eye(len(features)), index=features, columns=component_names)
     return FeatureMatrix(
-        customer_ids=clean[id_column].to_numpy(),
         X=X,
         fit_mask=mask,
         preprocessor=preprocessor,

@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from segmentation_pipeline.config import PipelineConfig
-from segmentation_pipeline.core.rows import map_row_blocks
+from segmentation_pipeline.core.rows import ROW_BLOCK, map_row_blocks
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +93,33 @@ def flag_labels(flags: np.ndarray, names: Sequence[str], prefix: str = "") -> pd
     return pd.Categorical.from_codes(codes, categories=categories)
 
 
-def _transformed(frame: pd.DataFrame, columns: Sequence[str], log1p: set[str]) -> np.ndarray:
+class _Columns:
+    """Features on the fence scale, one read-only array per column: only log1p columns are
+    copied, and a row block is stacked into a matrix only when a step needs one."""
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = arrays
+        self.n = len(arrays[0]) if arrays else 0
+
+    def rows(self, index: Any) -> np.ndarray:
+        """The rows at ``index`` (a slice, positions or a mask) as an (m, f) float64 matrix."""
+        return np.column_stack([a[index] for a in self.arrays])
+
+    def subset(self, columns: Sequence[int]) -> _Columns:
+        return _Columns([self.arrays[j] for j in columns])
+
+
+def _transformed(frame: pd.DataFrame, columns: Sequence[str], log1p: set[str]) -> _Columns:
     """The scale fences live on: log1p for skewed features, raw otherwise."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"outlier detection needs columns {missing}; frame has {list(frame.columns)}")
-    out = np.empty((len(frame), len(columns)), dtype=np.float64)
-    for j, col in enumerate(columns):
+    arrays = []
+    for col in columns:
         values = frame[col].to_numpy(dtype=np.float64, na_value=np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[:, j] = np.log1p(values) if col in log1p else values
-        bad = ~np.isfinite(out[:, j])
+            scaled = np.log1p(values) if col in log1p else values  # never written to: no copy needed
+        bad = ~np.isfinite(scaled)
         if bad.any():
             example = values[bad][0]
             scale = "log1p scale" if col in log1p else "raw scale"
@@ -111,7 +127,19 @@ def _transformed(frame: pd.DataFrame, columns: Sequence[str], log1p: set[str]) -
                 f"column {col!r} has {int(bad.sum())} value(s) that are not finite on the {scale} "
                 f"(e.g. {example!r}); clean the data first"
             )
-    return out
+        arrays.append(scaled)
+    return _Columns(arrays)
+
+
+def _outside(z: _Columns, low: np.ndarray, high: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """(n, f) flags of values outside their fences, one column at a time (fences per feature, or
+    per (cluster, feature) indexed by ``labels``)."""
+    flags = np.empty((z.n, len(z.arrays)), dtype=bool)
+    for j, values in enumerate(z.arrays):
+        lo, hi = (low[j], high[j]) if labels is None else (low[labels, j], high[labels, j])
+        np.less(values, lo, out=flags[:, j])
+        flags[:, j] |= values > hi
+    return flags
 
 
 def _back(values: np.ndarray, columns: Sequence[str], log1p: set[str]) -> np.ndarray:
@@ -137,7 +165,7 @@ def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.arange(n) if n <= size else np.sort(rng.choice(n, size=size, replace=False))
 
 
-def _provisional_labels(z: np.ndarray, config: PipelineConfig) -> tuple[np.ndarray, dict[str, Any]]:
+def _provisional_labels(z: _Columns, config: PipelineConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Cluster once, cheaply: standardise, k by silhouette on a small sample, fit on a sample,
     predict all. Returns the labels and the facts of the fit for the report.
 
@@ -148,13 +176,15 @@ def _provisional_labels(z: np.ndarray, config: PipelineConfig) -> tuple[np.ndarr
     """
     seed = config.model.random_state
     rng = np.random.default_rng(seed)
-    n = z.shape[0]
-    scaler = StandardScaler().fit(z)  # rows are standardised when used: no standardised copy of all of z
+    n = z.n
+    scaler = StandardScaler()  # fitted block by block; rows are standardised when used, never all at once
+    for start in range(0, n, ROW_BLOCK):
+        scaler.partial_fit(z.rows(slice(start, start + ROW_BLOCK)))
     silhouettes: dict[int, float] = {}
     if config.k is not None:
         k = config.k
     else:
-        small = scaler.transform(z[_sample(n, PROVISIONAL_K_SAMPLE, rng)])
+        small = scaler.transform(z.rows(_sample(n, PROVISIONAL_K_SAMPLE, rng)))
         with threadpool_limits(1):  # on a few thousand rows thread start-up costs more than it saves
             ceiling = min(PROVISIONAL_MAX_K, small.shape[0] // MIN_SEGMENT_ROWS)
             for cand in config.k_candidates:
@@ -170,14 +200,14 @@ def _provisional_labels(z: np.ndarray, config: PipelineConfig) -> tuple[np.ndarr
     facts: dict[str, Any] = {"provisional_k": k, "provisional_silhouette": silhouettes, "provisional_dissolved": []}
     if k == 1:
         return np.zeros(n, dtype=np.int32), facts
-    fit_rows = scaler.transform(z[_sample(n, PROVISIONAL_FIT_ROWS, rng)])
+    fit_rows = scaler.transform(z.rows(_sample(n, PROVISIONAL_FIT_ROWS, rng)))
     model = KMeans(k, n_init=PROVISIONAL_N_INIT, random_state=seed).fit(fit_rows)
     dissolved = np.flatnonzero(np.bincount(model.labels_, minlength=k) < MIN_CLUSTER_SHARE * len(fit_rows))
     # block by block: predict's scratch stays small; int32 labels, no int64 copy
-    labels = map_row_blocks(lambda start, stop: model.predict(scaler.transform(z[start:stop])), n)
+    labels = map_row_blocks(lambda start, stop: model.predict(scaler.transform(z.rows(slice(start, stop)))), n)
     moved = np.isin(labels, dissolved)
     if moved.any() and len(dissolved) < k:
-        distance = model.transform(scaler.transform(z[moved]))
+        distance = model.transform(scaler.transform(z.rows(moved)))
         distance[:, dissolved] = np.inf
         labels[moved] = distance.argmin(axis=1)
     facts["provisional_dissolved"] = dissolved.tolist()
@@ -206,7 +236,7 @@ def _describe_erasure(erased: dict[int, tuple[float, int]], n: int) -> str:
 
 
 def _segment_aware(
-    z: np.ndarray,
+    z: _Columns,
     config: PipelineConfig,
     fence_cols: list[int],
     multiplier: float,
@@ -218,12 +248,12 @@ def _segment_aware(
     """
     labels, info = provisional if provisional is not None else _provisional_labels(z, config)
     k = info["provisional_k"]
-    values = z[:, fence_cols]
-    quartiles = pd.DataFrame(values).groupby(labels).quantile([0.25, 0.75])  # one pass: (cluster, q) rows
+    fenced = z.subset(fence_cols)
+    values = pd.DataFrame(dict(enumerate(fenced.arrays)), copy=False)
+    quartiles = values.groupby(labels).quantile([0.25, 0.75])  # one pass: (cluster, q) rows
     q1, q3 = (quartiles.xs(q, level=1).reindex(range(k)).to_numpy() for q in (0.25, 0.75))
     low, high = _tukey(q1, q3, multiplier)
-    flags = (values < low[labels]) | (values > high[labels])
-    return flags, labels, low, high, info
+    return _outside(fenced, low, high, labels), labels, low, high, info
 
 
 def base_report(config: PipelineConfig, columns: Sequence[str]) -> dict[str, Any]:
@@ -269,14 +299,14 @@ def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResul
     # Outlier features are a subset of the features (config validates it); clusters use them all.
     z_all = _transformed(frame, config.features, log1p)
     fence_cols = [config.features.index(c) for c in columns]
-    z = z_all if fence_cols == list(range(z_all.shape[1])) else z_all[:, fence_cols]  # no copy when all
+    z = z_all.subset(fence_cols)
 
     # column by column: the same quartiles as axis=0, without a partitioned copy of the whole matrix
-    q1, q3 = np.array([np.percentile(z[:, j], [25, 75]) for j in range(z.shape[1])]).T
+    q1, q3 = np.array([np.percentile(values, [25, 75]) for values in z.arrays]).T
 
     def pooled(multiplier: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         low, high = _tukey(q1, q3, multiplier)
-        return (z < low) | (z > high), low, high
+        return _outside(z, low, high), low, high
 
     def fences_report(low: np.ndarray, high: np.ndarray) -> dict[str, list[float]]:
         lo, hi = _back(low, columns, log1p), _back(high, columns, log1p)

@@ -153,7 +153,7 @@ def log_segmentation_model(
     registered_model_name: str,
 ) -> str:
     """Log the pyfunc under the active run and register it; returns the new version."""
-    example = input_example[assigner.features].head(5).astype("float64")
+    example = input_example.head(5)[assigner.features].astype("float64")  # head first: no copy of every row
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
     level = pyfunc_log.level
     try:

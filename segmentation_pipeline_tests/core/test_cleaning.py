@@ -432,3 +432,72 @@ def test_imputation_never_writes_into_the_input_frame() -> None:
     result = clean_customers(raw, cfg)
     assert result.clean["age"].tolist() == [30.0, 40.0, 50.0]
     pd.testing.assert_frame_equal(raw, before)
+
+
+# --- memory-lean paths give the same answer -----------------------------------------------------
+
+
+def _dirty(n: int = 60, seed: int = 4) -> pd.DataFrame:
+    """Valid customers with a bad value of every kind and ids sorted (as a keyset read returns them)."""
+    frame = customers(n, seed).astype({"age": object, "gender": object})
+    frame.loc[3, "age"] = "abc"
+    frame.loc[7, "annual_income"] = -5.0
+    frame.loc[11, "gender"] = "X"
+    frame.loc[19, "spending_score"] = np.nan
+    frame.loc[23, "country"] = None
+    return frame
+
+
+def _by_id(result) -> tuple[pd.DataFrame, pd.DataFrame]:
+    clean = result.clean.sort_values("customer_id", ignore_index=True)
+    rejects = result.rejects.sort_values("customer_id", ignore_index=True)
+    return clean, rejects
+
+
+@pytest.mark.parametrize("shuffled", [False, True], ids=["sorted ids", "shuffled ids"])
+def test_consuming_the_raw_frame_gives_the_same_rows_and_reasons(shuffled: bool) -> None:
+    raw = _dirty()
+    if shuffled:
+        raw = raw.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    config = make_config(updated_at="updated_at")
+    expected = clean_customers(raw.copy(), config)
+    own = raw.copy()
+    consumed = clean_customers(own, config, consume=True)
+    for got, want in zip(_by_id(consumed), _by_id(expected), strict=True):
+        pd.testing.assert_frame_equal(got, want)
+    assert isinstance(consumed.clean.index, pd.RangeIndex) and isinstance(consumed.rejects.index, pd.RangeIndex)
+    assert list(own.columns) == []  # every column was handed over or dropped once read
+
+
+def test_block_wise_validation_equals_one_pass_with_duplicates_across_blocks(monkeypatch) -> None:
+    import segmentation_pipeline.core.cleaning as cleaning
+
+    raw = _dirty()
+    raw.loc[40, "customer_id"] = raw.loc[2, "customer_id"]  # a duplicate id 38 rows (several blocks) apart
+    raw.loc[50, "customer_id"] = None
+    config = make_config(updated_at="updated_at")
+    expected = clean_customers(raw, config)
+    monkeypatch.setattr(cleaning, "VALIDATE_BLOCK_ROWS", 7)  # 9 blocks, the last partial
+    got = clean_customers(raw, config)
+    pd.testing.assert_frame_equal(got.clean, expected.clean)
+    pd.testing.assert_frame_equal(got.rejects, expected.rejects)
+    assert {"duplicate_id", "missing:customer_id", "non_numeric:age"} <= set(got.rejects["reason"])
+
+
+def test_sorted_distinct_ids_skip_the_hash_based_uniqueness_check(monkeypatch) -> None:
+    import segmentation_pipeline.core.cleaning as cleaning
+
+    built: list[bool] = []
+    real = cleaning.build_schema
+
+    def spy(config, *, ids_known_distinct=False):
+        built.append(ids_known_distinct)
+        return real(config, ids_known_distinct=ids_known_distinct)
+
+    monkeypatch.setattr(cleaning, "build_schema", spy)
+    clean_customers(customers(30), make_config())
+    assert built == [True]  # only the row rules: the ids were proved distinct by their order
+    built.clear()
+    shuffled = customers(30).iloc[::-1].reset_index(drop=True)
+    clean_customers(shuffled, make_config())
+    assert False in built  # unsorted: the uniqueness rule runs over every id

@@ -7,12 +7,14 @@ import pickle
 import numpy as np
 import pytest
 from sklearn.metrics import silhouette_score
+from sklearn.pipeline import Pipeline
 
 from segmentation_pipeline.config import load_config
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.core.features import build_features
 from segmentation_pipeline.core.modeling import (
     build_model_pipeline,
+    canonical_order,
     canonical_relabel,
     canonicalize_kmeans,
     fit_kmeans,
@@ -127,3 +129,14 @@ def test_silhouette_scores_match_sklearn_for_every_labeling_at_once() -> None:
     assert np.isnan(silhouette_scores(X, [np.zeros(700, int)])[0])  # one cluster: undefined
     with pytest.raises(ValueError, match="699 labels for 700 rows"):
         silhouette_scores(X, [np.zeros(699, int)])
+
+
+def test_served_model_keeps_no_label_per_fit_row_and_the_same_canonical_order() -> None:
+    rng = np.random.default_rng(5)
+    X = np.concatenate([rng.normal(c, 0.3, size=(n, 2)) for c, n in ((0, 400), (5, 250), (10, 100))])
+    kmeans = fit_kmeans(X, 3, n_init=2, max_iter=100, random_state=0, canonical=False)
+    served = build_model_pipeline(Pipeline([("identity", "passthrough")]), kmeans)[-1]
+    assert len(served.labels_) == 6 < len(kmeans.labels_)  # k(k+1)/2 surrogate labels, whatever n is
+    np.testing.assert_array_equal(canonical_order(served), canonical_order(kmeans))
+    np.testing.assert_array_equal(served.predict(X), kmeans.predict(X))
+    assert len(kmeans.labels_) == len(X)  # the fitted model itself is left alone

@@ -36,7 +36,7 @@ from sklearn.pipeline import Pipeline
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.assigner import SegmentAssigner
 from segmentation_pipeline.core.features import build_preprocessor
-from segmentation_pipeline.core.modeling import build_model_pipeline
+from segmentation_pipeline.core.modeling import build_model_pipeline, surrogate_labels
 from segmentation_pipeline.engines.spark.model import SparkFeatures, SparkKMeans, SparkTraining
 
 __all__ = ["to_segment_assigner", "to_sklearn_kmeans", "to_sklearn_pipeline", "to_sklearn_preprocessor"]
@@ -96,7 +96,7 @@ def to_sklearn_kmeans(kmeans: SparkKMeans, config: PipelineConfig) -> KMeans:
         warnings.simplefilter("ignore")
         model.fit(centers)
     model.cluster_centers_ = centers.copy()
-    model.labels_ = np.repeat(np.arange(k, dtype=np.int32), np.arange(k, 0, -1))  # see module docstring
+    model.labels_ = surrogate_labels(np.arange(k))  # see module docstring
     model.inertia_ = float(kmeans.inertia)
     model.n_iter_ = int(kmeans.n_iter)
     return model

@@ -106,7 +106,7 @@ class SparkFeatureSet(FeatureMatrix, SparkHandoff):
     """The Spark engine's ``customer_features``: a :class:`FeatureMatrix` of a seeded driver-side
     sample of the fit rows, plus the Spark side (fitted MLlib preprocessing, every fit row).
 
-    The FeatureMatrix fields (``X``, ``fit_mask``, ``customer_ids``, ``preprocessor`` -- the
+    The FeatureMatrix fields (``X``, ``fit_mask``, ``preprocessor`` -- the
     exported sklearn preprocessor) describe ``sample`` only: driver-side checks that need a matrix
     (the promotion gate) run on it with the local engine's code. All fit rows stay in Spark
     (``spark_X_fit``, the clustering input column).
