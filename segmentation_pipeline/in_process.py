@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -125,6 +126,36 @@ class ReleasingMemoryIOManager(dg.IOManager):
         return sorted(k.to_user_string() for k in self._values)
 
 
+SCRATCH_PREFIX = ".run-tables-"
+_OWNER = "owner.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def new_scratch_dir(data_dir: Path) -> Path:
+    """A scratch directory for one run's table files, after removing those of runs whose process
+    is gone (a killed run cannot delete its own; a live concurrent run's are left alone)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for old in data_dir.glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            pid = int((old / _OWNER).read_text())
+        except (OSError, ValueError):
+            continue  # being created right now, or not ours: leave it
+        if not _alive(pid):
+            shutil.rmtree(old, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=data_dir))
+    (scratch / _OWNER).write_text(str(os.getpid()))
+    return scratch
+
+
 def consumers_of(assets: Sequence[dg.AssetsDefinition], selected: set[dg.AssetKey]) -> tuple[Counter, frozenset]:
     """(number of selected steps reading each asset, assets read by a step that may be retried)."""
     counts: Counter = Counter()
@@ -154,8 +185,7 @@ def training_job(config_path: str | None, overrides_json: str = "{}") -> dg.JobD
     counts, keep = consumers_of(ASSETS, selected)
 
     def io_manager_fn(_: dg.InitResourceContext) -> Iterator[ReleasingMemoryIOManager]:
-        cfg.data_path.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".run-tables-", dir=cfg.data_path))
+        scratch = new_scratch_dir(cfg.data_path)
         try:
             yield ReleasingMemoryIOManager(counts, keep, scratch)
         finally:

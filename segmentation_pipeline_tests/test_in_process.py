@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import weakref
 
 import dagster as dg
@@ -14,7 +15,7 @@ import segmentation_pipeline.assets.training as training_asset
 from segmentation_pipeline import cli
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.definitions import ASSETS
-from segmentation_pipeline.in_process import ReleasingMemoryIOManager, consumers_of
+from segmentation_pipeline.in_process import ReleasingMemoryIOManager, consumers_of, new_scratch_dir
 from segmentation_pipeline.storage.database import create_db_engine, load_frame
 from segmentation_pipeline.storage.tables import ParquetTable
 from segmentation_pipeline_tests.helpers import write_config
@@ -64,6 +65,22 @@ def test_io_manager_hands_tables_on_as_parquet_files(tmp_path) -> None:
     pd.testing.assert_frame_equal(table.read(["age"]), frame[["age"]])
     model = dg.build_output_context(asset_key=KEY("model"))
     assert manager.load_input(dg.build_input_context(asset_key=KEY("model"), upstream_output=model)) == {"k": 3}
+
+
+def test_scratch_dirs_of_dead_runs_are_removed_and_live_ones_kept(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = new_scratch_dir(tmp_path)
+    (killed / "owner.pid").write_text(dead.stdout.strip())  # its process has exited: a killed run
+    (killed / "clean_customers.parquet").write_bytes(b"x" * 10)
+    live = new_scratch_dir(tmp_path)  # this process: alive
+    unknown = tmp_path / ".run-tables-foreign"
+    unknown.mkdir()  # no owner file: not ours to judge
+    fresh = new_scratch_dir(tmp_path)
+    assert not killed.exists() and live.exists() and unknown.exists() and fresh.exists()
+    assert fresh != live and (fresh / "owner.pid").read_text() == str(os.getpid())
 
 
 def test_cli_run_releases_the_raw_table_before_the_sweep(tmp_path, sqlite_url, local_mlflow_uri, monkeypatch) -> None:
