@@ -23,7 +23,10 @@ For every size N (each in its own fresh state):
    ``customer_segments``, from a pre-written TSV, into an empty copy of that table; one plain
    scikit-learn Lloyd sweep (KMeans k=2..10, n_init=1) on the pipeline's PCA matrix (fit rows);
    sklearn KMeans n_init=10 at the chosen k (inertia reference).
-4. At 100k only (not --quick): a seed-style baseline: pandas.read_sql over PyMySQL of the whole
+4. A second worker run on the same table and MLflow store (the retrain): a champion now exists, so
+   the final model also assigns every row with it and builds the migration matrix, and the gate
+   compares the two. Its whole-run time and peak RSS are reported, not judged.
+5. At 100k only (not --quick): a seed-style baseline: pandas.read_sql over PyMySQL of the whole
    table, KMeans (sklearn defaults) for every k, full silhouette_score for every k (measured for
    one k and multiplied by 9 — stated in the output), to_sql write-back.
 
@@ -483,6 +486,13 @@ def bench_size(n: int, *, baseline: bool, log: Any, profile: str | None = None) 
         res["lloyd"] = floor_lloyd(workdir, res["pipeline"]["k"])
         log(f"[{fmt_n(n)}] cli read {res['cli_read_s']:.2f} s, LOAD DATA {res['load_data_s']:.2f} s, "
             f"Lloyd sweep {res['lloyd']['lloyd_sweep_s']:.2f} s")
+        # the steady state: the same table again, now with a champion to compare with and fall back
+        # on (its assignments of every row, the migration matrix, the agreement), in a fresh worker
+        log(f"[{fmt_n(n)}] retrain with a champion (worker subprocess) ...")
+        subprocess.run([sys.executable, "-m", "benchmarks.run", "--worker", "pipeline", "--workdir", str(workdir)],
+                       check=True, cwd=ROOT)
+        res["retrain"] = json.loads((workdir / "pipeline.json").read_text())
+        log(f"[{fmt_n(n)}] retrain {res['retrain']['whole_s']:.2f} s, peak RSS {fmt_mb(res['retrain']['rss_peak'])}")
         if baseline:
             log(f"[{fmt_n(n)}] seed-style baseline (full silhouette for one k, extrapolated) ...")
             res["baseline"] = seed_baseline(workdir)
@@ -658,6 +668,9 @@ def render(results: list[dict[str, Any]], rows: list[dict[str, Any]], command: s
     row("peak RSS (VmHWM)", lambda r: fmt_mb(r["pipeline"]["rss_peak"]))
     for stage in [*STAGES, "other"]:
         row(f"peak RSS sampled during {stage}", lambda r, s=stage: fmt_mb(r["pipeline"]["rss_peak_by_stage"].get(s)))
+    if all("retrain" in r for r in results):
+        row("retrain with a champion: whole run", lambda r: fmt_s(r["retrain"]["whole_s"]))
+        row("retrain with a champion: peak RSS (VmHWM)", lambda r: fmt_mb(r["retrain"]["rss_peak"]))
     baseline = next((r["baseline"] for r in results if "baseline" in r), None)
     if baseline:
         lines += ["", "## Seed-style baseline at 100k", "",

@@ -26,6 +26,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from segmentation_pipeline.core.naming import segment_sums
+from segmentation_pipeline.core.rows import ROW_BLOCK
 
 
 def centroids_in_feature_space(
@@ -135,12 +136,26 @@ def migration_matrix(old_labels: npt.ArrayLike, new_labels: npt.ArrayLike) -> pd
     new = np.asarray(new_labels)
     if old.shape != new.shape or old.ndim != 1:
         raise ValueError(f"label arrays must be 1-D and the same length: {old.shape} vs {new.shape}")
-    return pd.crosstab(
-        pd.Series(old, name="old_segment"),
-        pd.Series(new, name="new_segment"),
-        margins=True,
-        margins_name="total",
-    )
+    # block-wise bincounts of pair codes: what pd.crosstab gives, without its groupby over every row
+    old_values, new_values = _observed(old), _observed(new)
+    width = len(new_values)
+    counts = np.zeros(len(old_values) * width, dtype=np.int64)
+    for start in range(0, len(old), ROW_BLOCK):
+        stop = start + ROW_BLOCK
+        pair = np.searchsorted(old_values, old[start:stop]) * width + np.searchsorted(new_values, new[start:stop])
+        counts += np.bincount(pair, minlength=counts.size)
+    body = pd.DataFrame(counts.reshape(len(old_values), width), index=pd.Index(old_values, name="old_segment"),
+                        columns=pd.Index(new_values, name="new_segment"))
+    body["total"] = body.sum(axis=1)
+    body.loc["total"] = body.sum(axis=0)
+    return body
+
+
+def _observed(labels: np.ndarray) -> np.ndarray:
+    """The distinct labels, sorted; non-negative integers by a bincount instead of a sort of every row."""
+    if labels.dtype.kind in "iu" and len(labels) and labels.min() >= 0:
+        return np.flatnonzero(np.bincount(labels)).astype(labels.dtype)
+    return np.unique(labels)
 
 
 def migration_plot(matrix: pd.DataFrame) -> bytes:

@@ -119,3 +119,20 @@ def test_migration_matrix_totals_and_plot() -> None:
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     with pytest.raises(ValueError):
         migration_matrix(old, new[:-1])
+
+
+@pytest.mark.parametrize("kind", ["ids", "negative", "text"])
+def test_migration_matrix_equals_pandas_crosstab(kind: str, monkeypatch) -> None:
+    import segmentation_pipeline.core.identity as identity
+
+    monkeypatch.setattr(identity, "ROW_BLOCK", 64)  # several blocks, the last partial
+    rng = np.random.default_rng(4)
+    old = rng.choice([0, 2, 7], size=1000)  # ids with gaps, as after retrains
+    new = rng.choice([1, 2, 3, 9], size=1000)
+    if kind == "negative":
+        old, new = old - 3, new - 5
+    elif kind == "text":
+        old, new = np.array([f"s{v}" for v in old]), np.array([f"s{v}" for v in new])
+    expected = pd.crosstab(pd.Series(old, name="old_segment"), pd.Series(new, name="new_segment"),
+                           margins=True, margins_name="total")
+    pd.testing.assert_frame_equal(migration_matrix(old, new), expected, check_dtype=False)

@@ -113,3 +113,23 @@ def test_label_length_mismatch_raises(blobs: np.ndarray) -> None:
         evaluate_promotion(blobs, None, np.zeros(10, dtype=int), 2, GATE)
     with pytest.raises(ValueError, match="bootstrap_rounds"):
         PromotionGate(bootstrap_rounds=1)
+
+
+@pytest.mark.parametrize("case", ["noisy", "permuted", "identical", "one_cluster_each", "independent"])
+def test_agreement_ari_equals_scikit_learn(case: str) -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    from segmentation_pipeline.core.promotion import agreement_ari
+
+    rng = np.random.default_rng(8)
+    a = rng.integers(0, 5, size=3000)
+    b = {
+        "noisy": np.where(rng.random(3000) < 0.7, a, rng.integers(0, 6, size=3000)),
+        "permuted": (a + 2) % 5 + 10,
+        "identical": a.copy(),
+        "one_cluster_each": np.zeros(3000, dtype=int),
+        "independent": rng.integers(0, 4, size=3000),
+    }[case]
+    if case == "one_cluster_each":
+        a = np.ones(3000, dtype=int)
+    assert agreement_ari(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
