@@ -1,8 +1,12 @@
 """Customer segmentation pipeline: MySQL -> cleaning -> features -> KMeans -> segments, on Dagster and MLflow."""
 
 import os
+import sys
 
-# Arrow's allocator is chosen when pyarrow loads (pandas imports it): the system allocator returns
-# freed column buffers to the OS, where mimalloc kept ~20 B per row of every Parquet write resident.
-# Set before anything here imports pandas; an explicit setting in the environment wins.
+# Arrow allocates from the system allocator, which returns freed column buffers to the OS:
+# mimalloc kept the freed pages of reads (+330 MB of RSS after extracting 5M rows) and ~20 B per
+# row of every Parquet write. The pool is chosen when pyarrow loads (pandas imports it), so this
+# runs before anything here imports pandas; an explicit setting in the environment wins.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+if "pyarrow" in sys.modules and os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "system":  # loaded before us
+    sys.modules["pyarrow"].set_memory_pool(sys.modules["pyarrow"].system_memory_pool())

@@ -176,19 +176,19 @@ def segmentation_model(
     metrics["inertia"] = float(kmeans.inertia_)
     metrics["n_iter"] = float(kmeans.n_iter_)
     # read only now, after the fit: the feature values are not held while KMeans runs
-    clean_customers = read_columns(clean_customers, list(cfg.features))
+    clean = read_columns(clean_customers, list(cfg.features))
 
     champion: SegmentAssigner | None = None
     champion_version = registry.alias_version(target.tracking_uri, cfg.model.name, cfg.model.alias)
     if champion_version is not None:
         champion, _ = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
-    label_to_segment = _stable_ids(clean_customers, cfg.features, raw_labels, canonical, champion)
+    label_to_segment = _stable_ids(clean, cfg.features, raw_labels, canonical, champion)
     segment_ids = label_to_segment.astype(np.int32)[raw_labels]
 
-    profile = profile_segments(clean_customers, segment_ids, cfg.features, cfg.naming.value_feature)
+    profile = profile_segments(clean, segment_ids, cfg.features, cfg.naming.value_feature)
     names = name_segments(
         profile,
-        clean_customers,
+        clean,
         cfg.features,
         high_threshold=cfg.naming.high_threshold,
         tiers=cfg.naming.tiers,
@@ -196,7 +196,7 @@ def segmentation_model(
         log_features=cfg.transform.log1p,
     )
     profile.insert(1, "segment_name", profile["segment_id"].map(names))
-    centroids, centroid_ids = centroids_in_feature_space(clean_customers, segment_ids, cfg.features)
+    centroids, centroid_ids = centroids_in_feature_space(clean, segment_ids, cfg.features)
     order = np.argsort(centroid_ids)
     assigner = SegmentAssigner(
         pipeline=build_model_pipeline(customer_features.preprocessor, kmeans),
@@ -216,11 +216,11 @@ def segmentation_model(
     if champion is not None:
         # block by block: the champion's transform of every row at once costs ~100 B a row
         champion_segment_ids = map_row_blocks(
-            lambda start, stop: champion.assign(clean_customers.iloc[start:stop])["segment_id"].to_numpy(np.int32),
-            len(clean_customers),
+            lambda start, stop: champion.assign(clean.iloc[start:stop])["segment_id"].to_numpy(np.int32),
+            len(clean),
         )
         migration = migration_matrix(champion_segment_ids, segment_ids)
-    profile_png = profile_plot(profile, cfg.features, population=clean_customers, names=names)
+    profile_png = profile_plot(profile, cfg.features, population=clean, names=names)
 
     with registry.training_run(target, context.run.run_id) as run_id:
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
@@ -229,9 +229,9 @@ def segmentation_model(
         if migration is not None:
             registry.log_frame(migration.reset_index(), "segments/migration_vs_champion.csv")
             registry.log_png(migration_plot(migration), "segments/migration_vs_champion.png")
-        registry.log_reference(reference_sample(clean_customers, segment_ids, cfg.features, cfg.drift.sample,
+        registry.log_reference(reference_sample(clean, segment_ids, cfg.features, cfg.drift.sample,
                                                 cfg.model.random_state))
-        version = registry.log_segmentation_model(assigner, clean_customers, cfg.model.name)
+        version = registry.log_segmentation_model(assigner, clean, cfg.model.name)
     registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.challenger_alias, version)
     registry.tag_version(
         target.tracking_uri,

@@ -26,7 +26,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from segmentation_pipeline.core.naming import segment_sums
-from segmentation_pipeline.core.rows import ROW_BLOCK
+from segmentation_pipeline.core.rows import ROW_BLOCK, distinct_labels
 
 
 def centroids_in_feature_space(
@@ -137,7 +137,7 @@ def migration_matrix(old_labels: npt.ArrayLike, new_labels: npt.ArrayLike) -> pd
     if old.shape != new.shape or old.ndim != 1:
         raise ValueError(f"label arrays must be 1-D and the same length: {old.shape} vs {new.shape}")
     # block-wise bincounts of pair codes: what pd.crosstab gives, without its groupby over every row
-    old_values, new_values = _observed(old), _observed(new)
+    old_values, new_values = distinct_labels(old), distinct_labels(new)
     width = len(new_values)
     counts = np.zeros(len(old_values) * width, dtype=np.int64)
     for start in range(0, len(old), ROW_BLOCK):
@@ -150,12 +150,6 @@ def migration_matrix(old_labels: npt.ArrayLike, new_labels: npt.ArrayLike) -> pd
     body.loc["total"] = body.sum(axis=0)
     return body
 
-
-def _observed(labels: np.ndarray) -> np.ndarray:
-    """The distinct labels, sorted; non-negative integers by a bincount instead of a sort of every row."""
-    if labels.dtype.kind in "iu" and len(labels) and labels.min() >= 0:
-        return np.flatnonzero(np.bincount(labels)).astype(labels.dtype)
-    return np.unique(labels)
 
 
 def migration_plot(matrix: pd.DataFrame) -> bytes:

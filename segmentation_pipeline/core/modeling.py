@@ -21,7 +21,7 @@ from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 from sklearn.pipeline import Pipeline
 
-from segmentation_pipeline.core.rows import ROW_BLOCK, label_codes
+from segmentation_pipeline.core.rows import ROW_BLOCK, distinct_labels, label_codes
 
 __all__ = [
     "build_model_pipeline",
@@ -204,9 +204,8 @@ def canonicalize_kmeans(kmeans: KMeans) -> KMeans:
     Only ``cluster_centers_`` drives ``predict``/``transform``, so permuting it (and ``labels_``)
     yields an ordinary KMeans whose ids are stable across seeds.
     """
-    order = canonical_order(kmeans)
-    mapping = np.empty(len(order), dtype=np.int64)
-    mapping[order] = np.arange(len(order))
+    mapping = canonical_relabel(kmeans)
+    order = np.argsort(mapping)  # canonical id -> old id
     labels = kmeans.labels_
     relabeled = copy.copy(kmeans)  # shallow: no deep copy of one label per fit row
     relabeled.cluster_centers_ = np.ascontiguousarray(kmeans.cluster_centers_[order])
@@ -251,5 +250,5 @@ def quality_metrics(
         "silhouette": silhouette,
         **spread_scores(X, labels),
         "silhouette_sample_size": float(len(idx)),
-        "n_clusters": float(np.count_nonzero(np.bincount(label_codes(labels)[0]))),  # no sorted copy
+        "n_clusters": float(len(distinct_labels(labels))),
     }

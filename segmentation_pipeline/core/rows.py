@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ROW_BLOCK", "label_codes", "map_row_blocks"]
+__all__ = ["ROW_BLOCK", "distinct_labels", "label_codes", "map_row_blocks"]
 
 #: Rows per block: a few MB of float64 scratch for a handful of columns.
 ROW_BLOCK = 262_144
@@ -38,3 +38,12 @@ def label_codes(labels: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray | None]:
         return labels, None
     uniques, codes = np.unique(labels, return_inverse=True)
     return codes.ravel(), uniques
+
+
+def distinct_labels(labels: npt.ArrayLike) -> np.ndarray:
+    """The distinct labels, sorted (``np.unique``); non-negative integers by a bincount instead of a
+    sorted copy of millions of labels."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iu" and len(labels) and labels.min() >= 0:
+        return np.flatnonzero(np.bincount(labels)).astype(labels.dtype)
+    return np.unique(labels)
