@@ -7,6 +7,6 @@ import sys
 # mimalloc kept the freed pages of reads (+330 MB of RSS after extracting 5M rows) and ~20 B per
 # row of every Parquet write. The pool is chosen when pyarrow loads (pandas imports it), so this
 # runs before anything here imports pandas; an explicit setting in the environment wins.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-if "pyarrow" in sys.modules and os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "system":  # loaded before us
+_ARROW_POOL = os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+if "pyarrow" in sys.modules and _ARROW_POOL == "system":  # pyarrow loaded before us: set it directly
     sys.modules["pyarrow"].set_memory_pool(sys.modules["pyarrow"].system_memory_pool())
