@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.engine import URL, make_url
 
-from segmentation_pipeline.engines.spark.session import SparkSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -237,6 +236,84 @@ class AutomationConfig(_Model):
     score: ScheduleConfig = ScheduleConfig(cron="0 4 * * *")
     new_customers_sensor: SensorConfig = SensorConfig()
     drift_sensor: SensorConfig = SensorConfig(interval_s=300)
+
+
+ENV_JDBC_JAR = "SPARK_JDBC_JAR"
+#: Debian/Ubuntu ``libmariadb-java`` installs the MariaDB Connector/J here.
+DEFAULT_JDBC_JAR = "/usr/share/java/mariadb-java-client.jar"
+
+_SPARK_MEMORY = re.compile(r"^\d+[kmgt]?b?$", re.IGNORECASE)
+
+
+def default_jdbc_jar() -> str:
+    return os.environ.get(ENV_JDBC_JAR) or DEFAULT_JDBC_JAR
+
+
+class SparkSettings(BaseModel):
+    """Where and how big the Spark session is (``engine: spark``). Frozen: a session is built from one settings value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    master: str = Field("local[2]", description="local[N], spark://host:7077, yarn, k8s://...")
+    app_name: str = "segmentation-pipeline"
+    executor_memory: str | None = Field(None, description="e.g. 4g; cluster masters only")
+    executor_cores: int | None = Field(None, ge=1)
+    driver_memory: str | None = Field(None, description="e.g. 4g; in local mode this is the whole heap")
+    jdbc_driver_jar: str = Field(default_factory=default_jdbc_jar, description="env SPARK_JDBC_JAR overrides the default")
+    num_partitions: int = Field(
+        8, ge=1, description="JDBC read/write partitions; also spark.sql.shuffle.partitions unless extra_conf sets it"
+    )
+    extra_conf: dict[str, str] = Field(default_factory=dict, description="any spark.* setting; wins over the defaults")
+    kmeans_n_init: int = Field(
+        1, ge=1, description="MLlib KMeans restarts per fit (sweep and final model); k-means|| seeding rarely needs more"
+    )
+
+    @field_validator("executor_memory", "driver_memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None and not _SPARK_MEMORY.match(value):
+            raise ValueError(f"memory {value!r} must look like 512m, 4g or 4096")
+        return value
+
+    @field_validator("extra_conf")
+    @classmethod
+    def _conf(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [key for key in value if not key.startswith("spark.")]
+        if bad:
+            raise ValueError(f"extra_conf keys must be spark.* settings, got {bad}")
+        return {str(k): str(v) for k, v in value.items()}
+
+    @property
+    def is_local(self) -> bool:
+        return self.master.startswith("local")
+
+    def spark_conf(self) -> dict[str, str]:
+        """Every setting the builder applies, defaults first and ``extra_conf`` last."""
+        utc = "-Duser.timezone=UTC"
+        conf: dict[str, str] = {
+            "spark.app.name": self.app_name,
+            "spark.master": self.master,
+            "spark.jars": self.jdbc_driver_jar,
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.shuffle.partitions": str(self.num_partitions),
+            "spark.sql.session.timeZone": "UTC",
+            # JDBC getTimestamp/setTimestamp use the JVM zone: UTC keeps DATETIME wall clocks as stored
+            "spark.driver.extraJavaOptions": utc,
+            "spark.executor.extraJavaOptions": utc,
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+        }
+        if self.is_local:
+            conf["spark.driver.host"] = "127.0.0.1"
+            conf["spark.driver.bindAddress"] = "127.0.0.1"
+        if self.executor_memory:
+            conf["spark.executor.memory"] = self.executor_memory
+        if self.executor_cores:
+            conf["spark.executor.cores"] = str(self.executor_cores)
+        if self.driver_memory:
+            conf["spark.driver.memory"] = self.driver_memory
+        conf.update(self.extra_conf)
+        return conf
 
 
 class PipelineConfig(_Model):
