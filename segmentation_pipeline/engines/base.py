@@ -93,14 +93,17 @@ class Clusters:
     """The final clustering of every fit row, as engine-neutral numbers.
 
     ``label_profile`` is :func:`core.naming.profile_segments` keyed by the model's raw cluster label
-    (``segment_id`` = label); ``population`` holds raw feature values of the evaluation rows for
-    naming z-scores, plots and the drift reference; ``eval_labels`` are the raw labels of those rows.
+    (``segment_id`` = label), over every clean row; ``population`` holds raw feature values of
+    clean rows (all of them locally, a seeded sample on Spark) for naming z-scores, plots, the model's
+    input example and the drift reference, ``population_labels`` their raw labels; ``eval_labels`` are
+    the raw labels of the evaluation rows (``Features.X_eval``).
     """
 
     kmeans: KMeans  # the fitted model in sklearn form (served; no per-row labels_)
     canonical: np.ndarray  # raw label -> segment id for a first model (deterministic order)
     label_profile: pd.DataFrame
     population: pd.DataFrame
+    population_labels: np.ndarray
     eval_labels: np.ndarray
     metrics: dict[str, float]
     payload: Any = None
