@@ -154,7 +154,7 @@ class ComputeEngine(Protocol):
         """The final clustering with k clusters, fitted on every fit row."""
         ...
 
-    def assign_eval(self, clean: Any, features: Features, assigner: SegmentAssigner) -> np.ndarray:
+    def assign_eval(self, clean: Any, features: Features, clusters: Clusters, assigner: SegmentAssigner) -> np.ndarray:
         """Segment ids that ``assigner`` gives the evaluation rows (e.g. the champion's, for the gate)."""
         ...
 
