@@ -1,4 +1,9 @@
-"""The code location: assets, checks, jobs, schedules, sensors and typed resources in one place."""
+"""The code location: assets, checks, jobs, schedules, sensors and typed resources in one place.
+
+Built when Dagster asks for it (``@dg.definitions``), not at import: importing the package reads
+no config file and opens no connection, and a CLI run that passes its own config never loads the
+environment's.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ from segmentation_pipeline.resources import (
     DatabaseResource,
     MlflowResource,
     SettingsResource,
-    SparkResource,
+    SparkEngineResource,
+    engine_resource,
 )
 
 ASSETS = [
@@ -43,12 +49,14 @@ ASSETS = [
 
 
 def build_resources(settings: SettingsResource, cfg: PipelineConfig, io_manager: object | None = None) -> dict:
-    spark = SparkResource(settings=settings)  # starts a JVM only under engine: spark
+    """Every resource the assets take; the compute engine is the one ``cfg.engine`` names."""
+    compute = engine_resource(settings, cfg)  # starts a JVM only under engine: spark
+    spark = compute if isinstance(compute, SparkEngineResource) else None
     return {
         "settings": settings,
         "database": DatabaseResource(settings=settings),
         "mlflow_tracking": MlflowResource(settings=settings),
-        "spark": spark,
+        "compute": compute,
         "io_manager": io_manager or AssetStoreIOManager(base_dir=str(cfg.data_path / "dagster_storage"), spark=spark),
     }
 
@@ -65,4 +73,7 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
     )
 
 
-defs = build_definitions(os.environ.get(ENV_CONFIG))
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location Dagster loads (``$SEGMENTATION_CONFIG``, else configs/default.yaml)."""
+    return build_definitions(os.environ.get(ENV_CONFIG))

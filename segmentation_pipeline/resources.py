@@ -1,4 +1,4 @@
-"""Typed Dagster resources: the pipeline config, the customer database, MLflow, Spark, and asset storage.
+"""Typed Dagster resources: the pipeline config, the customer database, MLflow, the compute engine, asset storage.
 
 Thin by design: each resource turns Dagster config into the plain objects the core and storage
 modules take (a ``PipelineConfig``, a SQLAlchemy engine, a ``TrackingTarget``).
@@ -26,6 +26,8 @@ from segmentation_pipeline.storage.tables import parquet_table, write_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
+
+    from segmentation_pipeline.engines.base import ComputeEngine
 
 
 @lru_cache(maxsize=16)
@@ -66,20 +68,41 @@ class MlflowResource(dg.ConfigurableResource):
         return TrackingTarget(cfg.tracking_uri, cfg.experiment, cfg.artifact_location)
 
 
-class SparkResource(dg.ConfigurableResource):
-    """The run's SparkSession (``engine: spark``), from the config's ``spark:`` section.
+class EngineResource(dg.ConfigurableResource):
+    """The compute engine the stage assets call (:class:`~segmentation_pipeline.engines.base.ComputeEngine`).
 
-    Built once per run (per process) in ``setup_for_execution`` and stopped in
-    ``teardown_after_execution``; with ``engine: local`` no JVM is ever started.
+    The assets take this resource and never ask which engine it is: a deployment picks
+    :class:`LocalEngineResource` or :class:`SparkEngineResource` from the config
+    (:func:`engine_resource`), the way a backend is swapped per environment.
     """
 
     settings: SettingsResource
+
+    def get(self) -> "ComputeEngine":
+        raise NotImplementedError("use LocalEngineResource or SparkEngineResource")
+
+
+class LocalEngineResource(EngineResource):
+    """pandas and scikit-learn in this process (``engine: local``)."""
+
+    def get(self) -> "ComputeEngine":
+        from segmentation_pipeline.engines.local import LocalEngine
+
+        return LocalEngine()
+
+
+class SparkEngineResource(EngineResource):
+    """Spark MLlib (``engine: spark``); the run's SparkSession is built from the config's ``spark:`` section.
+
+    Built once per run (per process) in ``setup_for_execution`` and stopped in
+    ``teardown_after_execution`` when this resource started it.
+    """
+
     _session: "SparkSession | None" = PrivateAttr(default=None)
     _owned: bool = PrivateAttr(default=False)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if self.settings.load().engine == "spark":
-            self.session()
+        self.session()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._session is not None and self._owned:
@@ -100,6 +123,18 @@ class SparkResource(dg.ConfigurableResource):
             self._session = build_session(self.settings.load().spark)
         return self._session
 
+    def get(self) -> "ComputeEngine":
+        from segmentation_pipeline.engines.spark.engine import SparkEngine
+
+        return SparkEngine(self.session())
+
+
+def engine_resource(settings: SettingsResource, cfg: PipelineConfig) -> EngineResource:
+    """The engine resource for ``cfg.engine``: the one place that reads it."""
+    if cfg.engine == "spark":
+        return SparkEngineResource(settings=settings)
+    return LocalEngineResource(settings=settings)
+
 
 class AssetStoreIOManager(dg.ConfigurableIOManager):
     """Hands assets between steps: DataFrames as Parquet (Arrow), other values pickled.
@@ -114,7 +149,7 @@ class AssetStoreIOManager(dg.ConfigurableIOManager):
     """
 
     base_dir: str
-    spark: SparkResource | None = None
+    spark: SparkEngineResource | None = None
 
     def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
         key = context.asset_key.path if context.has_asset_key else [context.step_key, context.name]

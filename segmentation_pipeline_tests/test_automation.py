@@ -36,8 +36,9 @@ def test_schedules_resolve_to_jobs_from_config(tmp_path):
 
 
 def test_definitions_load_with_jobs_schedules_and_sensors():
-    from segmentation_pipeline.definitions import defs
+    from segmentation_pipeline.definitions import defs as load_definitions
 
+    defs = load_definitions()
     repo = defs.get_repository_def()
     assert {"segmentation_job", "score_job", "drift_job"} <= set(repo.job_names)
     assert {s.name for s in repo.sensor_defs} >= {"new_customers_sensor", "drift_retrain_sensor", "run_failure_recorder"}

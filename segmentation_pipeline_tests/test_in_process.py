@@ -10,8 +10,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-import segmentation_pipeline.assets.extraction as extraction_asset
-import segmentation_pipeline.assets.training as training_asset
+import segmentation_pipeline.engines.local as local_engine
 from segmentation_pipeline import cli
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.definitions import ASSETS
@@ -90,7 +89,7 @@ def test_cli_run_releases_the_raw_table_before_the_sweep(tmp_path, sqlite_url, l
     raw_refs: list[weakref.ref] = []
     alive_at_sweep: list[bool] = []
 
-    real_read, real_select = extraction_asset.read_customers, training_asset.select_k
+    real_read, real_select = local_engine.read_customers, local_engine.select_k
 
     def read_customers(*args, **kwargs) -> pd.DataFrame:
         raw = real_read(*args, **kwargs)
@@ -102,8 +101,8 @@ def test_cli_run_releases_the_raw_table_before_the_sweep(tmp_path, sqlite_url, l
         alive_at_sweep.append(raw_refs[0]() is not None)
         return real_select(*args, **kwargs)
 
-    monkeypatch.setattr(extraction_asset, "read_customers", read_customers)
-    monkeypatch.setattr(training_asset, "select_k", select_k)
+    monkeypatch.setattr(local_engine, "read_customers", read_customers)
+    monkeypatch.setattr(local_engine, "select_k", select_k)
     summary = cli.run_pipeline(str(config))
 
     assert alive_at_sweep == [False], "the raw table outlived its only consumer (cleaning)"

@@ -1,27 +1,22 @@
-"""Stage 2: pandera validation, rejects with reasons, and outlier flags (issue 8 guard)."""
-
+"""Stage 2: pandera validation, rejects with reasons, and outlier flags (the shared guard)."""
 
 import dagster as dg
 import mlflow
-import pandas as pd
 
-from segmentation_pipeline.assets._metadata import jsonable, table
-from segmentation_pipeline.core.cleaning import clean_customers
-from segmentation_pipeline.resources import MlflowResource, SettingsResource
+from segmentation_pipeline.assets.metadata import jsonable, plain_metadata, table
+from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
-from segmentation_pipeline.storage.tables import owns_rows, read_columns
 
 
 @dg.multi_asset(
     outs={
         "clean_customers": dg.AssetOut(
             group_name="cleaning",
-            kinds={"pandas", "pandera"},
+            kinds={"pandera"},
             description="Valid customers (features as float64) with is_outlier / outlier_reason flags.",
         ),
         "rejected_customers": dg.AssetOut(
             group_name="cleaning",
-            kinds={"pandas"},
             description="One row per input row that cannot be segmented, with its reason.",
         ),
     },
@@ -31,16 +26,11 @@ def clean_and_reject(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     mlflow_tracking: MlflowResource,
-    raw_customers: pd.DataFrame,
+    compute: EngineResource,
+    raw_customers,
 ):
     cfg = settings.load()
-    if cfg.engine == "spark":  # Spark SQL cleaning; clean/rejects are counted SparkFrames (spark_stages.py)
-        from segmentation_pipeline.assets.spark_stages import clean_customers as clean_in_spark
-
-        result = clean_in_spark(raw_customers, cfg, table=cfg.source.table)
-    else:  # a private copy read from the hand-off file may be consumed column by column as it is cleaned
-        result = clean_customers(read_columns(raw_customers), cfg, table=cfg.source.table,
-                                 consume=owns_rows(raw_customers))
+    result = compute.get().clean(raw_customers, cfg)
     report = result.report
     outliers = report.get("outliers", {})
     if outliers.get("warning"):
@@ -60,27 +50,26 @@ def clean_and_reject(
         if outliers.get("warning"):
             mlflow.set_tag("outlier_warning", outliers["warning"])
         registry.log_json(jsonable(report), "cleaning/report.json")
-    by_reason = report.get("rejected_by_reason", {})
     yield dg.Output(
         result.clean,
         output_name="clean_customers",
-        metadata={
-            "row_count": dg.MetadataValue.int(len(result.clean)),
-            "n_input": dg.MetadataValue.int(report["n_input"]),
-            "n_outliers": dg.MetadataValue.int(report["n_outliers"]),
-            "outlier_method": dg.MetadataValue.text(str(outliers.get("method_used"))),
-            "outlier_guard": dg.MetadataValue.text(outliers.get("warning") or "within cap"),
-            "outliers_by_feature": dg.MetadataValue.json(jsonable(outliers.get("outliers_by_feature", {}))),
-            "outliers_by_cluster": dg.MetadataValue.json(jsonable(outliers.get("outliers_by_cluster", {}))),
-            "cleaning_report": dg.MetadataValue.json(jsonable(report)),
-        },
+        metadata=plain_metadata(
+            row_count=len(result.clean),
+            n_input=report["n_input"],
+            n_outliers=report["n_outliers"],
+            outlier_method=str(outliers.get("method_used")),
+            outlier_guard=outliers.get("warning") or "within cap",
+            outliers_by_feature=outliers.get("outliers_by_feature", {}),
+            outliers_by_cluster=outliers.get("outliers_by_cluster", {}),
+            cleaning_report=report,
+        ),
     )
     yield dg.Output(
         result.rejects,
         output_name="rejected_customers",
-        metadata={
-            "row_count": dg.MetadataValue.int(len(result.rejects)),
-            "by_reason": dg.MetadataValue.json(jsonable(by_reason)),
-            "sample": table(result.rejects, max_rows=20),
-        },
+        metadata=plain_metadata(
+            row_count=len(result.rejects),
+            by_reason=report.get("rejected_by_reason", {}),
+            sample=table(result.rejects.head(20), max_rows=20),
+        ),
     )

@@ -6,8 +6,8 @@ from pathlib import Path
 import dagster as dg
 import mlflow
 
-from segmentation_pipeline.assets._metadata import image, jsonable, table
-from segmentation_pipeline.assets.extraction import read_customers
+from segmentation_pipeline.assets.metadata import image, jsonable, table
+from segmentation_pipeline.storage.source import read_customers
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.core.drift import DriftThresholds, compute_drift, drift_plot
 from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource

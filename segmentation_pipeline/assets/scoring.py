@@ -3,8 +3,8 @@
 
 import dagster as dg
 
-from segmentation_pipeline.assets._metadata import jsonable
-from segmentation_pipeline.assets.extraction import high_water_mark, read_customers
+from segmentation_pipeline.assets.metadata import jsonable
+from segmentation_pipeline.storage.source import frame_high_water_mark, read_customers
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
 from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource
@@ -67,7 +67,7 @@ def scored_customers(
         engine, cfg.output, segments, rejects, run_key=context.run.run_id,
         lock_timeout_s=cfg.database.lock_timeout_s,
     )
-    mark = high_water_mark(raw, cfg.source.id_column, cfg.source.updated_at_column)
+    mark = frame_high_water_mark(raw, cfg.source.id_column, cfg.source.updated_at_column)
     return dg.MaterializeResult(
         metadata={
             "n_input": dg.MetadataValue.int(len(raw)),

@@ -1,68 +1,22 @@
-"""Stages 4–5: the k sweep, the final KMeans (registered as challenger), and promotion."""
-
+"""Stages 4–5: the k sweep, the final model (registered as challenger), and promotion."""
 
 import json
-from dataclasses import dataclass, field
 
 import dagster as dg
 import mlflow
-import numpy as np
-import pandas as pd
 
-from segmentation_pipeline.assets._metadata import image, jsonable, table
-from segmentation_pipeline.core.assigner import SegmentAssigner
+from segmentation_pipeline.assets.metadata import image, jsonable, plain_metadata, table
 from segmentation_pipeline.core.drift import reference_sample
-from segmentation_pipeline.core.features import FeatureMatrix
-from segmentation_pipeline.core.identity import (
-    centroids_in_feature_space,
-    match_segments,
-    migration_matrix,
-    migration_plot,
-)
-from segmentation_pipeline.core.k_selection import KSelection, select_k
-from segmentation_pipeline.core.modeling import (
-    build_model_pipeline,
-    canonical_relabel,
-    fit_kmeans,
-    quality_metrics,
-)
-from segmentation_pipeline.core.naming import name_segments, profile_segments
+from segmentation_pipeline.core.identity import migration_matrix, migration_plot
+from segmentation_pipeline.core.k_selection import KSelection
 from segmentation_pipeline.core.plots import elbow_plot, profile_plot, silhouette_plot
-from segmentation_pipeline.core.promotion import PromotionDecision, PromotionGate, evaluate_promotion
-from segmentation_pipeline.core.rows import map_row_blocks
-from segmentation_pipeline.resources import MlflowResource, SettingsResource
+from segmentation_pipeline.core.promotion import PromotionGate, evaluate_promotion
+from segmentation_pipeline.core.segment_model import PromotionOutcome, TrainedSegmentation, build_segment_model
+from segmentation_pipeline.engines.base import Features
+from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
-from segmentation_pipeline.storage.tables import read_columns
 
-
-@dataclass
-class TrainedSegmentation:
-    """What the final-model step hands on: the registered model and its labels for every clean row."""
-
-    assigner: SegmentAssigner
-    segment_ids: np.ndarray
-    model_name: str
-    model_version: str
-    mlflow_run_id: str
-    k: int
-    k_reason: str
-    metrics: dict[str, float]
-    profile: pd.DataFrame
-    migration: pd.DataFrame | None = None
-    previous_champion: str | None = None
-    # the champion as loaded once at training time, and its segment ids for the same clean rows:
-    # promotion and write-back compare with / fall back to exactly this model, without reloading it
-    champion: SegmentAssigner | None = None
-    champion_segment_ids: np.ndarray | None = None
-
-
-@dataclass
-class PromotionOutcome:
-    champion_version: str
-    challenger_version: str
-    promoted: bool
-    decision: PromotionDecision
-    extra: dict[str, str] = field(default_factory=dict)
+SWEEP_METRICS = ("inertia", "silhouette", "davies_bouldin", "calinski_harabasz")
 
 
 @dg.asset(
@@ -74,22 +28,16 @@ def k_selection(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     mlflow_tracking: MlflowResource,
-    customer_features: FeatureMatrix,
+    compute: EngineResource,
+    customer_features: Features,
 ) -> dg.Output[KSelection]:
     cfg = settings.load()
-    X = customer_features.X[customer_features.fit_mask]
-    sweep = select_k
-    if cfg.engine == "spark":  # MLlib sweep over all fit rows, same k rule and MLflow records (spark_stages.py)
-        from segmentation_pipeline.assets.spark_stages import select_k as sweep
-
-        X = customer_features.spark_X_fit
-
     ks = cfg.k_candidates
 
     def progress(k: int, row: dict) -> None:
         context.log.info(f"k sweep: fitted k={k} ({ks.index(k) + 1}/{len(ks)}), inertia={row['inertia']:.4g}")
 
-    selection = sweep(X, cfg, progress=progress)
+    selection = compute.get().sweep_k(customer_features, cfg, progress=progress)
     context.log.info(
         "k sweep scores: "
         + ", ".join(f"k={r.k} silhouette={r.silhouette:.3f}" for r in selection.metrics.itertuples(index=False))
@@ -98,7 +46,7 @@ def k_selection(
     silhouette = silhouette_plot(selection.metrics, selection.k)
     with registry.training_run(mlflow_tracking.target(), context.run.run_id):
         for row in selection.metrics.itertuples(index=False):
-            for metric in ("inertia", "silhouette", "davies_bouldin", "calinski_harabasz"):
+            for metric in SWEEP_METRICS:
                 mlflow.log_metric(f"sweep_{metric}", float(getattr(row, metric)), step=int(row.k))
         mlflow.log_metric("chosen_k", selection.k)
         mlflow.set_tag("k_reason", selection.reason)
@@ -118,155 +66,73 @@ def k_selection(
     )
 
 
-def _stable_ids(
-    clean: pd.DataFrame,
-    features: list[str],
-    raw_labels: np.ndarray,
-    canonical: np.ndarray,
-    champion: SegmentAssigner | None,
-) -> np.ndarray:
-    """Map KMeans labels to segment ids that keep their meaning across retrains."""
-    if champion is None or champion.centroids_original is None:
-        return canonical
-    new_centroids, new_labels = centroids_in_feature_space(clean, raw_labels, features)
-    old_ids = sorted(int(s) for s in champion.segment_names)
-    # ids retired by earlier retrains are never handed out again
-    next_id = max(int(champion.metadata.get("next_segment_id", 0)), max(old_ids) + 1)
-    mapping = match_segments(champion.centroids_original, new_centroids, old_ids=old_ids, next_id=next_id)
-    label_to_segment = np.array(canonical, copy=True)
-    for position, label in enumerate(new_labels):
-        label_to_segment[int(label)] = int(mapping[position])
-    return label_to_segment
-
-
 @dg.asset(
     group_name="training",
     kinds={"scikitlearn", "mlflow"},
-    description="Final KMeans in one sklearn Pipeline, logged as a pyfunc and registered with alias 'challenger'.",
+    description="Final model in one sklearn Pipeline, logged as a pyfunc and registered with alias 'challenger'.",
 )
 def segmentation_model(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     mlflow_tracking: MlflowResource,
-    clean_customers: pd.DataFrame,
-    customer_features: FeatureMatrix,
+    compute: EngineResource,
+    clean_customers,
+    customer_features: Features,
     k_selection: KSelection,
 ) -> dg.Output[TrainedSegmentation]:
     cfg = settings.load()
     target = mlflow_tracking.target()
-    if cfg.engine == "spark":  # MLlib KMeans exported into the same pyfunc (assets/spark_stages.py)
-        from segmentation_pipeline.assets import spark_stages
-
-        return spark_stages.segmentation_model(context, cfg, target, clean_customers, customer_features, k_selection)
-    X, fit_mask = customer_features.X, customer_features.fit_mask
-    kmeans = fit_kmeans(
-        X[fit_mask],  # a copy already: centred in place rather than copied again
-        k_selection.k,
-        n_init=cfg.model.n_init,
-        max_iter=cfg.model.max_iter,
-        random_state=cfg.model.random_state,
-        overwrite_input=True,
-    )
-    raw_labels = kmeans.predict(X)
-    canonical = canonical_relabel(kmeans)
-    # the scores do not depend on which id a cluster gets: computed before the feature values are read
-    metrics = quality_metrics(
-        X[fit_mask], raw_labels[fit_mask], sample=cfg.k_selection.silhouette_sample, random_state=cfg.model.random_state
-    )
-    metrics["inertia"] = float(kmeans.inertia_)
-    metrics["n_iter"] = float(kmeans.n_iter_)
-    # read only now, after the fit: the feature values are not held while KMeans runs
-    clean = read_columns(clean_customers, list(cfg.features))
-
-    champion: SegmentAssigner | None = None
+    engine = compute.get()
+    clusters = engine.fit_clusters(clean_customers, customer_features, k_selection.k, cfg)
     champion_version = registry.alias_version(target.tracking_uri, cfg.model.name, cfg.model.alias)
+    champion = None
     if champion_version is not None:
         champion, _ = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
-    label_to_segment = _stable_ids(clean, cfg.features, raw_labels, canonical, champion)
-    segment_ids = label_to_segment.astype(np.int32)[raw_labels]
-
-    profile = profile_segments(clean, segment_ids, cfg.features, cfg.naming.value_feature)
-    names = name_segments(
-        profile,
-        clean,
-        cfg.features,
-        high_threshold=cfg.naming.high_threshold,
-        tiers=cfg.naming.tiers,
-        value_feature=cfg.naming.value_feature,
-        log_features=cfg.transform.log1p,
+    built = build_segment_model(
+        clusters.label_profile, clusters.population, clusters.canonical, customer_features.preprocessor,
+        clusters.kmeans, cfg, champion, metadata={"engine": engine.name},
     )
-    profile.insert(1, "segment_name", profile["segment_id"].map(names))
-    centroids, centroid_ids = centroids_in_feature_space(clean, segment_ids, cfg.features)
-    order = np.argsort(centroid_ids)
-    assigner = SegmentAssigner(
-        pipeline=build_model_pipeline(customer_features.preprocessor, kmeans),
-        features=list(cfg.features),
-        label_to_segment=label_to_segment,
-        segment_names={int(k): v for k, v in names.items()},
-        centroids_original=centroids[order],
-        metadata={
-            "next_segment_id": str(
-                max(int(label_to_segment.max()) + 1, int(champion.metadata.get("next_segment_id", 0)) if champion else 0)
-            )
-        },
-    )
-
+    assigner, profile = built.assigner, built.profile
+    eval_ids = assigner.label_to_segment.astype("int32")[clusters.eval_labels]
+    champion_eval_ids = None
     migration = None
-    champion_segment_ids = None
     if champion is not None:
-        # block by block: the champion's transform of every row at once costs ~100 B a row
-        champion_segment_ids = map_row_blocks(
-            lambda start, stop: champion.assign(clean.iloc[start:stop])["segment_id"].to_numpy(np.int32),
-            len(clean),
-        )
-        migration = migration_matrix(champion_segment_ids, segment_ids)
-    profile_png = profile_plot(profile, cfg.features, population=clean, names=names)
+        champion_eval_ids = engine.assign_eval(clean_customers, customer_features, clusters, champion)
+        migration = migration_matrix(champion_eval_ids, eval_ids)
+    population_ids = assigner.label_to_segment[clusters.population_labels]
+    profile_png = profile_plot(profile, cfg.features, population=clusters.population, names=built.names)
+    reference = reference_sample(clusters.population, population_ids, cfg.features, cfg.drift.sample,
+                                 cfg.model.random_state)
 
     with registry.training_run(target, context.run.run_id) as run_id:
-        mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in clusters.metrics.items()})
+        mlflow.set_tag("engine", engine.name)
         registry.log_frame(profile, "segments/profile.csv")
         registry.log_png(profile_png, "segments/profile.png")
         if migration is not None:
             registry.log_frame(migration.reset_index(), "segments/migration_vs_champion.csv")
             registry.log_png(migration_plot(migration), "segments/migration_vs_champion.png")
-        registry.log_reference(reference_sample(clean, segment_ids, cfg.features, cfg.drift.sample,
-                                                cfg.model.random_state))
-        version = registry.log_segmentation_model(assigner, clean, cfg.model.name)
+        registry.log_reference(reference)
+        version = registry.log_segmentation_model(assigner, clusters.population, cfg.model.name)
     registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.challenger_alias, version)
     registry.tag_version(
-        target.tracking_uri,
-        cfg.model.name,
-        version,
-        {"dagster_run_id": context.run.run_id, "k": str(k_selection.k), "k_reason": k_selection.reason},
+        target.tracking_uri, cfg.model.name, version,
+        {"dagster_run_id": context.run.run_id, "k": str(k_selection.k), "k_reason": k_selection.reason,
+         "engine": engine.name},
     )
-    context.log.info(f"registered {cfg.model.name} v{version} as {cfg.model.challenger_alias!r}")
+    context.log.info(f"registered {cfg.model.name} v{version} ({engine.name} engine) as {cfg.model.challenger_alias!r}")
     trained = TrainedSegmentation(
-        assigner=assigner,
-        segment_ids=segment_ids,
-        model_name=cfg.model.name,
-        model_version=version,
-        mlflow_run_id=run_id,
-        k=k_selection.k,
-        k_reason=k_selection.reason,
-        metrics=metrics,
-        profile=profile,
-        migration=migration,
-        previous_champion=champion_version,
-        champion=champion,
-        champion_segment_ids=champion_segment_ids,
+        assigner=assigner, eval_segment_ids=eval_ids, model_name=cfg.model.name, model_version=version,
+        mlflow_run_id=run_id, k=k_selection.k, k_reason=k_selection.reason, metrics=clusters.metrics,
+        profile=profile, migration=migration, previous_champion=champion_version, champion=champion,
+        champion_eval_ids=champion_eval_ids,
     )
-    metadata = {
-        "model": dg.MetadataValue.text(f"{cfg.model.name} v{version}"),
-        "mlflow_run_id": dg.MetadataValue.text(run_id),
-        "k": dg.MetadataValue.int(k_selection.k),
-        "metrics": dg.MetadataValue.json(jsonable(metrics)),
-        "profile": table(profile),
-        "segments": dg.MetadataValue.json(json.loads(profile.to_json(orient="records"))),
-        "profile_plot": image(profile_png, "segment profiles"),
-    }
-    if migration is not None:
-        metadata["migration_vs_champion"] = table(migration.reset_index())
-    return dg.Output(trained, metadata=metadata)
+    extra = {} if migration is None else {"migration_vs_champion": table(migration.reset_index())}
+    return dg.Output(trained, metadata=plain_metadata(
+        model=f"{cfg.model.name} v{version}", mlflow_run_id=run_id, k=k_selection.k, metrics=clusters.metrics,
+        profile=table(profile), segments=json.loads(profile.to_json(orient="records")),
+        profile_plot=image(profile_png, "segment profiles"), engine=engine.name, **extra,
+    ))
 
 
 @dg.asset(
@@ -278,18 +144,18 @@ def model_promotion(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     mlflow_tracking: MlflowResource,
-    customer_features: FeatureMatrix,
+    customer_features: Features,
     segmentation_model: TrainedSegmentation,
 ) -> dg.Output[PromotionOutcome]:
     cfg = settings.load()
     target = mlflow_tracking.target()
     trained = segmentation_model
-    fit_mask = customer_features.fit_mask
-    champion_labels = None if trained.champion_segment_ids is None else trained.champion_segment_ids[fit_mask]
+    mask = customer_features.eval_fit_mask
+    champion_labels = None if trained.champion_eval_ids is None else trained.champion_eval_ids[mask]
     decision = evaluate_promotion(
-        customer_features.X[fit_mask],
+        customer_features.X_eval_fit,
         champion_labels,
-        trained.segment_ids[fit_mask],
+        trained.eval_segment_ids[mask],
         trained.k,
         PromotionGate(**cfg.promotion.model_dump()),
         random_state=cfg.model.random_state,

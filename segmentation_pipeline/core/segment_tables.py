@@ -90,3 +90,19 @@ def build_rejects_table(rejects: pd.DataFrame, *, mlflow_run_id: str, dagster_ru
     frame["dagster_run_id"] = dagster_run_id
     frame["rejected_at"] = _now()
     return frame[REJECT_COLUMNS]
+
+
+def check_row_accounting(n_segmented: int, n_rejected: int, n_input: int) -> None:
+    """Every input row is segmented or rejected, exactly once: refuse to publish otherwise."""
+    if n_segmented + n_rejected != n_input:
+        raise RuntimeError(f"row accounting broken: {n_segmented} segmented + {n_rejected} rejected != {n_input} input rows")
+
+
+def segment_shares(ids: np.ndarray, counts: np.ndarray, names: dict[int, str]) -> pd.DataFrame:
+    """segment_id, segment_name, count, share_pct: the sizes a write-back reports."""
+    counts = np.asarray(counts)
+    total = max(int(counts.sum()), 1)
+    return pd.DataFrame({
+        "segment_id": np.asarray(ids, dtype=np.int64), "segment_name": [names.get(int(i), "") for i in ids],
+        "count": counts.astype(np.int64), "share_pct": 100 * counts / total,
+    })

@@ -62,7 +62,7 @@ def runs(
 ) -> dict[str, Any]:
     from segmentation_pipeline.engines.spark import SparkSettings
 
-    try:  # one JVM for the module; the pipeline's SparkResource reuses it and leaves it running
+    try:  # one JVM for the module; the pipeline's SparkEngineResource reuses it and leaves it running
         session = build_session(SparkSettings(**SPARK))
     except SparkUnavailableError as exc:
         if _in_ci():
@@ -90,7 +90,7 @@ def runs(
         storage = tmp / "asset_store"
         started = time.perf_counter()
         resources = build_resources(settings, cfg)
-        resources["io_manager"] = AssetStoreIOManager(base_dir=str(storage), spark=resources["spark"])
+        resources["io_manager"] = AssetStoreIOManager(base_dir=str(storage), spark=resources["compute"])
         result = dg.materialize(
             ASSETS, selection=dg.AssetSelection.groups(*TRAINING_GROUPS), resources=resources,
             instance=dg.DagsterInstance.ephemeral(), run_config=QUIET_LOGS,

@@ -33,3 +33,20 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+def plain_metadata(**values: Any) -> dict[str, dg.MetadataValue]:
+    """Dagster metadata from plain values: ints, bools and text as such, anything else as JSON."""
+    out: dict[str, dg.MetadataValue] = {}
+    for key, value in values.items():
+        if isinstance(value, dg.MetadataValue):
+            out[key] = value
+        elif isinstance(value, (bool, np.bool_)):
+            out[key] = dg.MetadataValue.bool(bool(value))
+        elif isinstance(value, (int, np.integer)):
+            out[key] = dg.MetadataValue.int(int(value))
+        elif isinstance(value, str):
+            out[key] = dg.MetadataValue.text(value)
+        else:
+            out[key] = dg.MetadataValue.json(jsonable(value))
+    return out
