@@ -136,7 +136,7 @@ def customer_features(
 
     fitted = model.fit_features(clean.frame, cfg)
     fit_rows = clean.frame.where("NOT is_outlier")
-    X_fit = model._compact(fitted.transform(fit_rows).select(model.FEATURES_COL), fitted.n_fit)  # noqa: SLF001
+    X_fit = model.compact(fitted.transform(fit_rows).select(model.FEATURES_COL), fitted.n_fit)
     sample, X = _fit_sample(fit_rows, fitted, cfg)
     result = SparkFeatureSet(
         X=X, fit_mask=np.ones(len(sample), dtype=bool),

@@ -24,13 +24,23 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pandas as pd
 
 from segmentation_pipeline.core.features import FeatureMatrix
+from segmentation_pipeline.engines.base import Features
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
     from segmentation_pipeline.engines.spark.model import SparkFeatures
 
-__all__ = ["MARKER", "SparkFeatureSet", "SparkFrame", "SparkHandoff", "load_handoff", "save_handoff"]
+__all__ = [
+    "MARKER",
+    "SparkFeaturePayload",
+    "SparkFeatureRecord",
+    "SparkFeatureSet",
+    "SparkFrame",
+    "SparkHandoff",
+    "load_handoff",
+    "save_handoff",
+]
 
 #: The file in a hand-off directory naming the class that reads it back.
 MARKER = "_handoff.json"
@@ -134,3 +144,42 @@ class SparkFeatureSet(FeatureMatrix, SparkHandoff):
         return replace(
             plain, features=replace(plain.features, model=model), spark_X_fit=spark.read.parquet(str(path / "x_fit"))
         )
+
+
+@dataclass
+class SparkFeaturePayload:
+    """What only the Spark engine reads back from its :class:`Features`: the fitted MLlib stages,
+    every fit row in feature space, and the evaluation rows' raw features."""
+
+    fitted: "SparkFeatures"
+    X_fit: "DataFrame"  # FEATURES_COL of the non-outlier clean rows, persisted
+    sample: pd.DataFrame  # id + raw features of the rows of ``Features.X_eval``, same order
+
+
+@dataclass
+class SparkFeatureRecord(Features, SparkHandoff):
+    """The Spark engine's :class:`Features`; ``payload`` is a :class:`SparkFeaturePayload`.
+
+    A hand-off because the payload holds a JVM model and a DataFrame: saved with MLlib
+    persistence and Parquet, everything else pickled.
+    """
+
+    def spark_save(self, path: Path) -> None:
+        payload: SparkFeaturePayload = self.payload
+        payload.fitted.model.write().overwrite().save(str(path / "model"))
+        payload.X_fit.write.mode("overwrite").parquet(str(path / "x_fit"))
+        plain = replace(self, payload=replace(payload, fitted=replace(payload.fitted, model=None), X_fit=None))
+        with (path / "plain.pkl").open("wb") as handle:
+            pickle.dump(plain, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def spark_load(cls, spark: "SparkSession", path: Path) -> "SparkFeatureRecord":
+        from pyspark import StorageLevel
+        from pyspark.ml import PipelineModel
+
+        with (path / "plain.pkl").open("rb") as handle:
+            plain: Any = pickle.load(handle)
+        model = PipelineModel.load(str(path / "model"))
+        X_fit = spark.read.parquet(str(path / "x_fit")).persist(StorageLevel.MEMORY_AND_DISK)
+        payload = replace(plain.payload, fitted=replace(plain.payload.fitted, model=model), X_fit=X_fit)
+        return replace(plain, payload=payload)
