@@ -210,7 +210,8 @@ def test_records_have_the_contract_shapes(run: dict[str, Any], config: PipelineC
     assert 0 < n_eval <= features.n_fit < features.n_rows == cleaned.report["n_clean"]
     assert features.X_eval.shape[1] == len(features.component_names) == features.loadings.shape[1]
     assert features.X_eval.dtype == np.float32 and features.dtype == "float32"
-    assert features.eval_fit_mask.dtype == bool and features.eval_fit_mask.all() and len(features.eval_fit_mask) == n_eval
+    mask = features.eval_fit_mask
+    assert mask.dtype == bool and mask.all() and len(mask) == n_eval
     assert len(clusters.eval_labels) == len(run["eval_ids"]) == n_eval == features.details["driver_sample_rows"]
     # a first model's ids are its canonical labels, so the assigner gives the evaluation rows their own labels
     assert (run["eval_ids"] == clusters.canonical[clusters.eval_labels]).all()
@@ -248,7 +249,9 @@ def test_spread_scores_over_every_fit_row_match_core(run: dict[str, Any]) -> Non
         assert clusters.metrics[key] == pytest.approx(expected[key], rel=1e-3), key
 
 
-def test_features_travel_as_a_spark_handoff(run: dict[str, Any], spark: Any, config: PipelineConfig, tmp_path: Path) -> None:
+def test_features_travel_as_a_spark_handoff(
+    run: dict[str, Any], spark: Any, config: PipelineConfig, tmp_path: Path
+) -> None:
     from segmentation_pipeline.engines.spark.handoff import MARKER, SparkFeatureRecord, load_handoff, save_handoff
 
     features, engine = run["features"], run["engine"]
