@@ -32,7 +32,9 @@ __all__ = [
     "fit_kmeans",
     "quality_metrics",
     "sample_indices",
+    "order_by_size",
     "silhouette_scores",
+    "spread_from_cluster_stats",
     "spread_scores",
 ]
 
@@ -74,12 +76,26 @@ def spread_scores(X: np.ndarray, labels: np.ndarray, *, block_rows: int = ROW_BL
         squared = ((block - centroids[code]) ** 2).sum(axis=1)
         intra_sq += np.bincount(code, weights=squared, minlength=k)
         intra_dist += np.bincount(code, weights=np.sqrt(squared), minlength=k)
-    sizes = counts[present]
-    mean = sums.sum(axis=0) / n
+    return spread_from_cluster_stats(counts[present], centroids, intra_sq, intra_dist)
+
+
+def spread_from_cluster_stats(
+    sizes: np.ndarray, centroids: np.ndarray, intra_sq: np.ndarray, intra_dist: np.ndarray
+) -> dict[str, float]:
+    """Davies-Bouldin and Calinski-Harabasz from per-cluster statistics (rows, centroid, sum of
+    squared and of plain distances to the centroid): one formula for every engine, whoever
+    computed the sums (numpy blocks here, a distributed aggregation elsewhere). NaN when undefined.
+    """
+    sizes = np.asarray(sizes, dtype=np.float64)
+    centroids = np.asarray(centroids, dtype=np.float64)
+    n, k = float(sizes.sum()), len(sizes)
+    if not 2 <= k <= n - 1:
+        return {"davies_bouldin": float("nan"), "calinski_harabasz": float("nan")}
+    mean = (sizes[:, None] * centroids).sum(axis=0) / n
     extra = float((sizes * ((centroids - mean) ** 2).sum(axis=1)).sum())
-    intra = float(intra_sq.sum())
+    intra = float(np.sum(intra_sq))
     calinski = 1.0 if intra == 0 else extra * (n - k) / (intra * (k - 1))
-    scatter = intra_dist / sizes
+    scatter = np.asarray(intra_dist, dtype=np.float64) / sizes
     between = cdist(centroids, centroids)
     if np.allclose(scatter, 0) or np.allclose(between, 0):
         davies = 0.0
@@ -181,13 +197,19 @@ def fit_kmeans(
     return canonicalize_kmeans(model) if canonical else model
 
 
+def order_by_size(centers: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The canonical rule on its own: ``order[new_id] == old_id`` by size desc, then centroid
+    coordinates; for engines that know the cluster sizes without a label per row."""
+    centers = np.asarray(centers, dtype=np.float64)
+    # np.lexsort sorts by the last key first: -size, then centroid coordinates left to right.
+    keys = [centers[:, j] for j in range(centers.shape[1] - 1, -1, -1)] + [-np.asarray(sizes)]
+    return np.lexsort(keys)
+
+
 def canonical_order(kmeans: KMeans) -> np.ndarray:
     """Old cluster ids in canonical order: ``order[new_id] == old_id`` (size desc, then centroid)."""
     centers = np.asarray(kmeans.cluster_centers_, dtype=np.float64)
-    sizes = np.bincount(kmeans.labels_, minlength=len(centers))
-    # np.lexsort sorts by the last key first: -size, then centroid coordinates left to right.
-    keys = [centers[:, j] for j in range(centers.shape[1] - 1, -1, -1)] + [-sizes]
-    return np.lexsort(keys)
+    return order_by_size(centers, np.bincount(kmeans.labels_, minlength=len(centers)))
 
 
 def canonical_relabel(kmeans: KMeans) -> np.ndarray:

@@ -30,6 +30,8 @@ __all__ = [
     "SEPARATOR",
     "name_segments",
     "population_moments",
+    "profile_columns",
+    "profile_from_sums",
     "profile_segments",
     "segment_sums",
     "segment_z_scores",
@@ -68,16 +70,36 @@ def profile_segments(
         raise ValueError(f"labels has {len(labels)} entries for {len(frame)} rows")
     if len(frame) == 0:
         raise ValueError("cannot profile an empty frame")
-    columns = list(features) + ([value_feature] if value_feature and value_feature not in features else [])
+    columns = profile_columns(features, value_feature)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"columns missing from the frame: {missing}")
     ids, counts, sums = segment_sums(frame, labels, columns)
+    return profile_from_sums(ids, counts, sums, features, value_feature)
+
+
+def profile_columns(features: Sequence[str], value_feature: str | None) -> list[str]:
+    """The columns :func:`profile_from_sums` expects sums of, in this order."""
+    return list(features) + ([value_feature] if value_feature and value_feature not in features else [])
+
+
+def profile_from_sums(
+    ids: np.ndarray, counts: np.ndarray, sums: np.ndarray, features: Sequence[str], value_feature: str | None
+) -> pd.DataFrame:
+    """The profile record from per-segment row counts and column sums (columns as
+    :func:`profile_columns`): one shape whichever engine aggregated the rows."""
+    counts = np.asarray(counts, dtype=np.int64)
+    sums = np.asarray(sums, dtype=np.float64).reshape(len(counts), -1)
+    columns = profile_columns(features, value_feature)
+    if sums.shape[1] != len(columns):
+        raise ValueError(f"sums has {sums.shape[1]} columns; expected {columns}")
+    if counts.sum() == 0:
+        raise ValueError("cannot profile an empty frame")
     profile = pd.DataFrame(
         {
-            "segment_id": ids.astype(np.int64),
-            "count": counts.astype(np.int64),
-            "share_pct": counts.astype(np.float64) * 100.0 / len(frame),
+            "segment_id": np.asarray(ids).astype(np.int64),
+            "count": counts,
+            "share_pct": counts.astype(np.float64) * 100.0 / counts.sum(),
             **{f"mean_{f}": sums[:, j] / counts for j, f in enumerate(features)},
         }
     )

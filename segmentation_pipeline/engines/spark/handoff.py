@@ -23,14 +23,22 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
-from segmentation_pipeline.core.features import FeatureMatrix
+from segmentation_pipeline.engines.base import Features
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
     from segmentation_pipeline.engines.spark.model import SparkFeatures
 
-__all__ = ["MARKER", "SparkFeatureSet", "SparkFrame", "SparkHandoff", "load_handoff", "save_handoff"]
+__all__ = [
+    "MARKER",
+    "SparkFeaturePayload",
+    "SparkFeatureRecord",
+    "SparkFrame",
+    "SparkHandoff",
+    "load_handoff",
+    "save_handoff",
+]
 
 #: The file in a hand-off directory naming the class that reads it back.
 MARKER = "_handoff.json"
@@ -102,35 +110,39 @@ class SparkFrame(SparkHandoff):
 
 
 @dataclass
-class SparkFeatureSet(FeatureMatrix, SparkHandoff):
-    """The Spark engine's ``customer_features``: a :class:`FeatureMatrix` of a seeded driver-side
-    sample of the fit rows, plus the Spark side (fitted MLlib preprocessing, every fit row).
+class SparkFeaturePayload:
+    """What only the Spark engine reads back from its :class:`Features`: the fitted MLlib stages,
+    every fit row in feature space, and the evaluation rows' raw features."""
 
-    The FeatureMatrix fields (``X``, ``fit_mask``, ``preprocessor`` -- the
-    exported sklearn preprocessor) describe ``sample`` only: driver-side checks that need a matrix
-    (the promotion gate) run on it with the local engine's code. All fit rows stay in Spark
-    (``spark_X_fit``, the clustering input column).
+    fitted: "SparkFeatures"
+    X_fit: "DataFrame"  # FEATURES_COL of the non-outlier clean rows, persisted
+    sample: pd.DataFrame  # id + raw features of the rows of ``Features.X_eval``, same order
+
+
+@dataclass
+class SparkFeatureRecord(Features, SparkHandoff):
+    """The Spark engine's :class:`Features`; ``payload`` is a :class:`SparkFeaturePayload`.
+
+    A hand-off because the payload holds a JVM model and a DataFrame: saved with MLlib
+    persistence and Parquet, everything else pickled.
     """
 
-    features: "SparkFeatures"
-    spark_X_fit: "DataFrame"  # FEATURES_COL of the non-outlier clean rows, persisted
-    n_clean: int
-    sample: pd.DataFrame  # id + raw features of the sampled fit rows
-
     def spark_save(self, path: Path) -> None:
-        self.features.model.write().overwrite().save(str(path / "model"))
-        self.spark_X_fit.write.mode("overwrite").parquet(str(path / "x_fit"))
-        plain = replace(self, features=replace(self.features, model=None), spark_X_fit=None)
+        payload: SparkFeaturePayload = self.payload
+        payload.fitted.model.write().overwrite().save(str(path / "model"))
+        payload.X_fit.write.mode("overwrite").parquet(str(path / "x_fit"))
+        plain = replace(self, payload=replace(payload, fitted=replace(payload.fitted, model=None), X_fit=None))
         with (path / "plain.pkl").open("wb") as handle:
             pickle.dump(plain, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def spark_load(cls, spark: "SparkSession", path: Path) -> "SparkFeatureSet":
+    def spark_load(cls, spark: "SparkSession", path: Path) -> "SparkFeatureRecord":
+        from pyspark import StorageLevel
         from pyspark.ml import PipelineModel
 
         with (path / "plain.pkl").open("rb") as handle:
             plain: Any = pickle.load(handle)
         model = PipelineModel.load(str(path / "model"))
-        return replace(
-            plain, features=replace(plain.features, model=model), spark_X_fit=spark.read.parquet(str(path / "x_fit"))
-        )
+        X_fit = spark.read.parquet(str(path / "x_fit")).persist(StorageLevel.MEMORY_AND_DISK)
+        payload = replace(plain.payload, fitted=replace(plain.payload.fitted, model=model), X_fit=X_fit)
+        return replace(plain, payload=payload)

@@ -38,7 +38,8 @@ import pandas as pd
 
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, KSelection, choose_k
-from segmentation_pipeline.core.modeling import cluster_scores, sample_indices
+from segmentation_pipeline.core.modeling import cluster_scores, order_by_size, sample_indices, spread_from_cluster_stats
+from segmentation_pipeline.core.naming import profile_columns, profile_from_sums
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.ml import PipelineModel
@@ -54,7 +55,8 @@ __all__ = [
     "SparkKMeans",
     "SparkTraining",
     "assign_segments",
-    "canonical_order",
+    "compact",
+    "eval_sample",
     "fit_features",
     "fit_kmeans",
     "population_sample",
@@ -202,13 +204,6 @@ def _vector_variance(column: str, width: int) -> Any:
 # --------------------------------------------------------------------------- KMeans
 
 
-def canonical_order(centers: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """``order[new_id] == old_id``: size desc, then centroid coordinates (core.modeling's rule)."""
-    centers = np.asarray(centers, dtype=np.float64)
-    keys = [centers[:, j] for j in range(centers.shape[1] - 1, -1, -1)] + [-np.asarray(sizes)]
-    return np.lexsort(keys)
-
-
 @dataclass
 class SparkKMeans:
     model: "KMeansModel"  # featuresCol FEATURES_COL, predictionCol PREDICTION_COL
@@ -250,7 +245,7 @@ def fit_kmeans(X_fit: "DataFrame", k: int, config: PipelineConfig, *, n_init: in
     model = _fit_best(X_fit, k, config.model.random_state, config.model.max_iter, n_init)
     centers = np.asarray(model.clusterCenters(), dtype=np.float64)
     sizes = np.asarray(model.summary.clusterSizes, dtype=np.int64)
-    order = canonical_order(centers, sizes)
+    order = order_by_size(centers, sizes)  # core.modeling's canonical rule, from MLlib's sizes
     mapping = np.empty(k, dtype=np.int64)
     mapping[order] = np.arange(k)
     return SparkKMeans(
@@ -259,7 +254,7 @@ def fit_kmeans(X_fit: "DataFrame", k: int, config: PipelineConfig, *, n_init: in
     )
 
 
-def _compact(frame: "DataFrame", rows: int) -> "DataFrame":
+def compact(frame: "DataFrame", rows: int) -> "DataFrame":
     """Fewer partitions for small inputs (never more than it has): see ROWS_PER_PARTITION."""
     wanted = max(1, math.ceil(rows / ROWS_PER_PARTITION))
     current = frame.rdd.getNumPartitions()
@@ -328,7 +323,7 @@ def sweep_k(
     ks = [int(k) for k in config.k_candidates]
     fraction = min(1.0, settings.sweep_max_rows / n)
     X_fit = (X.sample(False, fraction, seed + 1) if fraction < 1 else X).select(FEATURES_COL)
-    X_fit = _compact(X_fit, min(n, settings.sweep_max_rows)).persist(StorageLevel.MEMORY_AND_DISK)
+    X_fit = compact(X_fit, min(n, settings.sweep_max_rows)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         sweep_rows = X_fit.count()
         sample = sample or _silhouette_sample(X, n, config)
@@ -368,8 +363,10 @@ def quality_metrics(
     X_fit: "DataFrame", kmeans: SparkKMeans, config: PipelineConfig, *, sample: _Sample | None = None,
     n_rows: int | None = None,
 ) -> dict[str, float]:
-    """:func:`core.modeling.quality_metrics`' keys (+ inertia, n_iter): silhouette on the seeded
-    driver sample, Davies-Bouldin and Calinski-Harabasz over every fit row in two Spark passes."""
+    """:func:`core.modeling.quality_metrics`' record plus ``inertia``/``n_iter`` (as the local model
+    step adds them): silhouette on the seeded driver sample; Davies-Bouldin and Calinski-Harabasz
+    over every fit row, from per-cluster sums aggregated in two Spark passes and reduced by
+    :func:`core.modeling.spread_from_cluster_stats`."""
     from pyspark.ml.functions import vector_to_array
 
     F = _F()
@@ -383,43 +380,36 @@ def quality_metrics(
         F.element_at(mapping, F.col(PREDICTION_COL) + 1).alias("c"), vector_to_array(F.col(FEATURES_COL)).alias("v")
     )
     coords = [F.element_at(F.col("v"), j + 1) for j in range(d)]
-    first = assigned.groupBy("c").agg(
-        F.count(F.lit(1)).alias("n"),
-        *[F.avg(coords[j]).alias(f"m{j}") for j in range(d)],
-        F.sum(sum((c * c for c in coords), F.lit(0.0))).alias("ss"),
-    ).collect()
-    k_present = len(first)
-    ids = np.array([int(r["c"]) for r in first])
+    first = sorted(
+        assigned.groupBy("c").agg(F.count(F.lit(1)).alias("n"), *[F.avg(coords[j]).alias(f"m{j}") for j in range(d)])
+        .collect(),
+        key=lambda r: int(r["c"]),
+    )
+    ids = np.array([int(r["c"]) for r in first], dtype=np.int64)
     counts = np.array([int(r["n"]) for r in first], dtype=np.float64)
-    means = np.array([[float(r[f"m{j}"]) for j in range(d)] for r in first], dtype=np.float64)
-    squares = np.array([float(r["ss"]) for r in first], dtype=np.float64)
-    metrics: dict[str, float] = {"silhouette": silhouette, "davies_bouldin": float("nan"),
-                                 "calinski_harabasz": float("nan")}
-    if 2 <= k_present <= n - 1:
-        overall = (counts[:, None] * means).sum(axis=0) / counts.sum()
-        within = float((squares - counts * (means**2).sum(axis=1)).sum())
-        between = float((counts * ((means - overall) ** 2).sum(axis=1)).sum())
-        metrics["calinski_harabasz"] = 1.0 if within == 0 else between * (n - k_present) / (within * (k_present - 1))
-        table = F.array(*[F.array(*[F.lit(float(v)) for v in means[i]]) for i in range(k_present)])
+    means = np.array([[float(r[f"m{j}"]) for j in range(d)] for r in first], dtype=np.float64).reshape(len(first), d)
+    spread = {"davies_bouldin": float("nan"), "calinski_harabasz": float("nan")}
+    if 2 <= len(ids) <= n - 1:
+        table = F.array(*[F.array(*[F.lit(float(v)) for v in means[i]]) for i in range(len(ids))])
         position = F.array_position(F.array(*[F.lit(int(i)) for i in ids]), F.col("c")).cast("int")
         centre = F.element_at(table, position)
-        distance = F.sqrt(sum(((coords[j] - F.element_at(centre, j + 1)) ** 2 for j in range(d)), F.lit(0.0)))
-        second = {int(r["c"]): float(r["s"]) for r in assigned.groupBy("c").agg(F.avg(distance).alias("s")).collect()}
-        spread = np.array([second[int(i)] for i in ids])
-        centroid_distances = np.sqrt(((means[:, None, :] - means[None, :, :]) ** 2).sum(axis=2))
-        if np.allclose(spread, 0) or np.allclose(centroid_distances, 0):
-            metrics["davies_bouldin"] = 0.0
-        else:
-            centroid_distances[centroid_distances == 0] = np.inf
-            combined = spread[:, None] + spread[None, :]
-            metrics["davies_bouldin"] = float(np.max(combined / centroid_distances, axis=1).mean())
-    metrics.update(
-        silhouette_sample_size=float(len(sample.X)),
-        n_clusters=float(k_present),
-        inertia=kmeans.inertia,
-        n_iter=float(kmeans.n_iter),
-    )
-    return metrics
+        squared = sum(((coords[j] - F.element_at(centre, j + 1)) ** 2 for j in range(d)), F.lit(0.0))
+        second = {
+            int(r["c"]): (float(r["sq"]), float(r["dist"]))
+            for r in assigned.groupBy("c").agg(F.sum(squared).alias("sq"), F.sum(F.sqrt(squared)).alias("dist"))
+            .collect()
+        }
+        intra_sq = np.array([second[int(i)][0] for i in ids])
+        intra_dist = np.array([second[int(i)][1] for i in ids])
+        spread = spread_from_cluster_stats(counts, means, intra_sq, intra_dist)
+    return {
+        "silhouette": silhouette,
+        **spread,
+        "silhouette_sample_size": float(len(sample.X)),
+        "n_clusters": float(len(ids)),
+        "inertia": kmeans.inertia,
+        "n_iter": float(kmeans.n_iter),
+    }
 
 
 def assign_segments(
@@ -446,19 +436,23 @@ def assign_segments(
 def profile_segments(
     assigned: "DataFrame", features: list[str], value_feature: str | None, column: str = "segment_id"
 ) -> pd.DataFrame:
-    """:func:`core.naming.profile_segments` computed in Spark: one small pandas row per segment."""
+    """:func:`core.naming.profile_segments`' record, the per-segment sums aggregated in Spark."""
     F = _F()
-    aggs = [F.count(F.lit(1)).alias("count"), *[F.avg(F.col(f)).alias(f"mean_{f}") for f in features]]
-    if value_feature:
-        aggs.append(F.sum(F.col(value_feature).cast("double")).alias(f"total_{value_feature}"))
-    profile = assigned.groupBy(F.col(column).alias("segment_id")).agg(*aggs).toPandas()
-    if profile.empty:
+    columns = profile_columns(features, value_feature)
+    sums = [F.sum(F.col(c).cast("double")).alias(f"s{j}") for j, c in enumerate(columns)]
+    rows = sorted(
+        assigned.groupBy(F.col(column).alias("segment_id")).agg(F.count(F.lit(1)).alias("count"), *sums).collect(),
+        key=lambda r: int(r["segment_id"]),
+    )
+    if not rows:
         raise ValueError("cannot profile an empty frame")
-    profile = profile.sort_values("segment_id", ignore_index=True)
-    profile["segment_id"] = profile["segment_id"].astype(np.int64)
-    profile["count"] = profile["count"].astype(np.int64)
-    profile.insert(2, "share_pct", profile["count"].to_numpy(dtype=np.float64) * 100.0 / profile["count"].sum())
-    return profile
+    return profile_from_sums(
+        np.array([int(r["segment_id"]) for r in rows], dtype=np.int64),
+        np.array([int(r["count"]) for r in rows], dtype=np.int64),
+        np.array([[float(r[f"s{j}"]) for j in range(len(columns))] for r in rows], dtype=np.float64),
+        features,
+        value_feature,
+    )
 
 
 def population_sample(clean: "DataFrame", columns: list[str], size: int, seed: int) -> pd.DataFrame:
@@ -467,6 +461,25 @@ def population_sample(clean: "DataFrame", columns: list[str], size: int, seed: i
     fraction = min(1.0, size / max(n, 1))
     rows = clean.sample(False, fraction, seed) if fraction < 1 else clean
     return rows.select(*columns).toPandas()
+
+
+def eval_sample(
+    fit_rows: "DataFrame", features: SparkFeatures, config: PipelineConfig
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The driver-side evaluation rows: a seeded sample of the fit rows as id + raw features and
+    the same rows in feature space (as Spark computed them), large enough for the promotion gate
+    and the silhouette sample."""
+    from pyspark.ml.functions import vector_to_array
+
+    size = max(config.promotion.sample, config.k_selection.silhouette_sample)
+    fraction = min(1.0, size / max(features.n_fit, 1))
+    rows = fit_rows.sample(False, fraction, config.model.random_state) if fraction < 1 else fit_rows
+    picked = features.transform(rows).select(
+        config.source.id_column, *config.features, vector_to_array(FEATURES_COL).alias("_x")
+    ).toPandas()
+    dtype = np.float32 if config.transform.float32 else np.float64
+    X = np.asarray(picked.pop("_x").tolist(), dtype=dtype).reshape(len(picked), -1)
+    return picked, X
 
 
 # --------------------------------------------------------------------------- everything
@@ -516,7 +529,7 @@ def train(
     features = fit_features(clean, config, n_fit=n_fit)
     seconds["features"] = time.perf_counter() - started
     fit_rows = clean.where("NOT is_outlier") if "is_outlier" in clean.columns else clean
-    X = _compact(features.transform(fit_rows).select(FEATURES_COL), features.n_fit)
+    X = compact(features.transform(fit_rows).select(FEATURES_COL), features.n_fit)
     X = X.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         n = features.n_fit
