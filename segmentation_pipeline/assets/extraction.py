@@ -1,53 +1,11 @@
 """Stage 1: read the configured customer table (MySQL, or the embedded SQLite file)."""
 
 
-from collections.abc import Callable
-from typing import Any
-
 import dagster as dg
 import pandas as pd
-import sqlalchemy as sa
 
-from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.resources import DatabaseResource, SettingsResource, SparkResource
-from segmentation_pipeline.storage.database import read_table, table_columns
-
-
-def source_columns(available: list[str], id_column: str, features: list[str], optional: list[str]) -> list[str]:
-    """Required columns first; optional ones (categoricals, updated_at) only when the table has them."""
-    wanted = [id_column, *features]
-    return wanted + [c for c in optional if c in available and c not in wanted]
-
-
-def read_customers(
-    engine: sa.Engine,
-    cfg: PipelineConfig,
-    *,
-    where_after: dict[str, Any] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> pd.DataFrame:
-    """The source columns the pipeline needs, one read; shared by training, scoring and drift."""
-    optional = [*cfg.cleaning.categorical, *([cfg.source.updated_at_column] if cfg.source.updated_at_column else [])]
-    columns = source_columns(table_columns(engine, cfg.source.table), cfg.source.id_column, cfg.features, optional)
-    return read_table(
-        engine,
-        cfg.source.table,
-        columns,
-        id_column=cfg.source.id_column,
-        chunk_size=cfg.database.chunk_size,
-        progress=progress,
-        where_after=where_after,
-        categorical=list(cfg.cleaning.categorical),
-    )
-
-
-def high_water_mark(frame: pd.DataFrame, id_column: str, updated_at: str | None) -> dict[str, str | None]:
-    mark: dict[str, str | None] = {"max_id": None, "max_updated_at": None}
-    if len(frame):
-        mark["max_id"] = str(frame[id_column].max())
-        if updated_at and updated_at in frame.columns:
-            mark["max_updated_at"] = str(frame[updated_at].max())
-    return mark
+from segmentation_pipeline.storage.source import high_water_mark, read_customers
 
 
 @dg.asset(
@@ -68,8 +26,12 @@ def raw_customers(
     def progress(done: int, total: int) -> None:
         context.log.info(f"extracted {done:,} / ~{total:,} rows from {cfg.source.table}")
 
-    frame = read_customers(database.engine(), cfg, progress=progress)
-    mark = high_water_mark(frame, cfg.source.id_column, cfg.source.updated_at_column)
+    engine = database.engine()
+    frame = read_customers(engine, cfg, progress=progress)
+    src = cfg.source
+    mark = high_water_mark(
+        engine, src.table, src.id_column, src.updated_at_column if src.updated_at_column in frame.columns else None
+    )
     return dg.Output(
         frame,
         metadata={

@@ -26,7 +26,6 @@ import pandas as pd
 import sqlalchemy as sa
 
 from segmentation_pipeline.assets._metadata import image, jsonable, table
-from segmentation_pipeline.assets.extraction import source_columns
 from segmentation_pipeline.assets.training import PromotionOutcome, TrainedSegmentation, _stable_ids
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.assigner import SegmentAssigner
@@ -38,7 +37,7 @@ from segmentation_pipeline.engines.spark import cleaning, export, extract, model
 from segmentation_pipeline.engines.spark.cleaning import SparkCleaningResult
 from segmentation_pipeline.engines.spark.handoff import SparkFeatureSet, SparkFrame
 from segmentation_pipeline.storage import mlflow_registry as registry
-from segmentation_pipeline.storage.database import quote_identifier, table_columns
+from segmentation_pipeline.storage.source import customer_columns, high_water_mark
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -81,16 +80,13 @@ def _md(**values: Any) -> dict[str, dg.MetadataValue]:
 def raw_customers(cfg: PipelineConfig, engine: sa.Engine, spark: "SparkSession") -> dg.Output[SparkFrame]:
     """A partitioned JDBC read (planned, not yet run) of the columns the local engine reads."""
     src = cfg.source
-    optional = [*cfg.cleaning.categorical, *([src.updated_at_column] if src.updated_at_column else [])]
-    columns = source_columns(table_columns(engine, src.table), src.id_column, cfg.features, optional)
+    columns = customer_columns(engine, cfg)
     ex = extract.read_customers(
         spark, engine, src.table, columns, id_column=src.id_column, num_partitions=cfg.spark.num_partitions
     )
     max_updated = None
     if src.updated_at_column in columns and ex.row_count:
-        with engine.connect() as conn:
-            column = quote_identifier(engine, src.updated_at_column)
-            max_updated = conn.exec_driver_sql(f"SELECT MAX({column}) FROM {quote_identifier(engine, src.table)}").scalar()
+        max_updated = high_water_mark(engine, src.table, src.id_column, src.updated_at_column)["max_updated_at"]
     return dg.Output(
         SparkFrame(ex.frame, ex.row_count),
         metadata=_md(
