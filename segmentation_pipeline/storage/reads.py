@@ -35,7 +35,7 @@ from segmentation_pipeline.storage.errors import SourceError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReadBackend", "RowsAfter", "read_table", "rows_after"]
+__all__ = ["ReadBackend", "RowsAfter", "read_table", "rows_after", "table_version"]
 
 ReadBackend = Literal["auto", "connectorx", "sqlalchemy"]
 
@@ -165,7 +165,7 @@ class _ReadPlan:
         return stmt.order_by(tbl.c[self.id_column]).limit(self.chunk_size)
 
 
-def _table_version(conn: sa.Connection, table: str) -> tuple[Any, ...]:
+def table_version(conn: sa.Connection, table: str) -> tuple[Any, ...]:
     """A token that changes when the table is swapped (see swap.py's per-write table comment)."""
     if is_mysql(conn):
         row = conn.execute(
@@ -333,7 +333,7 @@ def read_table(
 
     for attempt in range(1, _MAX_READ_ATTEMPTS + 1):
         with engine.connect() as conn:
-            version = _table_version(conn, table)
+            version = table_version(conn, table)
         chunks: list[pa.Table] = []
         rows = 0
         last: Any = None
@@ -370,7 +370,7 @@ def read_table(
             last = _plain(chunk.column(id_column)[-1].as_py())
         if len(chunks) > 1:
             with engine.connect() as conn:
-                if _table_version(conn, table) != version:
+                if table_version(conn, table) != version:
                     log.warning("table %r was replaced during read (attempt %d); reading again", table, attempt)
                     if attempt == _MAX_READ_ATTEMPTS:
                         raise SourceError(

@@ -62,3 +62,20 @@ def test_high_water_mark(customers: tuple[sa.Engine, str, pd.DataFrame]) -> None
     }
     assert isinstance(mark["max_updated_at"], dt.datetime)
     assert high_water_mark(engine, table, "customer_id")["max_updated_at"] is None
+
+
+def test_high_water_mark_over_the_rows_a_filtered_read_returns(customers: tuple[sa.Engine, str, pd.DataFrame]) -> None:
+    """With where_after (cursor strings included) the mark covers exactly the rows read_customers would read."""
+    engine, table, frame = customers
+    cutoff = frame["updated_at"].iloc[899]
+    mark = high_water_mark(
+        engine, table, "customer_id", "updated_at", where_after={"column": "updated_at", "value": str(cutoff)}
+    )
+    newer = frame[frame["updated_at"] > cutoff]
+    assert mark == {
+        "max_id": int(newer["customer_id"].max()),
+        "max_updated_at": newer["updated_at"].max().to_pydatetime(),
+        "row_count": len(newer),
+    }
+    by_id = high_water_mark(engine, table, "customer_id", where_after={"column": "customer_id", "value": "2000"})
+    assert by_id == {"max_id": None, "max_updated_at": None, "row_count": 0}
