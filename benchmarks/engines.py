@@ -120,7 +120,7 @@ def spark_read_floor(cfg: Any) -> dict[str, float]:
     JVM start measured here is the one reported)."""
     from segmentation_pipeline.engines.spark import build_session
     from segmentation_pipeline.engines.spark.extract import read_customers
-    from segmentation_pipeline.storage.database import create_db_engine
+    from segmentation_pipeline.storage.connection import create_db_engine
 
     started = time.perf_counter()
     session = build_session(cfg.spark)

@@ -317,8 +317,8 @@ def setup_database(n: int, workdir: Path) -> dict[str, Any]:
     import numpy as np
 
     from segmentation_pipeline.core.demo_data import generate_customers
-    from segmentation_pipeline.storage.database import create_db_engine
-    from segmentation_pipeline.storage.writeback import load_frame
+    from segmentation_pipeline.storage.connection import create_db_engine
+    from segmentation_pipeline.storage.bulk_load import load_frame
 
     started = time.perf_counter()
     frame, planted = generate_customers(n, seed=0)
@@ -345,7 +345,8 @@ def floor_cli_read() -> float:
 
 def read_back(table: str, columns: list[str] | None) -> Any:
     """The harness's own reads of the pipeline's output (connectorx pages; untimed)."""
-    from segmentation_pipeline.storage.database import create_db_engine, read_table
+    from segmentation_pipeline.storage.connection import create_db_engine
+    from segmentation_pipeline.storage.reads import read_table
 
     engine = create_db_engine(URL)
     try:

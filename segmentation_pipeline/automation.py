@@ -10,7 +10,7 @@ from segmentation_pipeline.assets.monitoring import segment_drift
 from segmentation_pipeline.assets.scoring import scored_customers
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.resources import DatabaseResource, SettingsResource
-from segmentation_pipeline.storage.database import high_water_mark
+from segmentation_pipeline.storage.source import high_water_mark
 from segmentation_pipeline.storage.segment_store import record_run_failure
 
 TRAINING_GROUPS = ("extraction", "cleaning", "features", "training", "segments")

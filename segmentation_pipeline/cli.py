@@ -190,7 +190,8 @@ def _cmd_drift(args: argparse.Namespace) -> int:
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from segmentation_pipeline.core.demo_data import generate_customers
-    from segmentation_pipeline.storage.database import create_db_engine, load_frame, table_columns
+    from segmentation_pipeline.storage.bulk_load import load_frame
+    from segmentation_pipeline.storage.connection import create_db_engine, table_columns
 
     cfg = load_config(args.config)
     engine = create_db_engine(cfg.database.sqlalchemy_url())
@@ -208,7 +209,9 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_load_csv(args: argparse.Namespace) -> int:
-    from segmentation_pipeline.storage.database import create_db_engine, load_frame, read_csv_file
+    from segmentation_pipeline.storage.bulk_load import load_frame
+    from segmentation_pipeline.storage.connection import create_db_engine
+    from segmentation_pipeline.storage.csv_loader import read_csv_file
 
     cfg = load_config(args.config)
     rename: dict[str, str] = {}

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from pydantic import PrivateAttr
 
 from segmentation_pipeline.config import PipelineConfig, load_config
-from segmentation_pipeline.storage.database import create_db_engine
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.engines.spark.handoff import MARKER, SparkHandoff, load_handoff, save_handoff
 from segmentation_pipeline.storage.mlflow_registry import TrackingTarget
 from segmentation_pipeline.storage.tables import parquet_table, write_table

@@ -13,7 +13,7 @@ import yaml
 from segmentation_pipeline.automation import build_schedules, build_sensors
 from segmentation_pipeline.config import DEFAULT_CONFIG, load_config
 from segmentation_pipeline.resources import DatabaseResource, SettingsResource
-from segmentation_pipeline.storage.database import load_frame
+from segmentation_pipeline.storage.bulk_load import load_frame
 
 
 def _sensor(cfg, name: str) -> dg.SensorDefinition:

@@ -12,7 +12,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from segmentation_pipeline.cli import main, run_pipeline
 from segmentation_pipeline.core.demo_data import generate_customers
-from segmentation_pipeline.storage.database import create_db_engine, load_frame
+from segmentation_pipeline.storage.bulk_load import load_frame
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline_tests.helpers import mlflow_rest as rest
 from segmentation_pipeline_tests.helpers import write_config
 

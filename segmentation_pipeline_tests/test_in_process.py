@@ -15,7 +15,8 @@ from segmentation_pipeline import cli
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.definitions import ASSETS
 from segmentation_pipeline.in_process import ReleasingMemoryIOManager, consumers_of, new_scratch_dir
-from segmentation_pipeline.storage.database import create_db_engine, load_frame
+from segmentation_pipeline.storage.bulk_load import load_frame
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.storage.tables import ParquetTable
 from segmentation_pipeline_tests.helpers import write_config
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from segmentation_pipeline.cli import _run_single_asset, run_pipeline
 from segmentation_pipeline.core.demo_data import generate_customers
-from segmentation_pipeline.storage.database import load_frame
+from segmentation_pipeline.storage.bulk_load import load_frame
 from segmentation_pipeline_tests.helpers import free_port, mlflow_rest, stop, wait_for_http, write_config
 
 pytestmark = [pytest.mark.mysql, pytest.mark.e2e]

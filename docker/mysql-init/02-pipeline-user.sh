@@ -11,7 +11,7 @@
 #   SELECT, INSERT, DELETE,
 #   CREATE, DROP, ALTER, INDEX     on the pipeline's own tables, and only those:
 #       customer_segments, customer_rejects
-#           replaced atomically after training (storage/writeback.py write_table_atomic):
+#           replaced atomically after training (storage/swap.py write_tables_atomic):
 #           bulk-loaded into `<table>__staging` (CREATE; INSERT via LOAD DATA LOCAL INFILE,
 #           which needs no FILE privilege), swapped in with
 #           `RENAME TABLE t TO t__old, t__staging TO t` (ALTER+DROP on the old names,

@@ -7,11 +7,11 @@ import dagster as dg
 import mlflow
 
 from segmentation_pipeline.assets.metadata import image, jsonable, table
-from segmentation_pipeline.storage.source import read_customers
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.core.drift import DriftThresholds, compute_drift, drift_plot
 from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
+from segmentation_pipeline.storage.source import read_customers
 
 DRIFT_CHECK = "drift_within_thresholds"
 

@@ -4,12 +4,12 @@
 import dagster as dg
 
 from segmentation_pipeline.assets.metadata import jsonable
-from segmentation_pipeline.storage.source import frame_high_water_mark, read_customers
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
 from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
 from segmentation_pipeline.storage.segment_store import publish_segments, upsert_segments
+from segmentation_pipeline.storage.source import high_water_mark, read_customers
 
 
 class ScoreConfig(dg.Config):
@@ -67,7 +67,11 @@ def scored_customers(
         engine, cfg.output, segments, rejects, run_key=context.run.run_id,
         lock_timeout_s=cfg.database.lock_timeout_s,
     )
-    mark = frame_high_water_mark(raw, cfg.source.id_column, cfg.source.updated_at_column)
+    src = cfg.source
+    mark = high_water_mark(
+        engine, src.table, src.id_column, src.updated_at_column if src.updated_at_column in raw.columns else None,
+        where_after=where,
+    )
     return dg.MaterializeResult(
         metadata={
             "n_input": dg.MetadataValue.int(len(raw)),

@@ -28,7 +28,7 @@ from segmentation_pipeline.core.segment_tables import (
 )
 from segmentation_pipeline.engines.base import Cleaned, Clusters, Extracted, Features, Progress, Published, RunIds
 from segmentation_pipeline.storage.segment_store import publish_segments
-from segmentation_pipeline.storage.source import frame_high_water_mark, read_customers
+from segmentation_pipeline.storage.source import high_water_mark, read_customers
 from segmentation_pipeline.storage.tables import owns_rows, read_columns
 
 __all__ = ["LocalEngine"]
@@ -41,11 +41,14 @@ class LocalEngine:
 
     def extract(self, cfg: PipelineConfig, db: sa.Engine, *, progress: Progress | None = None) -> Extracted:
         frame = read_customers(db, cfg, progress=progress)
-        mark = frame_high_water_mark(frame, cfg.source.id_column, cfg.source.updated_at_column)
+        src = cfg.source
+        updated_at = src.updated_at_column if src.updated_at_column in frame.columns else None
+        mark = high_water_mark(db, src.table, src.id_column, updated_at)
         return Extracted(
             table=frame, row_count=len(frame), columns=list(frame.columns),
             source=f"{cfg.database.safe_url()} / {cfg.source.table}",
-            max_id=mark["max_id"], max_updated_at=mark["max_updated_at"],
+            max_id=None if mark["max_id"] is None else str(mark["max_id"]),
+            max_updated_at=None if mark["max_updated_at"] is None else str(mark["max_updated_at"]),
         )
 
     def clean(self, raw: Any, cfg: PipelineConfig) -> Cleaned:

@@ -13,15 +13,12 @@ import pandas as pd
 import sqlalchemy as sa
 
 from segmentation_pipeline.config import OutputConfig
-from segmentation_pipeline.storage.database import ProgressFn, is_mysql, quote_identifier, table_exists, write_lock
-from segmentation_pipeline.storage.writeback import (
-    HistoryCopy,
-    copy_history,
-    ensure_history_table,
-    plan_frame,
-    write_table_atomic,
-    write_tables_atomic,
-)
+from segmentation_pipeline.storage.bulk_load import FrameLoader, write_table_atomic
+from segmentation_pipeline.storage.connection import ProgressFn, is_mysql, quote_identifier, table_exists
+from segmentation_pipeline.storage.history import HistoryCopy, copy_history, ensure_history_table
+from segmentation_pipeline.storage.locks import write_lock
+from segmentation_pipeline.storage.schema import plan_frame
+from segmentation_pipeline.storage.swap import StagedTable, TableLoader, write_tables_atomic
 
 HISTORY_COLUMNS = ["dagster_run_id", "customer_id", "segment_id", "segment_name", "is_outlier", "model_version", "scored_at"]
 FAILURES_TABLE = "pipeline_run_failures"
@@ -30,6 +27,30 @@ _HISTORY_KEYS = {"run_key_column": "dagster_run_id", "id_column": "customer_id"}
 
 def lock_name(output: OutputConfig) -> str:
     return f"segmentation:{output.segments_table}"
+
+
+def publish_tables(
+    engine: sa.Engine,
+    output: OutputConfig,
+    segments: TableLoader,
+    rejects: TableLoader,
+    *,
+    run_key: str,
+    lock_timeout_s: int,
+) -> list[int]:
+    """Replace both tables (swapped together atomically) and record the run in the history, for
+    any engine's loaders. Returns the rows written to the segments and rejects tables.
+
+    The history is loaded from the same files as the segments, in parallel (MySQL LOAD DATA), or
+    copied on the server from the swapped-in table: either way the rows are rendered and sent once.
+    """
+    history = HistoryCopy(output.history_table, output.segments_table, HISTORY_COLUMNS, run_key=run_key,
+                          **_HISTORY_KEYS)
+    with write_lock(engine, lock_name(output), lock_timeout_s):
+        return write_tables_atomic(
+            engine, [StagedTable(output.segments_table, segments), StagedTable(output.rejects_table, rejects)],
+            history=history,
+        )
 
 
 def publish_segments(
@@ -42,18 +63,13 @@ def publish_segments(
     lock_timeout_s: int,
     progress: ProgressFn | None = None,
 ) -> list[str]:
-    """Replace both tables (swapped together atomically) and record the run in the history.
-
-    The history is loaded from the same files as the segments, in parallel (MySQL), or copied on
-    the server from the swapped-in table: either way the rows are rendered and sent once.
-    """
-    history = HistoryCopy(output.history_table, output.segments_table, HISTORY_COLUMNS, run_key=run_key,
-                          **_HISTORY_KEYS)
-    with write_lock(engine, lock_name(output), lock_timeout_s):
-        write_tables_atomic(
-            engine, [(output.segments_table, segments, "customer_id"), (output.rejects_table, rejects, None)],
-            progress=progress, history=history,
-        )
+    """:func:`publish_tables` for the pandas frames; returns the tables written."""
+    publish_tables(
+        engine, output,
+        FrameLoader(segments, plan_frame(segments, "customer_id"), progress=progress),
+        FrameLoader(rejects, plan_frame(rejects), progress=progress),
+        run_key=run_key, lock_timeout_s=lock_timeout_s,
+    )
     return [output.segments_table, output.rejects_table, output.history_table]
 
 
@@ -80,7 +96,7 @@ def upsert_segments(
     with write_lock(engine, lock_name(output), lock_timeout_s):
         ensure_history_table(engine, output.history_table, plan, HISTORY_COLUMNS, **_HISTORY_KEYS)
         try:
-            write_tables_atomic(engine, [(incoming_segments, segments, plan)], progress=progress)
+            write_tables_atomic(engine, [StagedTable(incoming_segments, FrameLoader(segments, plan, progress=progress))])
             write_table_atomic(engine, incoming_rejects, rejects)
             write_table_atomic(engine, incoming_ids, touched.drop_duplicates())
             q = lambda name: quote_identifier(engine, name)  # noqa: E731 - local shorthand

@@ -1,23 +1,18 @@
-"""Reading the configured customer source: the columns the pipeline needs, and its high-water mark."""
+"""The configured customer source: which columns the pipeline reads, the read, and its high-water mark."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import decimal
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
-from segmentation_pipeline.config import PipelineConfig
-from segmentation_pipeline.storage.database import read_table, table_columns
+from segmentation_pipeline.config import PipelineConfig, validate_identifier
+from segmentation_pipeline.storage.connection import ProgressFn, check_columns, reflect_columns, table_columns
+from segmentation_pipeline.storage.reads import read_table, rows_after
 
-__all__ = ["frame_high_water_mark", "optional_source_columns", "read_customers", "source_columns"]
-
-
-def optional_source_columns(cfg: PipelineConfig) -> list[str]:
-    """Columns read when the table has them: categoricals and the updated-at column."""
-    updated_at = [cfg.source.updated_at_column] if cfg.source.updated_at_column else []
-    return [*cfg.cleaning.categorical, *updated_at]
+__all__ = ["customer_columns", "high_water_mark", "read_customers", "source_columns"]
 
 
 def source_columns(available: list[str], id_column: str, features: list[str], optional: list[str]) -> list[str]:
@@ -26,20 +21,25 @@ def source_columns(available: list[str], id_column: str, features: list[str], op
     return wanted + [c for c in optional if c in available and c not in wanted]
 
 
+def customer_columns(engine: sa.Engine, cfg: PipelineConfig) -> list[str]:
+    """The source columns every engine reads: id, features, and the optional ones the table has."""
+    src = cfg.source
+    optional = [*cfg.cleaning.categorical, *([src.updated_at_column] if src.updated_at_column else [])]
+    return source_columns(table_columns(engine, src.table), src.id_column, cfg.features, optional)
+
+
 def read_customers(
     engine: sa.Engine,
     cfg: PipelineConfig,
     *,
     where_after: dict[str, Any] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> pd.DataFrame:
     """The source columns the pipeline needs, one read; shared by training, scoring and drift."""
-    available = table_columns(engine, cfg.source.table)
-    columns = source_columns(available, cfg.source.id_column, cfg.features, optional_source_columns(cfg))
     return read_table(
         engine,
         cfg.source.table,
-        columns,
+        customer_columns(engine, cfg),
         id_column=cfg.source.id_column,
         chunk_size=cfg.database.chunk_size,
         progress=progress,
@@ -48,11 +48,47 @@ def read_customers(
     )
 
 
-def frame_high_water_mark(frame: pd.DataFrame, id_column: str, updated_at: str | None) -> dict[str, str | None]:
-    """Max id and max updated_at of rows already read (no second query)."""
-    mark: dict[str, str | None] = {"max_id": None, "max_updated_at": None}
-    if len(frame):
-        mark["max_id"] = str(frame[id_column].max())
-        if updated_at and updated_at in frame.columns:
-            mark["max_updated_at"] = str(frame[updated_at].max())
-    return mark
+def high_water_mark(
+    engine: sa.Engine,
+    table: str,
+    id_column: str,
+    updated_at_column: str | None = None,
+    *,
+    where_after: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Max id, max updated_at and row count in one aggregate: the cursor for incremental scoring.
+
+    ``where_after`` (as for :func:`read_customers`) restricts it to the rows such a read returns.
+    Empty: ``max_id``/``max_updated_at`` are None.
+    """
+    wanted = [id_column, *([updated_at_column] if updated_at_column else [])]
+    for name in wanted:
+        validate_identifier(name, "column")
+    reflected = reflect_columns(engine, table)
+    types = {c["name"]: c["type"] for c in reflected}
+    after = rows_after(where_after, types)
+    used = list(dict.fromkeys([*wanted, *([after.column] if after else [])]))
+    check_columns(engine, table, list(types), used)
+    tbl = sa.table(table, *(sa.column(c, types[c]) for c in used))
+    aggregates: list[Any] = [
+        sa.type_coerce(sa.func.max(tbl.c[id_column]), types[id_column]).label("max_id"),
+        sa.func.count().label("row_count"),
+    ]
+    if updated_at_column:
+        # type_coerce keeps SQLite's DATETIME text parsed into datetime objects
+        aggregates.append(
+            sa.type_coerce(sa.func.max(tbl.c[updated_at_column]), types[updated_at_column]).label("max_updated_at")
+        )
+    stmt = sa.select(*aggregates).select_from(tbl)
+    if after is not None:
+        stmt = stmt.where(tbl.c[after.column] > sa.literal(after.value))
+    with engine.connect() as conn:
+        row = conn.execute(stmt).one()._mapping
+    value = row["max_id"]
+    if isinstance(value, decimal.Decimal):
+        value = float(value)
+    return {
+        "max_id": value,
+        "max_updated_at": row["max_updated_at"] if updated_at_column else None,
+        "row_count": int(row["row_count"]),
+    }

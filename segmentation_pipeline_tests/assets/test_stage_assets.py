@@ -10,7 +10,6 @@ import dagster as dg
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from segmentation_pipeline.assets.extraction import raw_customers
 from segmentation_pipeline.assets.segments import customer_segments
@@ -28,7 +27,8 @@ from segmentation_pipeline.resources import (
     MlflowResource,
     SettingsResource,
 )
-from segmentation_pipeline.storage.database import create_db_engine, load_frame
+from segmentation_pipeline.storage.bulk_load import load_frame
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline_tests.helpers import write_config
 
 

@@ -615,11 +615,11 @@ def parse_grants(sql: str) -> dict[str, set[str]]:
 
 def tables_the_code_writes() -> set[str]:
     """Every table name the write-back can touch, from the code: output tables, their staging
-    and old names (writeback.py), the incoming tables of incremental scoring and the failures
+    and old names (swap.py), the incoming tables of incremental scoring and the failures
     table (segment_store.py)."""
     from segmentation_pipeline.config import OutputConfig
 
-    writeback = (PACKAGE / "storage" / "writeback.py").read_text()
+    writeback = (PACKAGE / "storage" / "swap.py").read_text()
     store = (PACKAGE / "storage" / "segment_store.py").read_text()
     staging = re.search(r'^STAGING_SUFFIX = "(\w+)"', writeback, re.M).group(1)
     old = re.search(r'^OLD_SUFFIX = "(\w+)"', writeback, re.M).group(1)

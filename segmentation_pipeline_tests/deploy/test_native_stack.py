@@ -203,7 +203,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, mysql_database_url: str) -> 
     except Exception as exc:  # noqa: BLE001 - missing driver or server: same verdict
         _unavailable(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {exc}")
     from segmentation_pipeline.core.demo_data import generate_customers
-    from segmentation_pipeline.storage.database import create_db_engine, load_frame
+    from segmentation_pipeline.storage.bulk_load import load_frame
+    from segmentation_pipeline.storage.connection import create_db_engine
 
     tmp = tmp_path_factory.mktemp("native_stack")
     runtime = tmp / "runtime"
@@ -324,7 +325,7 @@ def test_new_customers_sensor_scores_rows_inserted_later(stack: Stack):
         time.sleep(2)
 
     from segmentation_pipeline.core.demo_data import generate_customers
-    from segmentation_pipeline.storage.database import load_frame
+    from segmentation_pipeline.storage.bulk_load import load_frame
 
     new, _ = generate_customers(40, seed=2, dirty=False)
     new["customer_id"] = new["customer_id"] + 1_000_000

@@ -32,7 +32,8 @@ from segmentation_pipeline.engines.spark import SparkUnavailableError, build_ses
 from segmentation_pipeline.engines.spark.handoff import MARKER
 from segmentation_pipeline.resources import AssetStoreIOManager, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
-from segmentation_pipeline.storage.database import create_db_engine, load_frame
+from segmentation_pipeline.storage.bulk_load import load_frame
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline_tests.helpers import mlflow_rest, write_config
 
 pytestmark = [pytest.mark.mysql, pytest.mark.spark, pytest.mark.e2e]

@@ -27,8 +27,10 @@ from segmentation_pipeline.core.features import build_features
 from segmentation_pipeline.core.k_selection import select_k
 from segmentation_pipeline.core.modeling import canonical_relabel, fit_kmeans
 from segmentation_pipeline.engines.spark import SparkSettings, SparkUnavailableError, build_session
-from segmentation_pipeline.storage.database import create_db_engine, read_table
-from segmentation_pipeline.storage.writeback import WriteError, load_frame
+from segmentation_pipeline.storage.connection import create_db_engine
+from segmentation_pipeline.storage.reads import read_table
+from segmentation_pipeline.storage.bulk_load import load_frame
+from segmentation_pipeline.storage.errors import WriteError
 
 pytestmark = [pytest.mark.mysql, pytest.mark.spark]
 

@@ -28,8 +28,9 @@ from segmentation_pipeline.core.modeling import build_model_pipeline, quality_me
 from segmentation_pipeline.core.naming import profile_segments
 from segmentation_pipeline.engines.base import ComputeEngine, Features, RunIds
 from segmentation_pipeline.engines.spark import SparkSettings, SparkUnavailableError, build_session
-from segmentation_pipeline.storage.database import create_db_engine, read_table
-from segmentation_pipeline.storage.writeback import load_frame
+from segmentation_pipeline.storage.connection import create_db_engine
+from segmentation_pipeline.storage.reads import read_table
+from segmentation_pipeline.storage.bulk_load import load_frame
 
 pytestmark = [pytest.mark.mysql, pytest.mark.spark]
 

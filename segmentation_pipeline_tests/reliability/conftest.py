@@ -22,7 +22,7 @@ import pymysql.connections
 import pytest
 import sqlalchemy as sa
 
-from segmentation_pipeline.storage import writeback
+from segmentation_pipeline.storage import bulk_load
 from segmentation_pipeline_tests.conftest import MYSQL_ADMIN_URL
 from segmentation_pipeline_tests.helpers import write_config
 
@@ -119,7 +119,7 @@ def kill_load_data(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``with kill_load_data(database, table, ...) as killer:`` runs a watcher thread."""
     current = threading.local()
     active: list[Killer] = []
-    real_chunk = writeback._load_data_chunk
+    real_chunk = bulk_load._load_data_chunk
     real_send = pymysql.connections._send_local_file
 
     def chunk(conn: Any, raw: Any, table: str, *args: Any, **kwargs: Any) -> int:
@@ -140,7 +140,7 @@ def kill_load_data(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
                 break
         real_send(filename, conn)
 
-    monkeypatch.setattr(writeback, "_load_data_chunk", chunk)
+    monkeypatch.setattr(bulk_load, "_load_data_chunk", chunk)
     monkeypatch.setattr(pymysql.connections, "_send_local_file", send)
 
     @contextmanager

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from segmentation_pipeline import cli
-from segmentation_pipeline.storage.database import create_db_engine
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline_tests.reliability.conftest import fast_config, table_rows
 
 pytestmark = [pytest.mark.mysql, pytest.mark.e2e]

@@ -21,7 +21,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from segmentation_pipeline.storage.database import create_db_engine
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline_tests.conftest import MYSQL_ADMIN_URL
 from segmentation_pipeline_tests.reliability.conftest import database_name, table_rows
 
@@ -40,7 +40,7 @@ WRITER = textwrap.dedent(
     from segmentation_pipeline.config import OutputConfig
     from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
     from segmentation_pipeline.storage import segment_store
-    from segmentation_pipeline.storage.database import create_db_engine
+    from segmentation_pipeline.storage.connection import create_db_engine
 
     url, suffix, run, n, n_rejected, start_at = sys.argv[1:]
     n, n_rejected = int(n), int(n_rejected)

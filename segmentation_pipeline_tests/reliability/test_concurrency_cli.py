@@ -20,7 +20,9 @@ import sqlalchemy as sa
 from segmentation_pipeline import cli
 from segmentation_pipeline.config import OutputConfig
 from segmentation_pipeline.core.demo_data import generate_customers
-from segmentation_pipeline.storage.database import _mysql_lock_key, create_db_engine, load_frame
+from segmentation_pipeline.storage.bulk_load import load_frame
+from segmentation_pipeline.storage.connection import create_db_engine
+from segmentation_pipeline.storage.locks import mysql_lock_key
 from segmentation_pipeline.storage.segment_store import lock_name
 from segmentation_pipeline_tests.conftest import MYSQL_ADMIN_URL
 from segmentation_pipeline_tests.reliability.conftest import fast_config, table_rows
@@ -44,7 +46,7 @@ def test_training_and_scoring_processes_racing_for_the_write_back_are_serialised
     config = fast_config(tmp_path, mysql_database_url, mlflow_server, suffix)
     first = cli.run_pipeline(str(config))  # a champion to score with, and the tables to replace
     output = OutputConfig(segments_table=f"seg_{suffix}", rejects_table=f"rej_{suffix}", history_table=f"hist_{suffix}")
-    key = _mysql_lock_key(engine, lock_name(output))
+    key = mysql_lock_key(engine, lock_name(output))
 
     env = {k: v for k, v in os.environ.items() if k not in {"DAGSTER_HOME", "MLFLOW_TRACKING_URI"}}
     admin_engine = sa.create_engine(MYSQL_ADMIN_URL)

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from segmentation_pipeline import cli
 from segmentation_pipeline.assets import training
 from segmentation_pipeline.core.demo_data import generate_customers
-from segmentation_pipeline.storage.database import create_db_engine, load_frame
+from segmentation_pipeline.storage.bulk_load import load_frame
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline_tests.helpers import free_port
 from segmentation_pipeline_tests.reliability.conftest import TcpProxy, fast_config, table_rows
 

@@ -17,7 +17,8 @@ from segmentation_pipeline.assets import segments as segments_asset
 from segmentation_pipeline.config import OutputConfig
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
-from segmentation_pipeline.storage.database import create_db_engine, load_frame
+from segmentation_pipeline.storage.bulk_load import load_frame
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.storage.segment_store import publish_segments
 from segmentation_pipeline_tests.reliability.conftest import database_name, fast_config, table_rows
 

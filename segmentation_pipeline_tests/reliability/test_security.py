@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 from segmentation_pipeline import cli
 from segmentation_pipeline.config import OutputConfig
 from segmentation_pipeline.core.demo_data import generate_customers
-from segmentation_pipeline.storage.database import create_db_engine, load_frame
+from segmentation_pipeline.storage.bulk_load import load_frame
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.storage.segment_store import record_run_failure
 from segmentation_pipeline_tests.conftest import MYSQL_ADMIN_URL
 from segmentation_pipeline_tests.reliability.conftest import database_name, fast_config, table_rows

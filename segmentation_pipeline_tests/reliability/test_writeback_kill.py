@@ -16,9 +16,9 @@ import sqlalchemy as sa
 
 from segmentation_pipeline.config import OutputConfig
 from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
-from segmentation_pipeline.storage.database import create_db_engine
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.storage.segment_store import publish_segments
-from segmentation_pipeline.storage.writeback import WriteError
+from segmentation_pipeline.storage.errors import WriteError
 from segmentation_pipeline_tests.reliability.conftest import database_name, table_rows
 
 pytestmark = pytest.mark.mysql

@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from segmentation_pipeline.storage.database import create_db_engine
+from segmentation_pipeline.storage.connection import create_db_engine
+from segmentation_pipeline_tests.storage.frames import create_customers, customers_frame
 
 
 @pytest.fixture()
@@ -36,3 +38,11 @@ def db(request: pytest.FixtureRequest) -> sa.Engine:
 def table_name() -> str:
     """The MySQL database is shared by the session: every test gets its own table."""
     return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture()
+def customers(db: sa.Engine, table_name: str) -> Iterator[tuple[sa.Engine, str, pd.DataFrame]]:
+    """A 1,037-row customer table with a declared primary key (several read chunks)."""
+    frame = customers_frame(1037)
+    create_customers(db, table_name, frame)
+    yield db, table_name, frame

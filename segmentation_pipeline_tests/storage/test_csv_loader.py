@@ -10,8 +10,8 @@ import sqlalchemy as sa
 
 from segmentation_pipeline.config import ConfigError
 from segmentation_pipeline.storage.csv_loader import read_csv_file, snake_case
-from segmentation_pipeline.storage.database import read_table
-from segmentation_pipeline.storage.writeback import load_frame
+from segmentation_pipeline.storage.reads import read_table
+from segmentation_pipeline.storage.bulk_load import load_frame
 
 MALL = (
     "CustomerID,Genre,Age,Annual Income (k$),Spending Score (1-100)\n"

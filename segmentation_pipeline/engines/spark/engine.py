@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from segmentation_pipeline.storage.source import optional_source_columns, source_columns
+from segmentation_pipeline.core.segment_tables import check_row_accounting
+from segmentation_pipeline.storage.source import customer_columns
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.assigner import SegmentAssigner
 from segmentation_pipeline.core.k_selection import KSelection
@@ -28,7 +29,7 @@ from segmentation_pipeline.core.modeling import build_model_pipeline
 from segmentation_pipeline.engines.base import Cleaned, Clusters, Extracted, Features, Progress, Published, RunIds
 from segmentation_pipeline.engines.spark import cleaning, export, extract, model, writeback
 from segmentation_pipeline.engines.spark.handoff import SparkFeaturePayload, SparkFeatureRecord, SparkFrame
-from segmentation_pipeline.storage.database import high_water_mark, table_columns
+from segmentation_pipeline.storage.source import high_water_mark
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -83,7 +84,7 @@ class SparkEngine:
     def extract(self, cfg: PipelineConfig, db: sa.Engine, *, progress: Progress | None = None) -> Extracted:
         """A partitioned JDBC read (planned, not yet run) of the columns the local engine reads."""
         src = cfg.source
-        columns = source_columns(table_columns(db, src.table), src.id_column, cfg.features, optional_source_columns(cfg))
+        columns = customer_columns(db, cfg)
         ex = extract.read_customers(
             self.session, db, src.table, columns, id_column=src.id_column, num_partitions=cfg.spark.num_partitions
         )
@@ -194,10 +195,7 @@ class SparkEngine:
                 F.count(F.lit(1)).alias("count"), F.sum(F.col("is_outlier").cast("int")).alias("outliers")
             ).toPandas().sort_values("segment_id", ignore_index=True)
             n_segmented, n_input = int(shares["count"].sum()), len(clean) + len(rejected)
-            if n_segmented + len(rejected) != n_input:
-                raise RuntimeError(
-                    f"row accounting broken: {n_segmented} segmented + {len(rejected)} rejected != {n_input} input rows"
-                )
+            check_row_accounting(n_segmented, len(rejected), n_input)
             if progress is not None:
                 progress(n_segmented, n_input)
             written = writeback.publish_segments(

@@ -34,7 +34,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 from segmentation_pipeline.config import validate_identifier
-from segmentation_pipeline.storage.database import SourceError, is_mysql, masked_url, table_columns
+from segmentation_pipeline.storage.connection import is_mysql, masked_url, table_columns
+from segmentation_pipeline.storage.errors import SourceError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -215,7 +216,7 @@ def read_customers(
 ) -> SparkExtract:
     """Plan a partitioned read of ``columns`` (None: all) of ``table``; nothing is read yet.
 
-    ``engine`` (from :func:`~segmentation_pipeline.storage.database.create_db_engine`) checks the
+    ``engine`` (from :func:`~segmentation_pipeline.storage.connection.create_db_engine`) checks the
     table and columns (SourceError listing what exists) and runs the bounds query; ``target``
     defaults to :func:`jdbc_target` of the engine's URL.
     """

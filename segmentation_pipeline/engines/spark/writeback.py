@@ -1,45 +1,34 @@
-"""Spark JDBC write-back with the project's atomic table swap.
+"""Spark's part of the write-back: the segment/reject frames, and a JDBC :class:`JdbcLoader`.
 
 Rows never travel through the driver: each Spark partition inserts into ``<table>__staging`` over
 its own JDBC connection (batched; ``rewriteBatchedStatements`` makes the MariaDB driver send
-multi-row INSERTs), the staging row count is checked against the DataFrame, and then
-:func:`~segmentation_pipeline.storage.writeback.swap_in_staging` -- the local engine's atomic
-``RENAME TABLE`` -- puts it in place. On any failure the staging table is dropped and the live table is
-untouched. The staging table is created here with the local engine's column types
-(VARCHAR(255)/TEXT, BIGINT, DOUBLE, BOOLEAN, DATETIME(6), the primary key) and a per-write table
-comment, so chunked readers notice the swap exactly as they do for local writes.
-
-:func:`publish_segments` is the Spark twin of
-:func:`segmentation_pipeline.storage.segment_store.publish_segments`: both tables swapped under the
-same database lock, plus the idempotent ``segment_assignments`` history for the run, copied on
-the server from the swapped-in segments table (the rows cross JDBC once).
+multi-row INSERTs) and the staging row count is checked with one ``COUNT(*)``. Everything else
+-- the database lock, the staging table (the local engine's column types and per-write comment),
+the verification, the ``segment_assignments`` history (copied on the server from the swapped-in
+table: the rows cross JDBC once) and the atomic ``RENAME TABLE`` -- is the storage layer's
+:func:`~segmentation_pipeline.storage.segment_store.publish_tables`, shared with the local engine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 
 from segmentation_pipeline.config import OutputConfig, validate_identifier
 from segmentation_pipeline.core.segment_tables import REJECT_COLUMNS, SEGMENT_COLUMNS
 from segmentation_pipeline.engines.spark.extract import JdbcTarget, jdbc_target, scrub
-from segmentation_pipeline.storage.database import is_mysql, masked_url, write_lock
-from segmentation_pipeline.storage.segment_store import HISTORY_COLUMNS, lock_name
-from segmentation_pipeline.storage.writeback import (
-    STAGING_SUFFIX,
-    WriteError,
-    copy_history,
-    plan_table,
-    swap_in_staging,
-)
+from segmentation_pipeline.storage.connection import is_mysql, masked_url, quote_identifier
+from segmentation_pipeline.storage.errors import WriteError
+from segmentation_pipeline.storage.history import HistoryMirror
+from segmentation_pipeline.storage.schema import FramePlan, sql_type
+from segmentation_pipeline.storage.segment_store import publish_tables
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
@@ -48,26 +37,20 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "JdbcLoader",
+    "jdbc_loader",
     "publish_segments",
     "rejects_frame",
     "segments_frame",
-    "write_table_atomic",
-    "write_tables_atomic",
 ]
 
 DEFAULT_BATCH_SIZE = 10_000
-_VARCHAR = 255
-_MAX_KEY_VARCHAR = 768  # utf8mb4 x 768 = 3072 bytes, InnoDB's index key limit
 
 
 def _F():  # noqa: N802
     from pyspark.sql import functions
 
     return functions
-
-
-def _derived(table: str, suffix: str) -> str:
-    return validate_identifier(table + suffix, f"derived table name ({suffix} of {table!r})")
 
 
 def _now_text() -> str:
@@ -122,14 +105,32 @@ def rejects_frame(rejects: "DataFrame", *, mlflow_run_id: str, dagster_run_id: s
     ).select(*REJECT_COLUMNS)
 
 
-# --------------------------------------------------------------------------- DDL
+# --------------------------------------------------------------------------- loader
 
 
-_ColumnSpec = tuple[str, "sa.types.TypeEngine[Any]", bool]  # name, SQL type, is primary key
+def _arrow_type(spark_type: Any) -> pa.DataType | None:
+    """The Arrow type the local engine would see for a Spark column (None: not supported)."""
+    from pyspark.sql import types as T
+
+    if isinstance(spark_type, T.BooleanType):
+        return pa.bool_()
+    if isinstance(spark_type, (T.ByteType, T.ShortType, T.IntegerType)):
+        return pa.int32()
+    if isinstance(spark_type, T.LongType):
+        return pa.int64()
+    if isinstance(spark_type, (T.FloatType, T.DoubleType)):
+        return pa.float64()
+    if isinstance(spark_type, (T.TimestampType, T.TimestampNTZType)):
+        return pa.timestamp("us")
+    if isinstance(spark_type, T.DateType):
+        return pa.date32()
+    if isinstance(spark_type, T.StringType):
+        return pa.string()
+    return None
 
 
-def _plan(df: "DataFrame", primary_key: str | None) -> tuple[list[_ColumnSpec], int]:
-    """SQL columns mirroring the local engine's types, and the row count (one Spark job)."""
+def _plan(df: "DataFrame", primary_key: str | None) -> tuple[FramePlan, int]:
+    """The local engine's column plan for ``df`` (same SQL types), and its row count (one Spark job)."""
     from pyspark.sql import types as T
 
     F = _F()
@@ -143,178 +144,81 @@ def _plan(df: "DataFrame", primary_key: str | None) -> tuple[list[_ColumnSpec], 
     row = df.agg(
         F.count(F.lit(1)).alias("_n"), *[F.max(F.length(F.col(name))).alias(name) for name in strings]
     ).first()
-    count = int(row["_n"])
-    columns: list[_ColumnSpec] = []
+    arrow_types: dict[str, pa.DataType] = {}
+    sql_types: dict[str, sa.types.TypeEngine[Any]] = {}
     for f in fields:
         t = f.dataType
-        is_key = f.name == primary_key
-        sql: sa.types.TypeEngine[Any]
-        if isinstance(t, T.BooleanType):
-            sql = sa.Boolean(create_constraint=False)
-        elif isinstance(t, (T.ByteType, T.ShortType, T.IntegerType)):
-            sql = sa.Integer()
-        elif isinstance(t, T.LongType):
-            sql = sa.BigInteger()
-        elif isinstance(t, (T.FloatType, T.DoubleType)):
-            sql = sa.Double()
-        elif isinstance(t, T.DecimalType):
-            sql = sa.Numeric(t.precision, t.scale)
-        elif isinstance(t, (T.TimestampType, T.TimestampNTZType)):
-            sql = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-        elif isinstance(t, T.DateType):
-            sql = sa.Date()
-        elif isinstance(t, T.StringType):
-            longest = int(row[f.name] or 0)
-            if is_key:
-                if longest > _MAX_KEY_VARCHAR:
-                    raise ValueError(
-                        f"primary key {f.name!r} has values of {longest} characters; at most {_MAX_KEY_VARCHAR}"
-                    )
-                sql = sa.String(max(_VARCHAR, longest))
-            else:
-                sql = sa.String(_VARCHAR) if longest <= _VARCHAR else sa.Text(longest)
-        else:
+        if isinstance(t, T.DecimalType):  # kept exact: DECIMAL(p, s), as Spark holds it
+            arrow_types[f.name], sql_types[f.name] = pa.decimal128(t.precision, t.scale), sa.Numeric(t.precision, t.scale)
+            continue
+        arrow = _arrow_type(t)
+        if arrow is None:
             raise TypeError(f"column {f.name!r} has unsupported type {t.simpleString()}; cast it first")
-        columns.append((f.name, sql, is_key))
-    return columns, count
+        longest = int(row[f.name] or 0) if f.name in strings else 0
+        arrow_types[f.name] = arrow
+        sql_types[f.name] = sql_type(f.name, arrow, longest, f.name == primary_key)
+    return FramePlan(names, arrow_types, sql_types, primary_key), int(row["_n"])
 
 
-def _create(
-    engine: sa.Engine, table: str, columns: Sequence[_ColumnSpec], *, comment: str | None = None,
-    index: tuple[str, Sequence[str]] | None = None,
-) -> None:
-    metadata = sa.MetaData()
-    kwargs: dict[str, Any] = {"mysql_charset": "utf8mb4"}
-    if comment is not None:
-        kwargs["comment"] = comment
-    # autoincrement=False: an AUTO_INCREMENT key would turn an id of 0 into the next value
-    specs = [sa.Column(n, t, primary_key=key, nullable=not key, autoincrement=False) for n, t, key in columns]
-    tbl = sa.Table(table, metadata, *specs, **kwargs)
-    if index is not None:
-        sa.Index(index[0], *(tbl.c[c] for c in index[1]))
-    with engine.begin() as conn:
-        metadata.create_all(conn, checkfirst=False)
+@dataclass(frozen=True)
+class JdbcLoader:
+    """A Spark DataFrame as a :class:`~segmentation_pipeline.storage.swap.TableLoader`: partitions
+    INSERT over JDBC, then one ``COUNT(*)`` of the staging table is the verified row count."""
+
+    df: "DataFrame"
+    plan: FramePlan
+    rows: int
+    target: JdbcTarget
+    batch_size: int = DEFAULT_BATCH_SIZE
+    num_partitions: int | None = None
+
+    def feeds_mirror(self, engine: sa.Engine) -> bool:
+        return False  # the history is copied on the server after the swap
+
+    def load(self, engine: sa.Engine, staging: str, mirror: HistoryMirror | None) -> int:
+        writer_target = self.target.with_url_options(rewriteBatchedStatements="true")
+        extra: dict[str, Any] = {"batchsize": self.batch_size}
+        if self.num_partitions:
+            extra["numPartitions"] = self.num_partitions
+        quoted = quote_identifier(engine, staging, "table")
+        try:
+            self.df.write.jdbc(writer_target.url, quoted, mode="append", properties=writer_target.properties(**extra))
+        except Exception as exc:  # noqa: BLE001 - py4j wraps every JVM error
+            raise WriteError(
+                f"Spark JDBC write into {staging!r} failed ({self.target.safe_url}): "
+                f"{scrub(str(exc), self.target)[:2000]}"
+            ) from None
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {quoted}").scalar_one())
 
 
-def _drop(engine: sa.Engine, table: str) -> None:
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {engine.dialect.identifier_preparer.quote(table)}")
-
-
-def _count(engine: sa.Engine, table: str) -> int:
-    with engine.connect() as conn:
-        quoted = engine.dialect.identifier_preparer.quote(table)
-        return int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {quoted}").scalar_one())
-
-
-def _load(
+def jdbc_loader(
     df: "DataFrame",
-    engine: sa.Engine,
-    staging: str,
+    primary_key: str | None,
     target: JdbcTarget,
     *,
-    batch_size: int,
-    num_partitions: int | None,
-) -> None:
-    """Spark partitions INSERT into the (existing) staging table; errors scrubbed of the password."""
-    writer_target = target.with_url_options(rewriteBatchedStatements="true")
-    extra: dict[str, Any] = {"batchsize": batch_size}
-    if num_partitions:
-        extra["numPartitions"] = num_partitions
-    try:
-        df.write.jdbc(
-            writer_target.url, engine.dialect.identifier_preparer.quote(staging), mode="append",
-            properties=writer_target.properties(**extra),
-        )
-    except Exception as exc:  # noqa: BLE001 - py4j wraps every JVM error
-        raise WriteError(
-            f"Spark JDBC write into {staging!r} failed ({target.safe_url}): {scrub(str(exc), target)[:2000]}"
-        ) from None
-
-
-# --------------------------------------------------------------------------- public API
-
-
-def write_tables_atomic(
-    engine: sa.Engine,
-    tables: Sequence[tuple["DataFrame", str, str | None]],
-    *,
-    target: JdbcTarget | None = None,
-    lock_name: str | None = None,
-    lock_timeout_s: int = 600,
     batch_size: int = DEFAULT_BATCH_SIZE,
     num_partitions: int | None = None,
-) -> list[int]:
-    """Replace several tables as one unit from ``(df, table, primary_key)`` items: each ``df`` is
-    written by Spark JDBC into ``<table>__staging`` and its row count checked, then all staging
-    tables are swapped in together (one ``RENAME TABLE``). On any failure no table changes.
-    Returns the rows written per table.
+) -> JdbcLoader:
+    """Plan ``df`` (one Spark job: row count and longest strings) into a loader; persist it first,
+    so the rows counted are the rows written."""
+    plan, rows = _plan(df, primary_key)
+    return JdbcLoader(df, plan, rows, target, batch_size, num_partitions)
 
-    Each ``df`` is persisted for the duration, so the rows counted are the rows written.
-    Concurrent writers of one table must share ``lock_name`` (they share the staging name).
-    """
+
+@contextlib.contextmanager
+def _persisted(*frames: "DataFrame") -> Iterator[list["DataFrame"]]:
     from pyspark import StorageLevel
 
-    if not is_mysql(engine):
-        raise ValueError(f"Spark write-back needs MySQL/MariaDB; {masked_url(engine)} is {engine.dialect.name}")
-    for _df, table, _key in tables:
-        validate_identifier(table, "table")
-    stagings = [_derived(table, STAGING_SUFFIX) for _df, table, _key in tables]
-    target = target or jdbc_target(engine.url)
-    started = time.perf_counter()
-    lock = write_lock(engine, lock_name, lock_timeout_s) if lock_name else contextlib.nullcontext()
-    cached = [df.persist(StorageLevel.MEMORY_AND_DISK) for df, _t, _k in tables]
-    counts: list[int] = []
+    cached = [df.persist(StorageLevel.MEMORY_AND_DISK) for df in frames]
     try:
-        plans = [_plan(df, key) for df, (_d, _t, key) in zip(cached, tables)]
-        with lock:
-            for staging in stagings:
-                _drop(engine, staging)
-            try:
-                for df, (_d, table, _k), staging, (columns, expected) in zip(cached, tables, stagings, plans):
-                    # the comment changes the table's identity token, so chunked readers notice the swap
-                    _create(engine, staging, columns, comment=f"segmentation-pipeline write {uuid.uuid4().hex}")
-                    _load(df, engine, staging, target, batch_size=batch_size, num_partitions=num_partitions)
-                    loaded = _count(engine, staging)
-                    if loaded != expected:
-                        raise WriteError(
-                            f"staging table {staging!r} holds {loaded} rows but the frame has {expected} "
-                            f"({target.safe_url}); {table!r} left unchanged"
-                        )
-                    counts.append(expected)
-                swap_in_staging(engine, [table for _d, table, _k in tables])
-            except BaseException:
-                for staging in stagings:
-                    with contextlib.suppress(Exception):
-                        _drop(engine, staging)
-                raise
+        yield cached
     finally:
         for df in cached:
             df.unpersist()
-    for (_d, table, _k), rows in zip(tables, counts):
-        log.info("replaced %r with %d rows via Spark JDBC in %.2fs (%s)", table, rows,
-                 time.perf_counter() - started, target.safe_url)
-    return counts
 
 
-def write_table_atomic(
-    df: "DataFrame",
-    engine: sa.Engine,
-    table: str,
-    *,
-    primary_key: str | None = None,
-    target: JdbcTarget | None = None,
-    lock_name: str | None = None,
-    lock_timeout_s: int = 600,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    num_partitions: int | None = None,
-) -> int:
-    """Replace ``table`` with the rows of ``df`` (:func:`write_tables_atomic` for one table)."""
-    [rows] = write_tables_atomic(
-        engine, [(df, table, primary_key)], target=target, lock_name=lock_name, lock_timeout_s=lock_timeout_s,
-        batch_size=batch_size, num_partitions=num_partitions,
-    )
-    return rows
+# --------------------------------------------------------------------------- public API
 
 
 def publish_segments(
@@ -338,19 +242,16 @@ def publish_segments(
         raise ValueError(
             f"segments/rejects frames lack columns {missing}; build them with segments_frame/rejects_frame"
         )
+    if not is_mysql(engine):
+        raise ValueError(f"Spark write-back needs MySQL/MariaDB; {masked_url(engine)} is {engine.dialect.name}")
     target = target or jdbc_target(engine.url)
-    options = {"target": target, "batch_size": batch_size, "num_partitions": num_partitions}
-    with write_lock(engine, lock_name(output), lock_timeout_s):
-        n_segments, n_rejects = write_tables_atomic(
-            engine, [(segments, output.segments_table, "customer_id"), (rejects, output.rejects_table, None)], **options
+    options = {"batch_size": batch_size, "num_partitions": num_partitions}
+    with _persisted(segments, rejects) as (cached_segments, cached_rejects):
+        n_segments, n_rejects = publish_tables(
+            engine, output,
+            jdbc_loader(cached_segments, "customer_id", target, **options),
+            jdbc_loader(cached_rejects, None, target, **options),
+            run_key=run_key, lock_timeout_s=lock_timeout_s,
         )
-        written = {output.segments_table: n_segments, output.rejects_table: n_rejects}
-        # the same history as the local engine, copied on the server from the swapped-in table:
-        # the rows do not cross JDBC a second time
-        written[output.history_table] = copy_history(
-            engine, output.history_table, output.segments_table, plan_table(engine, output.segments_table),
-            HISTORY_COLUMNS, run_key_column="dagster_run_id", run_key=run_key, id_column="customer_id",
-            expected_rows=n_segments,
-        )
-    return written
-
+    # the history holds exactly the published segments (verified by the copy)
+    return {output.segments_table: n_segments, output.rejects_table: n_rejects, output.history_table: n_segments}

@@ -1,27 +1,16 @@
-"""Database access for the pipeline: engines, safe identifiers, chunked reads and write locks.
+"""Chunked table reads: keyset pages through connectorx (MySQL) or SQLAlchemy, one table version.
 
-Both backends are first class: MySQL/MariaDB (``mysql+pymysql://``) for production and a SQLite
-file for the embedded default. Table and column names come from config or the CLI, so they are
-validated and dialect-quoted, never interpolated raw. URLs are only ever shown masked.
-
-Writing lives in :mod:`segmentation_pipeline.storage.writeback` (re-exported here lazily, so
-``from segmentation_pipeline.storage.database import write_table_atomic`` works too).
+Pages stay Arrow until one final ``to_pandas``, so a read never materialises its rows twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import decimal
-import hashlib
 import logging
-import os
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -30,156 +19,53 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.engine.interfaces import ReflectedColumn
+from sqlalchemy.engine import URL
 
 from segmentation_pipeline.config import validate_identifier
-
-try:  # POSIX only; elsewhere SQLite locks fall back to in-process locks
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from segmentation_pipeline.storage.connection import (
+    ProgressFn,
+    check_columns,
+    is_mysql,
+    is_sqlite,
+    masked_url,
+    reflect_columns,
+    scrub_password,
+)
+from segmentation_pipeline.storage.errors import SourceError
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "SourceError",
-    "WriteLockTimeout",
-    "create_db_engine",
-    "masked_url",
-    "is_mysql",
-    "quote_identifier",
-    "table_exists",
-    "table_columns",
-    "read_table",
-    "high_water_mark",
-    "write_lock",
-]  # plus write_table_atomic, load_frame, read_csv_file via __getattr__
+__all__ = ["ReadBackend", "RowsAfter", "read_table", "rows_after", "table_version"]
 
-ProgressFn = Callable[[int, int], None]
 ReadBackend = Literal["auto", "connectorx", "sqlalchemy"]
 
 # Bounded retries when a writer swaps the table between two chunks of one read.
 _MAX_READ_ATTEMPTS = 3
 
 
-class SourceError(ValueError):
-    """A table or column the pipeline needs is missing or unusable; says what exists instead."""
+@dataclass(frozen=True)
+class RowsAfter:
+    """Keep rows whose ``column`` is greater than ``value`` (already of the column's type)."""
+
+    column: str
+    value: Any
 
 
-class WriteLockTimeout(TimeoutError):
-    """Another run holds the write lock; raised instead of writing concurrently."""
+def rows_after(where_after: dict[str, Any] | None, types: dict[str, sa.types.TypeEngine[Any]]) -> RowsAfter | None:
+    """Validate a ``{"column": c, "value": v}`` filter and give ``v`` the column's type.
 
-
-# --------------------------------------------------------------------------- engines and names
-
-
-def create_db_engine(url: str | URL, *, local_infile: bool = True) -> sa.Engine:
-    """One place that knows how each backend must be configured for this pipeline.
-
-    MySQL: PyMySQL with ``local_infile`` (bulk loads via LOAD DATA LOCAL; only point it at
-    servers you trust, as with any LOCAL INFILE client), utf8mb4, and pre-ping/recycle so
-    long Dagster runs survive ``wait_timeout``. SQLite: WAL so readers never block on the
-    writer, a busy timeout, and SQLAlchemy-emitted BEGIN so DDL is transactional (the
-    atomic table swap depends on it).
+    Cursors arrive as JSON strings; comparing them as text would be wrong (see _coerce_bound).
     """
-    parsed = make_url(url) if isinstance(url, str) else url
-    backend = parsed.get_backend_name()
-    if backend in ("mysql", "mariadb"):
-        if "+" not in parsed.drivername:  # bare mysql:// would pick mysqlclient, which is not installed
-            parsed = parsed.set(drivername=f"{backend}+pymysql")
-        connect_args: dict[str, Any] = {}
-        if parsed.get_driver_name() == "pymysql":
-            connect_args["local_infile"] = local_infile
-            if "charset" not in parsed.query:
-                connect_args["charset"] = "utf8mb4"
-        return sa.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True, pool_recycle=3600)
-    if backend == "sqlite":
-        database = parsed.database or ""
-        file_backed = database not in ("", ":memory:") and not database.startswith("file:")
-        if file_backed:
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (transactional DDL)
-            cursor = dbapi_connection.cursor()
-            if file_backed:
-                cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        @sa.event.listens_for(engine, "begin")
-        def _on_begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN")
-
-        return engine
-    return sa.create_engine(parsed, pool_pre_ping=True)
-
-
-def masked_url(engine_or_url: sa.Engine | sa.Connection | URL | str) -> str:
-    """The only form of a URL allowed in logs and error messages."""
-    if isinstance(engine_or_url, (sa.Engine, sa.Connection)):
-        url = engine_or_url.engine.url
-    else:
-        url = make_url(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-    return url.render_as_string(hide_password=True)
-
-
-def is_mysql(engine: sa.Engine | sa.Connection) -> bool:
-    return engine.dialect.name in ("mysql", "mariadb")
-
-
-def is_sqlite(engine: sa.Engine | sa.Connection) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
-def quote_identifier(engine: sa.Engine | sa.Connection, name: str, what: str = "identifier") -> str:
-    """Validate, then quote as the dialect requires (reserved words, case): config/CLI names never smuggle SQL."""
-    validate_identifier(name, what)
-    return engine.dialect.identifier_preparer.quote(name)
-
-
-# --------------------------------------------------------------------------- introspection
-
-
-def table_exists(engine: sa.Engine, table: str) -> bool:
-    validate_identifier(table, "table")
-    return sa.inspect(engine).has_table(table)
-
-
-def _missing_table(engine: sa.Engine, table: str) -> SourceError:
-    tables = sorted(sa.inspect(engine).get_table_names())
-    shown = tables[:30] + (["..."] if len(tables) > 30 else [])
-    return SourceError(f"table {table!r} not found in {masked_url(engine)}; tables: {shown}")
-
-
-def _reflect_columns(engine: sa.Engine, table: str) -> list[ReflectedColumn]:
-    validate_identifier(table, "table")
-    try:
-        inspector = sa.inspect(engine)  # connects
-        exists = inspector.has_table(table)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:  # unreachable, refused, bad login
-        detail = _scrub(str(getattr(exc, "orig", exc)), engine.url)
-        raise SourceError(f"cannot reach the database at {masked_url(engine)} to read table {table!r}: {detail}") from exc
-    if not exists:
-        raise _missing_table(engine, table)
-    return list(inspector.get_columns(table))
-
-
-def table_columns(engine: sa.Engine, table: str) -> list[str]:
-    """Column names in table order; SourceError (listing the tables) when the table is missing."""
-    return [column["name"] for column in _reflect_columns(engine, table)]
-
-
-def _check_columns(engine: sa.Engine, table: str, available: Sequence[str], wanted: Sequence[str]) -> None:
-    missing = [name for name in wanted if name not in available]
-    if missing:
-        label = f"column {missing[0]!r}" if len(missing) == 1 else f"columns {missing}"
-        raise SourceError(
-            f"{label} not found in table {table!r} ({masked_url(engine)}); available columns: {list(available)}"
-        )
+    if where_after is None:
+        return None
+    unknown = set(where_after) - {"column", "value"}
+    if unknown or "column" not in where_after or "value" not in where_after:
+        raise ValueError(f"where_after must be {{'column': ..., 'value': ...}}, got keys {sorted(where_after)}")
+    column = validate_identifier(where_after["column"], "where_after column")
+    value = _plain(where_after["value"])
+    if column in types:
+        value = _coerce_bound(value, types[column])
+    return RowsAfter(column, value)
 
 
 def _declared_unique_not_null(engine: sa.Engine, table: str, column: str, nullable: bool) -> bool:
@@ -254,14 +140,6 @@ def _connectorx_uri(url: URL) -> str | None:
     return None
 
 
-def _scrub(message: str, url: URL) -> str:
-    """Remove the password (raw and URL-escaped) from a driver's error text."""
-    if url.password:
-        for secret in {str(url.password), quote(str(url.password), safe="")}:
-            message = message.replace(secret, "***")
-    return message
-
-
 @dataclass(frozen=True)
 class _ReadPlan:
     table: str
@@ -269,27 +147,26 @@ class _ReadPlan:
     keep: list[str]  # returned to the caller
     id_column: str
     types: dict[str, sa.types.TypeEngine[Any]]
-    where_column: str | None
-    where_value: Any
+    after: RowsAfter | None
     chunk_size: int
 
     def clause(self) -> sa.TableClause:
-        names = dict.fromkeys([*self.columns, *([self.where_column] if self.where_column else [])])
+        names = dict.fromkeys([*self.columns, *([self.after.column] if self.after else [])])
         return sa.table(self.table, *(sa.column(c, self.types[c]) for c in names))
 
     def select(self, last: Any) -> sa.Select[Any]:
         """One keyset page; bounds are literals for connectorx, bound parameters otherwise."""
         tbl = self.clause()
         stmt = sa.select(*(tbl.c[c] for c in self.columns))
-        if self.where_column is not None:
-            stmt = stmt.where(tbl.c[self.where_column] > sa.literal(self.where_value))
+        if self.after is not None:
+            stmt = stmt.where(tbl.c[self.after.column] > sa.literal(self.after.value))
         if last is not None:
             stmt = stmt.where(tbl.c[self.id_column] > sa.literal(last))
         return stmt.order_by(tbl.c[self.id_column]).limit(self.chunk_size)
 
 
-def _table_version(conn: sa.Connection, table: str) -> tuple[Any, ...]:
-    """A token that changes when the table is swapped (see writeback's per-write table comment)."""
+def table_version(conn: sa.Connection, table: str) -> tuple[Any, ...]:
+    """A token that changes when the table is swapped (see swap.py's per-write table comment)."""
     if is_mysql(conn):
         row = conn.execute(
             sa.text(
@@ -430,26 +307,17 @@ def read_table(
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     validate_identifier(id_column, "id column")
-    reflected = _reflect_columns(engine, table)
+    reflected = reflect_columns(engine, table)
     available = [c["name"] for c in reflected]
     types = {c["name"]: c["type"] for c in reflected}
     wanted = list(dict.fromkeys(columns)) if columns is not None else list(available)
     for name in wanted:
         validate_identifier(name, "column")
-    where_column: str | None = None
-    where_value: Any = None
-    if where_after is not None:
-        unknown = set(where_after) - {"column", "value"}
-        if unknown or "column" not in where_after or "value" not in where_after:
-            raise ValueError(f"where_after must be {{'column': ..., 'value': ...}}, got keys {sorted(where_after)}")
-        where_column = validate_identifier(where_after["column"], "where_after column")
-        where_value = _plain(where_after["value"])
-        if where_column in types:
-            where_value = _coerce_bound(where_value, types[where_column])
-    _check_columns(engine, table, available, [*wanted, id_column, *([where_column] if where_column else [])])
+    after = rows_after(where_after, types)
+    check_columns(engine, table, available, [*wanted, id_column, *([after.column] if after else [])])
 
     selected = wanted if id_column in wanted else [*wanted, id_column]
-    plan = _ReadPlan(table, selected, wanted, id_column, types, where_column, where_value, chunk_size)
+    plan = _ReadPlan(table, selected, wanted, id_column, types, after, chunk_size)
     nullable = next(bool(c.get("nullable", True)) for c in reflected if c["name"] == id_column)
     total, keyset_ok = _count_and_check_ids(
         engine, plan, check_ids=not _declared_unique_not_null(engine, table, id_column, nullable)
@@ -465,7 +333,7 @@ def read_table(
 
     for attempt in range(1, _MAX_READ_ATTEMPTS + 1):
         with engine.connect() as conn:
-            version = _table_version(conn, table)
+            version = table_version(conn, table)
         chunks: list[pa.Table] = []
         rows = 0
         last: Any = None
@@ -479,7 +347,7 @@ def read_table(
                     chunk = _chunk_connectorx(engine, uri, stmt, backslash_escapes)
                 except Exception as exc:  # noqa: BLE001 - connectorx raises bare RuntimeErrors
                     if backend == "connectorx":
-                        detail = _scrub(str(exc), engine.url)
+                        detail = scrub_password(str(exc), engine.url)
                         raise RuntimeError(
                             f"connectorx failed reading {table!r} from {masked_url(engine)}: {detail}"
                         ) from None
@@ -487,7 +355,7 @@ def read_table(
                         "connectorx failed reading %r from %s (%s); falling back to SQLAlchemy",
                         table,
                         masked_url(engine),
-                        _scrub(str(exc), engine.url)[:300],
+                        scrub_password(str(exc), engine.url)[:300],
                     )
                     use_cx = False
             if chunk is None:
@@ -502,7 +370,7 @@ def read_table(
             last = _plain(chunk.column(id_column)[-1].as_py())
         if len(chunks) > 1:
             with engine.connect() as conn:
-                if _table_version(conn, table) != version:
+                if table_version(conn, table) != version:
                     log.warning("table %r was replaced during read (attempt %d); reading again", table, attempt)
                     if attempt == _MAX_READ_ATTEMPTS:
                         raise SourceError(
@@ -556,8 +424,8 @@ def _count_and_check_ids(engine: sa.Engine, plan: _ReadPlan, *, check_ids: bool)
     if check_ids:
         aggregates += [sa.func.count(id_col), sa.func.count(sa.distinct(id_col))]
     stmt = sa.select(*aggregates).select_from(tbl)
-    if plan.where_column is not None:
-        stmt = stmt.where(tbl.c[plan.where_column] > sa.literal(plan.where_value))
+    if plan.after is not None:
+        stmt = stmt.where(tbl.c[plan.after.column] > sa.literal(plan.after.value))
     with engine.connect() as conn:
         row = conn.execute(stmt).one()
     total = int(row[0])
@@ -574,142 +442,3 @@ def _count_and_check_ids(engine: sa.Engine, plan: _ReadPlan, *, check_ids: bool)
             return total, False
     return total, True
 
-
-def high_water_mark(
-    engine: sa.Engine, table: str, id_column: str, updated_at_column: str | None = None
-) -> dict[str, Any]:
-    """Max id, max updated_at and row count in one aggregate: the cursor for incremental scoring."""
-    wanted = [id_column, *([updated_at_column] if updated_at_column else [])]
-    for name in wanted:
-        validate_identifier(name, "column")
-    reflected = _reflect_columns(engine, table)
-    available = [c["name"] for c in reflected]
-    _check_columns(engine, table, available, wanted)
-    types = {c["name"]: c["type"] for c in reflected}
-    tbl = sa.table(table, *(sa.column(c, types[c]) for c in wanted))
-    aggregates: list[Any] = [
-        sa.type_coerce(sa.func.max(tbl.c[id_column]), types[id_column]).label("max_id"),
-        sa.func.count().label("row_count"),
-    ]
-    if updated_at_column:
-        # type_coerce keeps SQLite's DATETIME text parsed into datetime objects
-        aggregates.append(
-            sa.type_coerce(sa.func.max(tbl.c[updated_at_column]), types[updated_at_column]).label("max_updated_at")
-        )
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(*aggregates).select_from(tbl)).one()._mapping
-    value = row["max_id"]
-    if isinstance(value, decimal.Decimal):
-        value = float(value)
-    return {
-        "max_id": value,
-        "max_updated_at": row["max_updated_at"] if updated_at_column else None,
-        "row_count": int(row["row_count"]),
-    }
-
-
-# --------------------------------------------------------------------------- locking
-
-_local_locks: dict[str, threading.Lock] = {}
-_local_locks_guard = threading.Lock()
-
-
-def _mysql_lock_key(engine: sa.Engine, name: str) -> str:
-    """GET_LOCK names are server-wide: scope them to the database, within MySQL's 64 chars."""
-    key = f"{engine.url.database or ''}.{name}"
-    if len(key) > 64:
-        key = f"seg.{hashlib.sha256(key.encode()).hexdigest()[:56]}"
-    return key
-
-
-def _lock_file_path(engine: sa.Engine, name: str) -> Path | None:
-    database = engine.url.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
-        return None
-    safe = "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in name)[:60]
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return Path(database).expanduser().resolve().with_name(f"{Path(database).name}.{safe}.{digest}.lock")
-
-
-@contextmanager
-def write_lock(engine: sa.Engine, name: str, timeout_s: int) -> Iterator[None]:
-    """Serialise writers of one table across processes and hosts.
-
-    MySQL: ``GET_LOCK`` on a dedicated connection (released by the server if the process
-    dies). SQLite: ``flock`` on a file next to the database (released by the kernel if the
-    process dies). Raises :class:`WriteLockTimeout` naming the lock and the wait.
-    """
-    if not name:
-        raise ValueError("lock name must not be empty")
-    if is_mysql(engine):
-        key = _mysql_lock_key(engine, name)
-        conn = engine.connect()
-        try:
-            got = conn.execute(sa.text("SELECT GET_LOCK(:k, :t)"), {"k": key, "t": int(timeout_s)}).scalar()
-            if got != 1:
-                holder = conn.execute(sa.text("SELECT IS_USED_LOCK(:k)"), {"k": key}).scalar()
-                raise WriteLockTimeout(
-                    f"could not acquire write lock {name!r} within {timeout_s}s on {masked_url(engine)}: "
-                    f"another run holds it (connection id {holder})"
-                )
-            try:
-                yield
-            finally:
-                try:
-                    conn.execute(sa.text("SELECT RELEASE_LOCK(:k)"), {"k": key})
-                except sa.exc.DBAPIError:
-                    conn.invalidate()  # server drops the lock with the session
-        finally:
-            conn.close()
-        return
-
-    path = _lock_file_path(engine, name) if fcntl is not None else None
-    if path is None:
-        with _local_locks_guard:
-            lock = _local_locks.setdefault(f"{masked_url(engine)}|{name}", threading.Lock())
-        if not lock.acquire(timeout=max(timeout_s, 0)):
-            raise WriteLockTimeout(f"could not acquire write lock {name!r} within {timeout_s}s on {masked_url(engine)}")
-        try:
-            yield
-        finally:
-            lock.release()
-        return
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + max(timeout_s, 0)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise WriteLockTimeout(
-                        f"could not acquire write lock {name!r} within {timeout_s}s on {masked_url(engine)} "
-                        f"(lock file {path}): another run holds it"
-                    ) from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------- lazy re-exports
-
-_REEXPORTS = {
-    "write_table_atomic": "segmentation_pipeline.storage.writeback",
-    "load_frame": "segmentation_pipeline.storage.writeback",
-    "read_csv_file": "segmentation_pipeline.storage.csv_loader",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Lazy so writeback (which imports this module) can be re-exported without a cycle."""
-    if name in _REEXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_REEXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

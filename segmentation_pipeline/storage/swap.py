@@ -1,0 +1,232 @@
+"""Atomic replacement of tables: stage, load, verify, record the history, swap -- for every engine.
+
+Readers (dashboards, the next pipeline step) must never see a half-written table, so a
+replacement is built in ``<table>__staging``, its row count verified, and swapped in with one
+atomic statement: MySQL ``RENAME TABLE t TO t__old, t__staging TO t``, SQLite ``DROP`` +
+``ALTER TABLE RENAME`` in one transaction. How rows reach the staging table is the engine's part,
+a :class:`TableLoader` (pandas: :class:`~segmentation_pipeline.storage.bulk_load.FrameLoader`;
+Spark: ``engines.spark.writeback.JdbcLoader``); everything else is written once, here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import sqlalchemy as sa
+
+from segmentation_pipeline.config import validate_identifier
+from segmentation_pipeline.storage.connection import is_mysql, masked_url, quote_identifier, transaction
+from segmentation_pipeline.storage.errors import WriteError
+from segmentation_pipeline.storage.history import (
+    HistoryCopy,
+    HistoryMirror,
+    check_run_key,
+    copy_history,
+    ensure_history_table,
+    open_history_mirror,
+)
+from segmentation_pipeline.storage.locks import write_lock
+from segmentation_pipeline.storage.schema import FramePlan, create_table, drop_table_if_exists
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "OLD_SUFFIX",
+    "STAGING_SUFFIX",
+    "StagedTable",
+    "TableLoader",
+    "TableSwap",
+    "swap_tables",
+    "write_tables_atomic",
+]
+
+STAGING_SUFFIX = "__staging"
+OLD_SUFFIX = "__old"
+
+
+class TableLoader(Protocol):
+    """One engine's way of filling a staging table with one frame's rows."""
+
+    @property
+    def plan(self) -> FramePlan:
+        """Column names and SQL types of the rows (the staging table is created from it)."""
+        ...
+
+    @property
+    def rows(self) -> int:
+        """How many rows the frame has: the staging table must hold exactly these."""
+        ...
+
+    def feeds_mirror(self, engine: sa.Engine) -> bool:
+        """Whether :meth:`load` can load a :class:`HistoryMirror` from the same files in passing."""
+        ...
+
+    def load(self, engine: sa.Engine, staging: str, mirror: HistoryMirror | None) -> int:
+        """Insert all rows into the existing ``staging`` table; returns the rows the server holds."""
+        ...
+
+
+@dataclass(frozen=True)
+class StagedTable:
+    """Replace ``table`` with the rows ``loader`` loads."""
+
+    table: str
+    loader: TableLoader
+
+
+@dataclass(frozen=True)
+class TableSwap:
+    """The names one replacement uses: ``staging`` becomes ``table``, the live table moves to ``old``."""
+
+    table: str
+    staging: str
+    old: str
+
+    @classmethod
+    def of(cls, table: str) -> TableSwap:
+        validate_identifier(table, "table")
+        return cls(table, _derived_name(table, STAGING_SUFFIX), _derived_name(table, OLD_SUFFIX))
+
+
+def _derived_name(table: str, suffix: str) -> str:
+    return validate_identifier(table + suffix, f"derived table name ({suffix} of {table!r})")
+
+
+def swap_tables(engine: sa.Engine, swaps: Sequence[TableSwap]) -> None:
+    """Make each ``staging`` become its ``table`` in one atomic step; readers see all old or all
+    new, never neither and never a mix."""
+    if is_mysql(engine):
+        with engine.connect() as conn:
+            q = lambda name: quote_identifier(conn, name, "table")  # noqa: E731 - local shorthand
+            renames, replaced = [], []
+            for swap in swaps:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(swap.old)}")
+                if sa.inspect(conn).has_table(swap.table):
+                    renames.append(f"{q(swap.table)} TO {q(swap.old)}")
+                    replaced.append(swap.old)
+                renames.append(f"{q(swap.staging)} TO {q(swap.table)}")
+            conn.exec_driver_sql("RENAME TABLE " + ", ".join(renames))  # one statement: atomic
+            for old in replaced:
+                try:
+                    conn.exec_driver_sql(f"DROP TABLE {q(old)}")
+                except sa.exc.DBAPIError as exc:  # the swap succeeded; the next write drops it
+                    log.warning("could not drop %r after swap: %s", old, getattr(exc, "orig", exc))
+            conn.commit()
+        return
+    with transaction(engine) as conn:  # SQLite DDL is transactional: all or nothing
+        for swap in swaps:
+            q = lambda name: quote_identifier(conn, name, "table")  # noqa: E731 - local shorthand
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(swap.table)}")
+            conn.exec_driver_sql(f"ALTER TABLE {q(swap.staging)} RENAME TO {q(swap.table)}")
+
+
+def write_tables_atomic(
+    engine: sa.Engine,
+    tables: Sequence[StagedTable],
+    *,
+    lock_name: str | None = None,
+    lock_timeout_s: int = 600,
+    history: HistoryCopy | None = None,
+) -> list[int]:
+    """Replace several tables as one unit: every table is staged and its row count verified
+    first, then all are swapped together (one MySQL ``RENAME TABLE``, one SQLite transaction). On
+    any failure none of the tables changes and the staging tables are dropped. Returns the rows
+    written per table.
+
+    Concurrent writers of one table must share ``lock_name`` (they share the staging name).
+
+    ``history``: when the source table's loader feeds a mirror (pandas LOAD DATA on MySQL), the
+    history is loaded from the same files, on a second connection, in parallel, and committed
+    right after the swap; otherwise (or when the load fell back to INSERTs) it is copied on the
+    server from the swapped-in table. Either way a history failure after the swap leaves the new
+    tables published and raises.
+    """
+    swaps = [TableSwap.of(item.table) for item in tables]
+    source: StagedTable | None = None
+    if history is not None:
+        source = next((item for item in tables if item.table == history.source), None)
+        if source is None:
+            raise ValueError(f"history source {history.source!r} is not one of the replaced tables")
+        check_run_key(history.run_key)
+    started = time.perf_counter()
+    lock = write_lock(engine, lock_name, lock_timeout_s) if lock_name else contextlib.nullcontext()
+    with lock, contextlib.ExitStack() as stack:
+        mirror: HistoryMirror | None = None
+        if history is not None and source is not None:
+            history_plan = ensure_history_table(
+                engine, history.table, source.loader.plan, history.columns, run_key_column=history.run_key_column,
+                id_column=history.id_column,
+            )
+            if source.loader.feeds_mirror(engine):
+                mirror = open_history_mirror(
+                    stack.enter_context(engine.connect()), history, history_plan, source.loader.plan
+                )
+        with engine.connect() as conn:
+            for swap in swaps:
+                drop_table_if_exists(conn, swap.staging)
+            conn.commit()
+        try:
+            for item, swap in zip(tables, swaps, strict=True):
+                with transaction(engine) as conn:
+                    # the comment changes the table's identity token, so chunked readers notice a swap
+                    create_table(
+                        conn, swap.staging, item.loader.plan, comment=f"segmentation-pipeline write {uuid.uuid4().hex}"
+                    )
+                loaded = item.loader.load(engine, swap.staging, mirror if item is source else None)
+                if loaded != item.loader.rows:
+                    raise WriteError(
+                        f"staging table {swap.staging!r} holds {loaded} rows but the frame has {item.loader.rows} "
+                        f"({masked_url(engine)}); {item.table!r} left unchanged"
+                    )
+            if mirror is not None and mirror.complete and source is not None and mirror.loaded != source.loader.rows:
+                raise WriteError(
+                    f"history {mirror.table!r} got {mirror.loaded} rows for run {history.run_key!r}, expected "
+                    f"{source.loader.rows} ({masked_url(engine)}); nothing replaced"
+                )
+            swap_tables(engine, swaps)
+        except BaseException:
+            if mirror is not None:
+                _abandon(mirror.conn)
+            with contextlib.suppress(Exception), engine.connect() as conn:
+                for swap in swaps:
+                    drop_table_if_exists(conn, swap.staging)
+                conn.commit()
+            raise
+        if history is not None and source is not None:
+            try:
+                if mirror is not None and mirror.complete:
+                    mirror.conn.commit()
+                else:
+                    if mirror is not None:
+                        _abandon(mirror.conn)
+                    copy_history(
+                        engine, history.table, history.source, source.loader.plan, history.columns,
+                        run_key_column=history.run_key_column, run_key=history.run_key,
+                        id_column=history.id_column, expected_rows=source.loader.rows,
+                    )
+            except Exception as exc:
+                raise WriteError(
+                    f"published {[item.table for item in tables]} but recording run {history.run_key!r} in history "
+                    f"{history.table!r} failed ({masked_url(engine)}): {getattr(exc, 'orig', exc)}; a re-run of "
+                    "the same run records it"
+                ) from exc
+    for item in tables:
+        log.info(
+            "replaced %r with %d rows in %.2fs (%s)", item.table, item.loader.rows, time.perf_counter() - started,
+            masked_url(engine),
+        )
+    return [item.loader.rows for item in tables]
+
+
+def _abandon(conn: sa.Connection) -> None:
+    """Roll back; a connection that died mid-statement cannot, so it is discarded instead."""
+    try:
+        conn.rollback()
+    except Exception:  # noqa: BLE001 - the original error is the one being raised
+        conn.invalidate()
