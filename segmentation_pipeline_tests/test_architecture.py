@@ -118,3 +118,20 @@ def test_importing_the_code_location_reads_no_config(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "LOAD-ERROR ConfigError" in out.stdout  # the import itself succeeded; the load names the file
+
+
+def test_every_engine_implements_the_interface_with_its_exact_signatures() -> None:
+    """``runtime_checkable`` only checks that methods exist; a drifted parameter list breaks at run time."""
+    import inspect
+
+    from segmentation_pipeline.engines.base import ComputeEngine
+    from segmentation_pipeline.engines.local import LocalEngine
+    from segmentation_pipeline.engines.spark.engine import SparkEngine
+
+    methods = [name for name, value in vars(ComputeEngine).items() if callable(value) and not name.startswith("_")]
+    assert {"extract", "clean", "fit_features", "sweep_k", "fit_clusters", "assign_eval", "publish"} <= set(methods)
+    for engine in (LocalEngine, SparkEngine):
+        for name in methods:
+            expected = list(inspect.signature(getattr(ComputeEngine, name)).parameters)
+            actual = list(inspect.signature(getattr(engine, name)).parameters)
+            assert actual == expected, f"{engine.__name__}.{name}{actual} != ComputeEngine.{name}{expected}"

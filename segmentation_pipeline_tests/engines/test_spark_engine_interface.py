@@ -130,7 +130,7 @@ def run(spark: Any, db: sa.Engine, config: PipelineConfig, demo: Any) -> dict[st
         label_to_segment=clusters.canonical,
         segment_names={int(s): f"S{int(s)}" for s in clusters.canonical},
     )
-    eval_ids = engine.assign_eval(cleaned.clean, features, assigner)
+    eval_ids = engine.assign_eval(cleaned.clean, features, clusters, assigner)
     published = engine.publish(db, config, cleaned, assigner, "1", eval_ids, RUN_IDS)
     return {
         "engine": engine, "extracted": extracted, "cleaned": cleaned, "features": features, "swept": swept,
@@ -264,7 +264,7 @@ def test_features_travel_as_a_spark_handoff(
     assert isinstance(loaded, SparkFeatureRecord)
     assert loaded.payload.X_fit.count() == features.n_fit
     np.testing.assert_array_equal(loaded.X_eval, features.X_eval)
-    assert (engine.assign_eval(None, loaded, run["assigner"]) == run["eval_ids"]).all()
+    assert (engine.assign_eval(None, loaded, None, run["assigner"]) == run["eval_ids"]).all()
     sample = features.payload.sample[config.features].astype("float64")
     np.testing.assert_array_equal(loaded.preprocessor.transform(sample), features.preprocessor.transform(sample))
     with pytest.raises(TypeError, match="not fitted by the Spark engine"):

@@ -161,7 +161,7 @@ class SparkEngine:
             metrics=model.quality_metrics(payload.X_fit, fitted, cfg, n_rows=features.n_fit),
         )
 
-    def assign_eval(self, clean: Any, features: Features, assigner: SegmentAssigner) -> np.ndarray:
+    def assign_eval(self, clean: Any, features: Features, clusters: Clusters, assigner: SegmentAssigner) -> np.ndarray:
         """``assigner``'s segment ids for the evaluation rows (the sample behind ``X_eval``)."""
         return assigner.assign(_payload(features).sample)["segment_id"].to_numpy()
 
