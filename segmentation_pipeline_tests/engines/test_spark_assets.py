@@ -216,5 +216,7 @@ def test_spark_handoffs_were_written_and_read_back_by_the_io_manager(runs: dict[
     clean = load_handoff(session, storage / "clean_customers.spark")
     assert len(clean) == clean.frame.count() == runs["first"]["n_segmented"]
     features = load_handoff(session, storage / "customer_features.spark")
-    assert features.spark_X_fit.count() == features.features.n_fit and features.X.shape[0] == len(features.sample)
-    assert np.isfinite(features.X).all()
+    payload = features.payload
+    assert payload.X_fit.count() == payload.fitted.n_fit == features.n_fit
+    assert features.X_eval.shape[0] == len(payload.sample)
+    assert np.isfinite(features.X_eval).all()
