@@ -6,7 +6,7 @@ import mlflow
 import pandas as pd
 
 from segmentation_pipeline.assets._metadata import jsonable, table
-from segmentation_pipeline.core.cleaning import clean_customers
+from segmentation_pipeline.core.cleaning import clean_customers, clean_owned_customers
 from segmentation_pipeline.resources import MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
 from segmentation_pipeline.storage.tables import owns_rows, read_columns
@@ -39,8 +39,8 @@ def clean_and_reject(
 
         result = clean_in_spark(raw_customers, cfg, table=cfg.source.table)
     else:  # a private copy read from the hand-off file may be consumed column by column as it is cleaned
-        result = clean_customers(read_columns(raw_customers), cfg, table=cfg.source.table,
-                                 consume=owns_rows(raw_customers))
+        clean = clean_owned_customers if owns_rows(raw_customers) else clean_customers
+        result = clean(read_columns(raw_customers), cfg, table=cfg.source.table)
     report = result.report
     outliers = report.get("outliers", {})
     if outliers.get("warning"):
