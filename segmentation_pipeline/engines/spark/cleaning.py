@@ -369,6 +369,7 @@ def _classify(
         if imputed_flags else F.lit("")
     )
     classified = typed.select(
+        F.col(_POS),  # input order: the provisional k is chosen on rows in the local engine's order
         F.col(id_col),
         *[values[f].alias(_v(f)) for f in features],
         *[F.col(c) for c in categorical],
@@ -727,10 +728,14 @@ def _provisional_labels(
     names = [f"_seg_x_{f}" for f in features]
     x = z.select(*[col.alias(name) for col, name in zip(scaled, names)])
     small = np.empty((0, 0))
-    if config.k is None:
+    if config.k is None:  # KMeans depends on row order: sample in input order when it is known
         fraction = min(1.0, 1.2 * PROVISIONAL_K_SAMPLE / max(n, 1))
-        small = np.asarray(x.sample(False, fraction, seed).collect(), dtype=np.float64) if fraction < 1 else \
-            np.asarray(x.collect(), dtype=np.float64)
+        source = z.select(
+            *[col.alias(name) for col, name in zip(scaled, names)],
+            (F.col(_POS) if _POS in z.columns else F.monotonically_increasing_id()).alias(_POS),
+        )
+        rows = source.sample(False, fraction, seed) if fraction < 1 else source
+        small = np.asarray(rows.orderBy(_POS).drop(_POS).collect(), dtype=np.float64)
         if len(small) > PROVISIONAL_K_SAMPLE:
             rng = np.random.default_rng(seed)
             small = small[np.sort(rng.choice(len(small), PROVISIONAL_K_SAMPLE, replace=False))]
