@@ -16,25 +16,37 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from segmentation_pipeline.config import PipelineConfig
+from segmentation_pipeline.core.cleaning_rules import (
+    THOUSANDS_SEPARATOR,
+    DataQualityError,
+    ReasonKind,
+    all_rejected_error,
+    check_structure,
+    checked_columns,
+    detail_parts,
+    no_rows_error,
+    not_numeric_error,
+    outlier_detail_parts,
+    outlier_policy_error,
+    reason_labels,
+    rule_code,
+    too_large_to_scale_error,
+)
 from segmentation_pipeline.core.outliers import OutlierPolicyError, OutlierResult, detect_outliers, flag_labels
 from segmentation_pipeline.core.rows import ROW_BLOCK
 
+__all__ = [
+    "FINITE_CHECK",
+    "VALIDATE_BLOCK_ROWS",
+    "CleaningResult",
+    "DataQualityError",
+    "build_schema",
+    "clean_customers",
+    "clean_owned_customers",
+]
+
 #: Name of the pandera check that rejects +-inf in a feature.
 FINITE_CHECK = "finite"
-
-# Reason kinds in precedence order: a row's ``reason`` is its failure of the earliest kind,
-# then of the earliest column (id, features in config order, categorical columns).
-_MISSING_ID, _DUPLICATE, _NON_NUMERIC, _MISSING, _NON_FINITE, _OUT_OF_RANGE, _CATEGORY, _OUTLIER = range(8)
-_KIND_NAMES = (
-    "missing", "duplicate_id", "non_numeric", "missing", "non_finite", "out_of_range", "invalid_category", "outlier"
-)
-
-# A comma between a digit and exactly three digits is a thousands separator ("12,000"); "1,5" is not.
-_THOUSANDS = r"(?<=\d),(?=\d{3}(?!\d))"
-
-
-class DataQualityError(ValueError):
-    """The input cannot be segmented at all; the message names the table, column and values."""
 
 
 @dataclass(frozen=True)
@@ -78,17 +90,9 @@ def build_schema(config: PipelineConfig, *, ids_known_distinct: bool = False) ->
 
 
 def _check_structure(raw: pd.DataFrame, config: PipelineConfig, table: str) -> None:
-    needed = [config.source.id_column, *config.features]
-    absent = [c for c in needed if c not in raw.columns]
-    if absent:
-        names = ", ".join(repr(c) for c in absent)
-        noun = "column" if len(absent) == 1 else "columns"
-        raise DataQualityError(f"table {table!r} has no {noun} {names}; available: {[str(c) for c in raw.columns]}")
-    twice = sorted({str(c) for c in raw.columns[raw.columns.duplicated()] if c in needed})
-    if twice:
-        raise DataQualityError(f"table {table!r} has the column(s) {twice} more than once")
+    check_structure(list(raw.columns), config, table)
     if len(raw) == 0:
-        raise DataQualityError(f"table {table!r} has 0 rows")
+        raise no_rows_error(table)
 
 
 def _to_float(series: pd.Series, column: str, table: str, *, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -105,9 +109,7 @@ def _to_float(series: pd.Series, column: str, table: str, *, owned: bool = False
             values = values.copy()
         return values, np.zeros(len(series), dtype=bool)
     if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
-        raise DataQualityError(
-            f"table {table!r}: column {column!r} is not numeric: e.g. {series.dropna().iloc[0]!r} ({series.dtype})"
-        )
+        raise not_numeric_error(table, column, series.dropna().iloc[0], str(series.dtype))
     if isinstance(series.dtype, pd.CategoricalDtype):
         series = series.astype(object)
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -116,7 +118,7 @@ def _to_float(series: pd.Series, column: str, table: str, *, owned: bool = False
     if unparsed.any():
         text = series[unparsed].astype(str).str.strip()
         blank = (text == "").to_numpy()
-        second = pd.to_numeric(text.str.replace(_THOUSANDS, "", regex=True), errors="coerce")
+        second = pd.to_numeric(text.str.replace(THOUSANDS_SEPARATOR, "", regex=True), errors="coerce")
         second = second.to_numpy(dtype=np.float64, na_value=np.nan)
         where = np.flatnonzero(unparsed)
         values[where] = second
@@ -124,7 +126,7 @@ def _to_float(series: pd.Series, column: str, table: str, *, owned: bool = False
         present = int((series.notna().to_numpy()).sum() - blank.sum())
         if present and int(non_numeric.sum()) == present:
             example = text[~blank].iloc[0]
-            raise DataQualityError(f"table {table!r}: column {column!r} is not numeric: e.g. {example!r}")
+            raise not_numeric_error(table, column, example)
     return values, non_numeric
 
 
@@ -219,36 +221,17 @@ def _failure_frame(
     pairs = fc[["column", "check"]].drop_duplicates()
     kinds, prefixes, suffixes = [], [], []
     for column, check in pairs.itertuples(index=False):
-        if column == id_col:
-            kind = _MISSING_ID if check == "not_nullable" else _DUPLICATE
-            prefix = f"{id_col} is missing" if kind == _MISSING_ID else f"duplicate {id_col} "
-            suffix = "" if kind == _MISSING_ID else " (the first, or latest updated, row with this id is kept)"
-        elif column in config.features:
-            if check == "not_nullable":
-                kind, prefix, suffix = _MISSING, f"{column} is missing", ""
-            elif check == FINITE_CHECK:
-                kind, prefix, suffix = _NON_FINITE, f"{column}=", " is not finite"
-            else:
-                bounds = config.cleaning.ranges[column]
-                allowed = " and ".join(
-                    f"{op} {bound:g}" for op, bound in ((">=", bounds.min), ("<=", bounds.max)) if bound is not None
-                )
-                kind, prefix, suffix = _OUT_OF_RANGE, f"{column}=", f" is out of range (must be {allowed})"
-        else:
-            if check == "not_nullable":  # only configured as non-nullable when required
-                kind, prefix, suffix = _MISSING, f"{column} is missing (required)", ""
-            else:
-                allowed = config.cleaning.categorical[column].allowed
-                kind, prefix, suffix = _CATEGORY, f"{column}='", f"' not in {allowed}"
-        kinds.append(kind * len(columns) + columns.index(column))
+        kind = _kind_of(column, check, config)
+        prefix, suffix = detail_parts(kind, column, config)
+        kinds.append(rule_code(kind, columns.index(column), len(columns)))
         prefixes.append(prefix)
         suffixes.append(suffix)
     pairs = pairs.assign(code=kinds, prefix=prefixes, suffix=suffixes)
     merged = fc[["column", "check", "index", "failure_case"]].merge(pairs, on=["column", "check"], how="left")
     kind = merged["code"].to_numpy() // len(columns)
     pos = merged["index"].to_numpy(dtype=np.int64)
-    value = merged["failure_case"].astype(str).where(~np.isin(kind, [_MISSING_ID, _MISSING]), "")
-    duplicate = kind == _DUPLICATE
+    value = merged["failure_case"].astype(str).where(~np.isin(kind, [ReasonKind.MISSING_ID, ReasonKind.MISSING]), "")
+    duplicate = kind == ReasonKind.DUPLICATE
     if duplicate.any():  # the id as written back, not pandera's upcast (3.0 for 3)
         value[duplicate] = _id_strings(ids.iloc[pos[duplicate]])
     return pd.DataFrame(
@@ -258,6 +241,17 @@ def _failure_frame(
             "detail": (merged["prefix"] + value + merged["suffix"]).to_numpy(dtype=object),
         }
     )
+
+
+def _kind_of(column: str, check: str, config: PipelineConfig) -> ReasonKind:
+    """The rule a pandera failure case stands for (categorical columns are non-nullable only when required)."""
+    if column == config.source.id_column:
+        return ReasonKind.MISSING_ID if check == "not_nullable" else ReasonKind.DUPLICATE
+    if check == "not_nullable":
+        return ReasonKind.MISSING
+    if column not in config.features:
+        return ReasonKind.INVALID_CATEGORY
+    return ReasonKind.NON_FINITE if check == FINITE_CHECK else ReasonKind.OUT_OF_RANGE
 
 
 def _reasons(failures: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
@@ -283,7 +277,7 @@ def _impute_medians(
     feature has no valid value at all to take a median of."""
     pos, code = failures["pos"].to_numpy(), failures["code"].to_numpy()
     column = code % n_columns
-    fillable = (code // n_columns == _MISSING) & (column >= 1) & (column <= len(numeric))
+    fillable = (code // n_columns == ReasonKind.MISSING) & (column >= 1) & (column <= len(numeric))
     hard = np.zeros(n, dtype=bool)
     hard[pos[~fillable]] = True
     medians: dict[int, float] = {}
@@ -303,34 +297,54 @@ def _impute_medians(
 
 
 def clean_customers(
-    raw: pd.DataFrame,
-    config: PipelineConfig,
-    table: str | None = None,
-    *,
-    allow_all_rejected: bool = False,
-    consume: bool = False,
+    raw: pd.DataFrame, config: PipelineConfig, table: str | None = None, *, allow_all_rejected: bool = False
 ) -> CleaningResult:
     """Validate, coerce, impute and outlier-flag the raw table; account for every row.
 
-    Raises DataQualityError when the table as a whole cannot be segmented (missing column,
-    no rows, a feature with no numeric value, every row rejected, outlier policy "fail").
-    ``allow_all_rejected`` is for incremental scoring, where a small batch of only bad rows is
-    a normal outcome to record, not a reason to stop.
-
-    ``consume`` is for a caller that owns ``raw`` and will not use it again (the pipeline reads
-    it fresh from its hand-off file): its columns are reused or deleted as soon as they have
-    been read, so the raw and clean tables are never both in memory, and ``clean``/``rejects``
-    get a plain RangeIndex instead of the raw row labels.
+    ``raw`` is only read. Raises DataQualityError when the table as a whole cannot be segmented
+    (missing column, no rows, a feature with no numeric value, every row rejected, outlier
+    policy "fail"). ``allow_all_rejected`` is for incremental scoring, where a small batch of only
+    bad rows is a normal outcome to record, not a reason to stop.
     """
+    return _clean(_RawTable(raw, owned=False), config, table, allow_all_rejected=allow_all_rejected)
+
+
+def clean_owned_customers(
+    raw: pd.DataFrame, config: PipelineConfig, table: str | None = None, *, allow_all_rejected: bool = False
+) -> CleaningResult:
+    """:func:`clean_customers` for a caller that hands ``raw`` over and never reads it again.
+
+    Its columns are reused or deleted as soon as they have been read (``raw`` ends up with no
+    columns), so the raw and clean tables are never both in memory; ``clean``/``rejects`` get a
+    plain RangeIndex instead of the raw row labels.
+    """
+    return _clean(_RawTable(raw, owned=True), config, table, allow_all_rejected=allow_all_rejected)
+
+
+class _RawTable:
+    """The raw frame and whether cleaning owns it: an owned frame's columns are released once read."""
+
+    def __init__(self, frame: pd.DataFrame, *, owned: bool) -> None:
+        self.frame = frame
+        self.owned = owned
+
+    def release(self, column: str) -> None:
+        if self.owned:
+            del self.frame[column]
+
+    def labels_at(self, positions: np.ndarray) -> pd.Index | None:
+        """Row labels of ``positions`` for the output frames; None (a RangeIndex) when owned."""
+        return None if self.owned else _labels_at(self.frame.index, positions)
+
+
+def _clean(source: _RawTable, config: PipelineConfig, table: str | None, *, allow_all_rejected: bool) -> CleaningResult:
+    raw = source.frame
     table = table or config.source.table
     _check_structure(raw, config, table)
     id_col, features = config.source.id_column, list(config.features)
-    categorical = [c for c in config.cleaning.categorical if c in raw.columns and c != id_col and c not in features]
-    columns = [id_col, *features, *categorical]
-    labels = np.array(
-        [name if kind == _DUPLICATE else f"{name}:{col}" for kind, name in enumerate(_KIND_NAMES) for col in columns],
-        dtype=object,
-    )  # reason label of every code
+    columns = checked_columns(config, list(raw.columns))
+    categorical = columns[1 + len(features):]
+    labels = np.array(reason_labels(columns), dtype=object)  # reason label of every code
 
     n, n_columns = len(raw), len(columns)
 
@@ -338,29 +352,28 @@ def clean_customers(
     parts: list[pd.DataFrame] = []  # failures as (pos, code, detail), code = kind * n_columns + column rank
     non_numeric_keys: list[np.ndarray] = []  # pos * n_columns + column rank
     for rank, feature in enumerate(features, start=1):
-        numeric[feature], bad = _to_float(raw[feature], feature, table, owned=consume)
+        numeric[feature], bad = _to_float(raw[feature], feature, table, owned=source.owned)
         if bad.any():
             where = np.flatnonzero(bad)
             shown = raw[feature].iloc[where].astype(str).map(repr)
             detail = (f"{feature}=" + shown + " is not numeric").to_numpy(dtype=object)
-            parts.append(pd.DataFrame({"pos": where, "code": _NON_NUMERIC * n_columns + rank, "detail": detail}))
+            parts.append(pd.DataFrame({"pos": where, "code": rule_code(ReasonKind.NON_NUMERIC, rank, n_columns), "detail": detail}))
             non_numeric_keys.append(where * n_columns + rank)
-        if consume:
-            del raw[feature]  # parsed (or reused as is): the raw column is not read again
+        source.release(feature)  # parsed (or reused as is): the raw column is not read again
 
     # arrays, not Series: no index alignment and, with copy=False, no copy of the table to validate
     work = pd.DataFrame({id_col: raw[id_col].array, **numeric, **{c: raw[c].array for c in categorical}}, copy=False)
     distinct_ids = _strictly_increasing(raw[id_col])
     order = None if distinct_ids else _latest_first(raw, id_col, config.source.updated_at_column)
-    if consume and config.source.updated_at_column in raw.columns and config.source.updated_at_column not in columns:
-        del raw[config.source.updated_at_column]
+    if config.source.updated_at_column in raw.columns and config.source.updated_at_column not in columns:
+        source.release(config.source.updated_at_column)
     if order is not None:
         work = work.take(order)  # index labels stay the original positions
     cases = _failure_cases(work, config, ids_known_distinct=distinct_ids)
     if cases is not None:
         found = _failure_frame(cases, config, columns, raw[id_col].reset_index(drop=True), table)
         key = found["pos"].to_numpy() * n_columns + found["code"].to_numpy() % n_columns
-        is_missing = found["code"].to_numpy() // n_columns == _MISSING
+        is_missing = found["code"].to_numpy() // n_columns == ReasonKind.MISSING
         unparsed = np.isin(key, np.concatenate(non_numeric_keys)) if non_numeric_keys else False
         parts.append(found[~(is_missing & unparsed)])  # an unparsable value is non_numeric, not missing
     failures = (
@@ -374,7 +387,7 @@ def clean_customers(
     valid = np.ones(n, dtype=bool)
     valid[rejected["pos"].to_numpy()] = False
     if not valid.any() and not allow_all_rejected:
-        _raise_all_rejected(n, rejected, table)
+        raise _all_rejected(n, rejected, table)
 
     del work
     valid_pos = _positions(valid)
@@ -392,7 +405,7 @@ def clean_customers(
             else OutlierResult(np.zeros(0, dtype=bool), pd.Series([], dtype=object), {"method_used": "none"})
         )
     except OutlierPolicyError as exc:
-        raise DataQualityError(f"table {table!r}: {exc}") from exc
+        raise outlier_policy_error(table, exc) from exc
     outlier_reason = found.reasons.array  # categorical: a code per row
     is_outlier = np.asarray(found.mask, dtype=bool)
     n_outliers = int(is_outlier.sum())
@@ -404,7 +417,7 @@ def clean_customers(
         )
         rejected = pd.concat([rejected, outliers], ignore_index=True).sort_values("pos", ignore_index=True)
         if not keep.any():
-            _raise_all_rejected(n, rejected, table)
+            raise _all_rejected(n, rejected, table)
 
     clean_pos = valid_pos if keep.all() else valid_pos[keep]
     del frame
@@ -415,23 +428,21 @@ def clean_customers(
             "reason": rejected["reason"].to_numpy(dtype=object),
             "detail": rejected["detail"].to_numpy(dtype=object),
         },
-        index=None if consume else _labels_at(raw.index, reject_pos),
+        index=source.labels_at(reject_pos),
     )
     # one column at a time, each parsed array dropped once copied: no second copy of the features
     columns_out: dict[str, Any] = {id_col: raw[id_col].array.take(clean_pos)}
-    if consume:
-        del raw[id_col]
+    source.release(id_col)
     for feature in features:
         values = numeric.pop(feature)
         columns_out[feature] = values if keep.all() else values[keep]
     for column in categorical:
         columns_out[column] = raw[column].array.take(clean_pos)
-        if consume:
-            del raw[column]
+        source.release(column)
     columns_out["is_outlier"] = is_outlier[keep]
     columns_out["outlier_reason"] = outlier_reason[keep]
     columns_out["imputed"] = flag_labels(imputed[clean_pos], features)
-    clean = pd.DataFrame(columns_out, index=None if consume else _labels_at(raw.index, clean_pos), copy=False)
+    clean = pd.DataFrame(columns_out, index=source.labels_at(clean_pos), copy=False)
     assert len(clean) + len(rejects) == n, f"{len(clean)} clean + {len(rejects)} rejected != {n} input rows"
     assert (rejects["reason"].str.len() > 0).all(), "a reject without a reason"
 
@@ -474,10 +485,7 @@ def _check_scalable(frame: pd.DataFrame, log1p: set[str], table: str) -> None:
             scalable = bool(np.isfinite(np.var(values)))
         if not scalable:
             worst = values[np.abs(values).argmax()]
-            raise DataQualityError(
-                f"table {table!r}: column {name!r} has values too large to scale (e.g. {worst:g}); "
-                "give it a plausible range in cleaning.ranges"
-            )
+            raise too_large_to_scale_error(table, name, worst)
 
 
 def _outlier_rejects(
@@ -495,16 +503,16 @@ def _outlier_rejects(
     first = flagged.str.slice(len("outlier:")).str.split(",").str[0]
     rank = first.map({c: i for i, c in enumerate(columns)}).to_numpy(dtype=np.int64)
     values = frame.to_numpy()[rows, rank - 1]  # frame holds the features, columns[0] is the id
-    detail = first + "=" + pd.Series(values).astype(str) + f" outside the {method} IQR fences (" + flagged + ")"
+    equals, middle, end = outlier_detail_parts(method)
+    detail = first + equals + pd.Series(values).astype(str) + middle + flagged + end
     return pd.DataFrame(
         {
             "pos": valid_pos[rows],
-            "reason": labels[_OUTLIER * len(columns) + rank],
+            "reason": labels[rule_code(ReasonKind.OUTLIER, rank, len(columns))],
             "detail": detail.to_numpy(dtype=object),
         }
     )
 
 
-def _raise_all_rejected(n: int, rejected: pd.DataFrame, table: str) -> None:
-    by_reason = {str(k): int(v) for k, v in rejected["reason"].value_counts().items()}
-    raise DataQualityError(f"all {n} rows of {table!r} were rejected: {by_reason}")
+def _all_rejected(n: int, rejected: pd.DataFrame, table: str) -> DataQualityError:
+    return all_rejected_error(n, {str(k): int(v) for k, v in rejected["reason"].value_counts().items()}, table)

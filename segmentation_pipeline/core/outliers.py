@@ -1,15 +1,12 @@
-"""IQR outlier detection that does not erase real segments (issue 8).
+"""IQR outlier detection over pandas/numpy: the local engine's numbers for the outlier guard.
 
-Pooled IQR fences treat every customer far from the middle of the whole base as noise; on
-spend data that is the small high-value group the business cares most about. So the share a
-pooled pass would exclude is capped (``cleaning.outliers.max_share``); above the cap the
-configured policy applies, by default fences computed within provisional clusters, which
-only flag points that are unusual *for their own segment*.
+What to flag is decided in :mod:`segmentation_pipeline.core.outlier_guard` (shared with the Spark
+engine); this module computes the quartiles, counts and provisional clusters it asks for,
+column by column on the fence scale, and turns the final fences into per-row flags.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,38 +14,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from segmentation_pipeline.config import PipelineConfig
+from segmentation_pipeline.core.outlier_guard import (
+    PROVISIONAL_FIT_ROWS,
+    PROVISIONAL_K_SAMPLE,
+    PROVISIONAL_N_INIT,
+    ClusterCounts,
+    Fences,
+    OutlierPolicyError,
+    OutsideCounts,
+    choose_provisional_k,
+    decide_outliers,
+    dissolved_clusters,
+    idle_report,
+    outlier_features,
+    provisional_facts,
+    tukey,
+)
 from segmentation_pipeline.core.rows import ROW_BLOCK, map_row_blocks
 
-log = logging.getLogger(__name__)
-
-#: Rows the provisional KMeans is fitted on; the rest are only predicted (speed at 5M rows).
-PROVISIONAL_FIT_ROWS = 100_000
-#: Rows the candidate k are fitted on, and the silhouette sub-sample (silhouette is O(n^2)).
-PROVISIONAL_K_SAMPLE = 5_000
-PROVISIONAL_SILHOUETTE_SAMPLE = 2_000
-#: Provisional k never exceeds this: it only needs the obvious groups, and a huge configured
-#: k_range (or a tiny table) must not turn the guard into thousands of KMeans fits.
-PROVISIONAL_MAX_K = 15
-#: A provisional cluster with fewer of the fitted rows than this share is dissolved into its neighbours.
-MIN_CLUSTER_SHARE = 0.01
-#: n_init of the provisional KMeans: it only needs to find the obvious groups.
-PROVISIONAL_N_INIT = 3
-#: Pooled fences flagging more than this share of one provisional cluster are erasing a segment.
-ERASED_CLUSTER_SHARE = 0.25
-#: ...and only clusters this large count as segments: a handful of far points is what IQR is for.
-MIN_SEGMENT_ROWS = 20
-#: "widen" policy: multiplier growth per step, and the most steps before giving up.
-WIDEN_FACTOR = 1.5
-WIDEN_MAX_STEPS = 20
-
-
-class OutlierPolicyError(ValueError):
-    """The outlier guard tripped under ``on_excess: fail`` (or widening could not meet the cap)."""
+__all__ = ["OutlierPolicyError", "OutlierResult", "LocalOutlierBackend", "detect_outliers", "flag_labels", "iqr_fences"]
 
 
 @dataclass(frozen=True)
@@ -64,13 +51,8 @@ def iqr_fences(values: np.ndarray, multiplier: float) -> tuple[float, float]:
     finite = finite[np.isfinite(finite)]
     if finite.size == 0:
         return -np.inf, np.inf
-    low, high = _tukey(*np.percentile(finite, [25, 75]), multiplier)
+    low, high = tukey(*np.percentile(finite, [25, 75]), multiplier)
     return float(low), float(high)
-
-
-def _tukey(q1: Any, q3: Any, multiplier: float) -> tuple[Any, Any]:
-    """Fences from quartiles: scalars, per-feature arrays or per-cluster matrices alike."""
-    return q1 - multiplier * (q3 - q1), q3 + multiplier * (q3 - q1)
 
 
 def flag_labels(flags: np.ndarray, names: Sequence[str], prefix: str = "") -> pd.Categorical:
@@ -142,67 +124,80 @@ def _outside(z: _Columns, low: np.ndarray, high: np.ndarray, labels: np.ndarray 
     return flags
 
 
-def _back(values: np.ndarray, columns: Sequence[str], log1p: set[str]) -> np.ndarray:
-    """Fences in the features' own units, for humans reading the report."""
-    out = np.array(values, dtype=np.float64, copy=True)
-    for j, col in enumerate(columns):
-        if col in log1p:
-            out[..., j] = np.expm1(out[..., j])
-    return out
-
-
-def _shares(flags: np.ndarray, columns: Sequence[str]) -> dict[str, float]:
-    n = max(flags.shape[0], 1)
-    return {col: float(flags[:, j].sum() / n) for j, col in enumerate(columns)}
-
-
-def _describe_excess(share: float, cap: float, by_feature: dict[str, float]) -> str:
-    parts = ", ".join(f"{col} {s:.1%}" for col, s in sorted(by_feature.items(), key=lambda kv: -kv[1]))
-    return f"IQR fences would exclude {share:.1%} of rows (cap {cap:.1%}): {parts}"
-
-
 def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.arange(n) if n <= size else np.sort(rng.choice(n, size=size, replace=False))
 
 
+class LocalOutlierBackend:
+    """The outlier guard's numbers over in-memory columns (``outlier_guard.OutlierBackend``).
+
+    The flags of the fences counted last are kept, so flagging the rows with the fences the
+    guard settles on costs no second pass.
+    """
+
+    def __init__(self, frame: pd.DataFrame, config: PipelineConfig) -> None:
+        self.config = config
+        # Outlier features are a subset of the features (config validates it); clusters use them all.
+        self.z_all = _transformed(frame, config.features, set(config.transform.log1p))
+        self.z = self.z_all.subset([config.features.index(c) for c in outlier_features(config)])
+        self.labels: np.ndarray | None = None
+        self._last: tuple[Fences, np.ndarray] | None = None
+
+    def quartiles(self) -> tuple[np.ndarray, np.ndarray]:
+        # column by column: the same quartiles as axis=0, without a partitioned copy of the whole matrix
+        q1, q3 = np.array([np.percentile(values, [25, 75]) for values in self.z.arrays]).T
+        return q1, q3
+
+    def flags(self, fences: Fences) -> np.ndarray:
+        """(n, f) flags of values outside ``fences`` (per cluster: each row's own cluster's)."""
+        if self._last is not None and self._last[0] is fences:
+            return self._last[1]
+        if fences.per_cluster and self.labels is None:
+            raise ValueError("per-cluster fences need provisional_clusters() first")
+        flags = _outside(self.z, fences.low, fences.high, self.labels if fences.per_cluster else None)
+        self._last = (fences, flags)
+        return flags
+
+    def count_outside(self, fences: Fences) -> OutsideCounts:
+        flags = self.flags(fences)
+        return OutsideCounts(int(flags.any(axis=1).sum()), flags.sum(axis=0))
+
+    def provisional_clusters(self) -> dict[str, Any]:
+        self.labels, facts = _provisional_labels(self.z_all, self.config)
+        return facts
+
+    def cluster_counts(self, fences: Fences) -> ClusterCounts:
+        if self.labels is None:
+            raise ValueError("cluster_counts needs provisional_clusters() first")
+        flags = self.flags(fences)
+        k = int(fences.low.shape[0]) if fences.per_cluster else 0
+        sizes = np.bincount(self.labels, minlength=k)
+        flagged = np.bincount(self.labels[flags.any(axis=1)], minlength=len(sizes))
+        return ClusterCounts(sizes, flagged, flags.sum(axis=0))
+
+    def cluster_quartiles(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        values = pd.DataFrame(dict(enumerate(self.z.arrays)), copy=False)
+        quartiles = values.groupby(self.labels).quantile([0.25, 0.75])  # one pass: (cluster, q) rows
+        q1, q3 = (quartiles.xs(q, level=1).reindex(range(k)).to_numpy() for q in (0.25, 0.75))
+        return q1, q3
+
+
 def _provisional_labels(z: _Columns, config: PipelineConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Cluster once, cheaply: standardise, k by silhouette on a small sample, fit on a sample,
-    predict all. Returns the labels and the facts of the fit for the report.
-
-    When k exceeds the number of real groups, k-means++ puts the spare centroid on a few far
-    points: scattered noise then forms a "cluster" whose fences are so wide that it hides
-    itself. A cluster with under MIN_CLUSTER_SHARE of the fitted rows is no segment (and its
-    quartiles mean nothing), so it is dissolved into the nearest remaining clusters.
-    """
+    predict all; clusters too small to be segments are dissolved into the nearest others."""
     seed = config.model.random_state
     rng = np.random.default_rng(seed)
     n = z.n
     scaler = StandardScaler()  # fitted block by block; rows are standardised when used, never all at once
     for start in range(0, n, ROW_BLOCK):
         scaler.partial_fit(z.rows(slice(start, start + ROW_BLOCK)))
-    silhouettes: dict[int, float] = {}
-    if config.k is not None:
-        k = config.k
-    else:
-        small = scaler.transform(z.rows(_sample(n, PROVISIONAL_K_SAMPLE, rng)))
-        with threadpool_limits(1):  # on a few thousand rows thread start-up costs more than it saves
-            ceiling = min(PROVISIONAL_MAX_K, small.shape[0] // MIN_SEGMENT_ROWS)
-            for cand in config.k_candidates:
-                if not 2 <= cand <= ceiling:
-                    continue
-                labels = KMeans(cand, n_init=PROVISIONAL_N_INIT, random_state=seed).fit_predict(small)
-                if len(np.unique(labels)) < 2:
-                    continue
-                size = min(PROVISIONAL_SILHOUETTE_SAMPLE, len(small))
-                silhouettes[cand] = float(silhouette_score(small, labels, sample_size=size, random_state=seed))
-        k = max(silhouettes, key=lambda c: silhouettes[c]) if silhouettes else 1
-    k = max(1, min(k, n))
-    facts: dict[str, Any] = {"provisional_k": k, "provisional_silhouette": silhouettes, "provisional_dissolved": []}
+    sample = np.empty((0, 0)) if config.k is not None else scaler.transform(z.rows(_sample(n, PROVISIONAL_K_SAMPLE, rng)))
+    k, silhouettes = choose_provisional_k(sample, config, n)
     if k == 1:
-        return np.zeros(n, dtype=np.int32), facts
+        return np.zeros(n, dtype=np.int32), provisional_facts(k, silhouettes)
     fit_rows = scaler.transform(z.rows(_sample(n, PROVISIONAL_FIT_ROWS, rng)))
     model = KMeans(k, n_init=PROVISIONAL_N_INIT, random_state=seed).fit(fit_rows)
-    dissolved = np.flatnonzero(np.bincount(model.labels_, minlength=k) < MIN_CLUSTER_SHARE * len(fit_rows))
+    dissolved = dissolved_clusters(np.bincount(model.labels_, minlength=k))
     # block by block: predict's scratch stays small; int32 labels, no int64 copy
     labels = map_row_blocks(lambda start, stop: model.predict(scaler.transform(z.rows(slice(start, stop)))), n)
     moved = np.isin(labels, dissolved)
@@ -210,73 +205,7 @@ def _provisional_labels(z: _Columns, config: PipelineConfig) -> tuple[np.ndarray
         distance = model.transform(scaler.transform(z.rows(moved)))
         distance[:, dissolved] = np.inf
         labels[moved] = distance.argmin(axis=1)
-    facts["provisional_dissolved"] = dissolved.tolist()
-    return labels, facts
-
-
-def _erased_clusters(mask: np.ndarray, labels: np.ndarray, n_fit: int) -> dict[int, tuple[float, int]]:
-    """Provisional clusters (of real size) whose members the pooled fences mostly flag.
-
-    A small dense group far from the middle (the VIPs) stays under the overall cap yet loses
-    a large share of its members; scattered noise never makes up much of a real cluster.
-    """
-    sizes = np.bincount(labels)
-    flagged = np.bincount(labels[mask], minlength=len(sizes))
-    return {
-        int(c): (float(flagged[c] / sizes[c]), int(sizes[c]))
-        for c in range(len(sizes))
-        if sizes[c] >= max(MIN_CLUSTER_SHARE * n_fit, MIN_SEGMENT_ROWS) and flagged[c] > ERASED_CLUSTER_SHARE * sizes[c]
-    }
-
-
-def _describe_erasure(erased: dict[int, tuple[float, int]], n: int) -> str:
-    parts = ", ".join(f"{share:.0%} of provisional cluster {c} ({size} rows, {size / n:.1%})"
-                      for c, (share, size) in sorted(erased.items()))
-    return f"pooled IQR fences would flag {parts}: a real segment, not noise"
-
-
-def _segment_aware(
-    z: _Columns,
-    config: PipelineConfig,
-    fence_cols: list[int],
-    multiplier: float,
-    provisional: tuple[np.ndarray, dict[str, Any]] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Flag points outside their own provisional cluster's fences (per-cluster groupby quantiles).
-
-    Returns (flags, labels, low fences (k, f), high fences (k, f), provisional-fit facts).
-    """
-    labels, info = provisional if provisional is not None else _provisional_labels(z, config)
-    k = info["provisional_k"]
-    fenced = z.subset(fence_cols)
-    values = pd.DataFrame(dict(enumerate(fenced.arrays)), copy=False)
-    quartiles = values.groupby(labels).quantile([0.25, 0.75])  # one pass: (cluster, q) rows
-    q1, q3 = (quartiles.xs(q, level=1).reindex(range(k)).to_numpy() for q in (0.25, 0.75))
-    low, high = _tukey(q1, q3, multiplier)
-    return _outside(fenced, low, high, labels), labels, low, high, info
-
-
-def base_report(config: PipelineConfig, columns: Sequence[str]) -> dict[str, Any]:
-    """The outlier report before any fence is computed; both engines fill in the same keys."""
-    ocfg = config.cleaning.outliers
-    log1p = set(config.transform.log1p)
-    return {
-        "method_requested": ocfg.method,
-        "method_used": "disabled",
-        "features": list(columns),
-        "iqr_multiplier": ocfg.iqr_multiplier,
-        "multiplier_used": None,
-        "max_share": ocfg.max_share,
-        "pooled_share": 0.0,
-        "share_by_feature": {c: 0.0 for c in columns},
-        "final_share": 0.0,
-        "n_outliers": 0,
-        "outliers_by_feature": {c: 0 for c in columns},
-        "fences": {},
-        "fence_scale": {c: ("log1p" if c in log1p else "raw") for c in columns},
-        "guard_tripped": False,
-        "warning": None,
-    }
+    return labels, provisional_facts(k, silhouettes, dissolved.tolist())
 
 
 def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResult:
@@ -284,114 +213,16 @@ def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResul
 
     ``frame`` holds the cleaned rows with every configured feature as a number. The provisional
     clustering (segment-aware fences) uses all features; fences apply to the outlier features.
+    Raises OutlierPolicyError under ``on_excess: fail``.
     """
-    ocfg = config.cleaning.outliers
-    columns = list(ocfg.features or config.features)
-    log1p = set(config.transform.log1p)
     n = len(frame)
-    report = base_report(config, columns)
-    if not ocfg.enabled or n == 0:
-        if ocfg.enabled:
-            report["method_used"] = "pooled"
+    idle = idle_report(config, n)
+    if idle is not None:
         none = pd.Categorical.from_codes(np.zeros(n, dtype=np.int32), categories=[""])
-        return OutlierResult(np.zeros(n, dtype=bool), pd.Series(none, index=frame.index), report)
-
-    # Outlier features are a subset of the features (config validates it); clusters use them all.
-    z_all = _transformed(frame, config.features, log1p)
-    fence_cols = [config.features.index(c) for c in columns]
-    z = z_all.subset(fence_cols)
-
-    # column by column: the same quartiles as axis=0, without a partitioned copy of the whole matrix
-    q1, q3 = np.array([np.percentile(values, [25, 75]) for values in z.arrays]).T
-
-    def pooled(multiplier: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        low, high = _tukey(q1, q3, multiplier)
-        return _outside(z, low, high), low, high
-
-    def fences_report(low: np.ndarray, high: np.ndarray) -> dict[str, list[float]]:
-        lo, hi = _back(low, columns, log1p), _back(high, columns, log1p)
-        return {c: [float(lo[j]), float(hi[j])] for j, c in enumerate(columns)}
-
-    multiplier = ocfg.iqr_multiplier
-    flags, low, high = pooled(multiplier)
-    pooled_share = float(flags.any(axis=1).mean())
-    by_feature = _shares(flags, columns)
-    report.update(pooled_share=pooled_share, share_by_feature=by_feature, fences=fences_report(low, high))
-
-    method = "pooled"
-    provisional: tuple[np.ndarray, dict[str, Any]] | None = None
-    message: str | None = None
-    erased: dict[int, tuple[float, int]] = {}
-    if ocfg.method == "segment_aware":
-        method = "segment_aware"
-    elif pooled_share > ocfg.max_share:
-        message = _describe_excess(pooled_share, ocfg.max_share, by_feature)
-    elif flags.any():
-        provisional = _provisional_labels(z_all, config)
-        erased = _erased_clusters(flags.any(axis=1), provisional[0], n)
-        if erased:
-            message = _describe_erasure(erased, n)
-    if message is not None:
-        report["guard_tripped"] = True
-        report["erased_clusters"] = {c: {"flagged_share": v[0], "size": v[1]} for c, v in erased.items()}
-        if ocfg.on_excess == "fail":
-            raise OutlierPolicyError(message + "; outliers.on_excess is 'fail'")
-        if ocfg.on_excess == "segment_aware":
-            method = "segment_aware"
-            message += "; using segment-aware fences instead"
-        else:  # widen until under the cap and no provisional cluster is erased
-            steps = 0
-
-            def still_bad() -> bool:
-                mask_now = flags.any(axis=1)
-                if mask_now.mean() > ocfg.max_share:
-                    return True
-                return bool(provisional is not None and _erased_clusters(mask_now, provisional[0], n))
-
-            while still_bad():
-                if steps == WIDEN_MAX_STEPS:
-                    raise OutlierPolicyError(
-                        f"{message}; widening the IQR multiplier to {multiplier:g} still excludes "
-                        f"{flags.any(axis=1).mean():.1%} (a feature with IQR 0 cannot be widened: "
-                        f"IQR by feature {dict(zip(columns, (q3 - q1).round(6).tolist()))})"
-                    )
-                multiplier *= WIDEN_FACTOR
-                flags, low, high = pooled(multiplier)
-                steps += 1
-            method = "widened"
-            report["fences"] = fences_report(low, high)
-            message += f"; widened the IQR multiplier to {multiplier:g}"
-        report["warning"] = message
-        log.warning("%s", message)
-
-    report["multiplier_used"] = multiplier
-    if method == "segment_aware":
-        flags, labels, low_k, high_k, info = _segment_aware(z_all, config, fence_cols, multiplier, provisional)
-        k = info["provisional_k"]
-        lo_k, hi_k = _back(low_k, columns, log1p), _back(high_k, columns, log1p)
-        sizes = np.bincount(labels, minlength=k)
-        outlier_counts = np.bincount(labels[flags.any(axis=1)], minlength=k)
-        report.update(
-            info,
-            cluster_sizes={c: int(v) for c, v in enumerate(sizes)},
-            outliers_by_cluster={c: int(v) for c, v in enumerate(outlier_counts)},
-            cluster_fences={  # in the features' own units; dissolved clusters have none
-                c: {col: [float(lo_k[c, j]), float(hi_k[c, j])] for j, col in enumerate(columns)}
-                for c in range(k)
-                if sizes[c]
-            },
-        )
-    mask = flags.any(axis=1)
-    final_share = float(mask.mean())
-    if final_share > ocfg.max_share and method == "segment_aware":
-        extra = f"segment-aware fences still exclude {final_share:.1%} of rows (cap {ocfg.max_share:.1%})"
-        report["warning"] = f"{report['warning']}; {extra}" if report["warning"] else extra
-        log.warning("%s", extra)
-    report.update(
-        method_used=method,
-        final_share=final_share,
-        n_outliers=int(mask.sum()),
-        outliers_by_feature={c: int(flags[:, j].sum()) for j, c in enumerate(columns)},
-    )
-    reasons = pd.Series(flag_labels(flags, columns, prefix="outlier:"), index=frame.index)
-    return OutlierResult(mask, reasons, report)
+        return OutlierResult(np.zeros(n, dtype=bool), pd.Series(none, index=frame.index), idle)
+    backend = LocalOutlierBackend(frame, config)
+    decision = decide_outliers(backend, config, n)
+    assert decision.fences is not None  # enabled, with rows: the guard always settles on fences
+    flags = backend.flags(decision.fences)
+    reasons = pd.Series(flag_labels(flags, outlier_features(config), prefix="outlier:"), index=frame.index)
+    return OutlierResult(flags.any(axis=1), reasons, decision.report)

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.assigner import SegmentAssigner
-from segmentation_pipeline.core.cleaning import clean_customers
+from segmentation_pipeline.core.cleaning import clean_customers, clean_owned_customers
 from segmentation_pipeline.core.features import build_features
 from segmentation_pipeline.core.k_selection import KSelection, select_k
 from segmentation_pipeline.core.modeling import canonical_relabel, fit_kmeans, quality_metrics
@@ -52,8 +52,9 @@ class LocalEngine:
         )
 
     def clean(self, raw: Any, cfg: PipelineConfig) -> Cleaned:
-        # a private copy read from a hand-off file is consumed column by column as it is cleaned
-        result = clean_customers(read_columns(raw), cfg, table=cfg.source.table, consume=owns_rows(raw))
+        # a private copy read from a hand-off file is handed over and consumed column by column
+        clean = clean_owned_customers if owns_rows(raw) else clean_customers
+        result = clean(read_columns(raw), cfg, table=cfg.source.table)
         return Cleaned(clean=result.clean, rejects=result.rejects, report=result.report)
 
     def fit_features(self, clean: Any, cfg: PipelineConfig) -> Features:

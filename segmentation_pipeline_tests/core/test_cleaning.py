@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segmentation_pipeline.config import PipelineConfig
-from segmentation_pipeline.core.cleaning import DataQualityError, build_schema, clean_customers
+from segmentation_pipeline.core.cleaning import DataQualityError, build_schema, clean_customers, clean_owned_customers
 
 FEATURES = ["age", "annual_income", "spending_score"]
 RANGES = {"age": {"min": 16, "max": 110}, "annual_income": {"min": 0}, "spending_score": {"min": 1, "max": 100}}
@@ -462,7 +462,7 @@ def test_consuming_the_raw_frame_gives_the_same_rows_and_reasons(shuffled: bool)
     config = make_config(updated_at="updated_at")
     expected = clean_customers(raw.copy(), config)
     own = raw.copy()
-    consumed = clean_customers(own, config, consume=True)
+    consumed = clean_owned_customers(own, config)
     for got, want in zip(_by_id(consumed), _by_id(expected), strict=True):
         pd.testing.assert_frame_equal(got, want)
     assert isinstance(consumed.clean.index, pd.RangeIndex) and isinstance(consumed.rejects.index, pd.RangeIndex)

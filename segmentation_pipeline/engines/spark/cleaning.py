@@ -1,18 +1,14 @@
-"""The cleaning rules of :mod:`segmentation_pipeline.core.cleaning`, expressed in Spark SQL.
+"""The cleaning rules of :mod:`segmentation_pipeline.core.cleaning_rules`, expressed in Spark SQL.
 
 Same contract as the local engine: every input row ends up in ``clean`` or in ``rejects`` with the
-first applicable reason (precedence: missing id, duplicate id, non-numeric, missing, non-finite,
-out of range, invalid category; within a kind, the id, then features in config order, then
-categorical columns), every failing rule's detail joined with ``"; "``, and
-``n_input == n_clean + n_rejected`` is checked before anything is returned. Reason strings are
-identical (``missing:<col>``, ``non_numeric:<col>``, ``non_finite:<col>``, ``out_of_range:<col>``,
-``invalid_category:<col>``, ``duplicate_id``, ``outlier:<col>``). Duplicate ids keep the latest
+first applicable reason (``ReasonKind`` precedence, then column rank), every failing rule's detail
+joined with ``"; "``, and ``n_input == n_clean + n_rejected`` is checked before anything is
+returned. Reasons and details come from the same core definitions. Duplicate ids keep the latest
 ``updated_at`` (undated last), then the row read first.
 
-Outliers follow :mod:`segmentation_pipeline.core.outliers`: Tukey fences from the quartiles
-(log1p scale for ``transform.log1p`` features), the share guard (pooled share above
-``max_share``, or pooled fences flagging most of a real provisional cluster) with the same
-``on_excess`` policies, and segment-aware fences per cluster of a provisional MLlib KMeans.
+Outliers are decided by :mod:`segmentation_pipeline.core.outlier_guard`; this module only supplies
+its numbers (:class:`SparkOutlierBackend`: quartiles, counts, a provisional MLlib KMeans) and turns
+the final fences into flag columns.
 
 Known differences from the local engine (documented, measured in the tests):
 
@@ -29,55 +25,51 @@ Known differences from the local engine (documented, measured in the tests):
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.cluster import KMeans as SkKMeans
-from sklearn.metrics import silhouette_score
-from threadpoolctl import threadpool_limits
 
 from segmentation_pipeline.config import PipelineConfig
-from segmentation_pipeline.core.cleaning import (  # the single source of the rules' names and order
-    _CATEGORY,
-    _DUPLICATE,
-    _KIND_NAMES,
-    _MISSING,
-    _MISSING_ID,
-    _NON_FINITE,
-    _NON_NUMERIC,
-    _OUT_OF_RANGE,
-    _OUTLIER,
-    _THOUSANDS,
+from segmentation_pipeline.core.cleaning_rules import (
+    THOUSANDS_SEPARATOR,
     DataQualityError,
+    ReasonKind,
+    all_rejected_error,
+    check_structure,
+    checked_columns,
+    detail_parts,
+    no_rows_error,
+    not_numeric_error,
+    outlier_detail_parts,
+    outlier_policy_error,
+    reason_labels,
+    rule_code,
+    too_large_to_scale_error,
 )
-from segmentation_pipeline.core.outliers import (
-    base_report,
-    ERASED_CLUSTER_SHARE,
-    MIN_CLUSTER_SHARE,
-    MIN_SEGMENT_ROWS,
+from segmentation_pipeline.core.outlier_guard import (
     PROVISIONAL_FIT_ROWS,
     PROVISIONAL_K_SAMPLE,
-    PROVISIONAL_MAX_K,
-    PROVISIONAL_N_INIT,
-    PROVISIONAL_SILHOUETTE_SAMPLE,
-    WIDEN_FACTOR,
-    WIDEN_MAX_STEPS,
+    ClusterCounts,
+    Fences,
     OutlierPolicyError,
-    _describe_erasure,
-    _describe_excess,
+    OutsideCounts,
+    choose_provisional_k,
+    decide_outliers,
+    dissolved_clusters,
+    idle_report,
+    outlier_features,
+    provisional_facts,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame
 
-log = logging.getLogger(__name__)
-
 __all__ = [
     "DEFAULT_QUANTILE_ACCURACY",
     "EXACT_QUANTILE_MAX_ROWS",
     "SparkCleaningResult",
+    "SparkOutlierBackend",
     "clean_customers",
     "detect_outliers",
 ]
@@ -205,25 +197,9 @@ def _nearest(columns: list["Column"], centers: np.ndarray, ids: list[int]) -> "C
 # --------------------------------------------------------------------------- structure
 
 
-def _check_structure(raw: "DataFrame", config: PipelineConfig, table: str) -> None:
-    needed = [config.source.id_column, *config.features]
-    names = list(raw.columns)
-    absent = [c for c in needed if c not in names]
-    if absent:
-        listed = ", ".join(repr(c) for c in absent)
-        noun = "column" if len(absent) == 1 else "columns"
-        raise DataQualityError(f"table {table!r} has no {noun} {listed}; available: {names}")
-    twice = sorted({c for c in names if names.count(c) > 1 and c in needed})
-    if twice:
-        raise DataQualityError(f"table {table!r} has the column(s) {twice} more than once")
-
-
 def _raise_temporal(raw: "DataFrame", column: str, table: str, data_type: Any) -> None:
     example = raw.select(column).where(_F().col(column).isNotNull()).first()
-    shown = example[0] if example is not None else None
-    raise DataQualityError(
-        f"table {table!r}: column {column!r} is not numeric: e.g. {shown!r} ({data_type.simpleString()})"
-    )
+    raise not_numeric_error(table, column, example[0] if example is not None else None, data_type.simpleString())
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -252,14 +228,12 @@ def clean_customers(
 
     F = _F()
     table = table or config.source.table
-    _check_structure(raw, config, table)
+    check_structure(list(raw.columns), config, table)
     id_col, features = config.source.id_column, list(config.features)
     types = {field.name: field.dataType for field in raw.schema.fields}
-    categorical = [c for c in config.cleaning.categorical if c in types and c != id_col and c not in features]
-    columns = [id_col, *features, *categorical]
-    labels = [  # the reason of every code = kind * len(columns) + column rank
-        name if kind == _DUPLICATE else f"{name}:{col}" for kind, name in enumerate(_KIND_NAMES) for col in columns
-    ]
+    columns = checked_columns(config, list(types))
+    categorical = columns[1 + len(features):]
+    labels = reason_labels(columns)  # the reason of every rule_code
     updated = config.source.updated_at_column
     updated = updated if updated and updated in types and updated not in columns else None
 
@@ -283,7 +257,7 @@ def clean_customers(
             trimmed = F.regexp_replace(text, r"^\s+|\s+$", "")
             blank = trimmed == F.lit("")
             first = text.try_cast("double")
-            second = F.regexp_replace(trimmed, _THOUSANDS, "").try_cast("double")
+            second = F.regexp_replace(trimmed, THOUSANDS_SEPARATOR, "").try_cast("double")
             value = F.coalesce(first, second)
             # pandas: "nan" parses to NaN, which the second pass counts as not numeric
             non_numeric = text.isNotNull() & ~blank & (value.isNull() | F.isnan(value))
@@ -318,40 +292,26 @@ def clean_customers(
 def _rules(
     config: PipelineConfig, types: dict[str, Any], features: list[str], categorical: list[str], columns: list[str]
 ) -> list[tuple[int, "Column", "Column"]]:
-    """(code, condition, detail) of every rule, sorted by code = kind * n_columns + column rank."""
+    """(code, condition, detail) of every rule of core's cleaning_rules, sorted by rule_code."""
     F = _F()
     id_col = config.source.id_column
-    n_columns = len(columns)
+
+    def rule(kind: ReasonKind, column: str, condition: "Column", value: "Column | None" = None) -> None:
+        prefix, suffix = detail_parts(kind, column, config)
+        detail = F.lit(prefix + suffix) if value is None else F.concat(F.lit(prefix), value, F.lit(suffix))
+        rules.append((rule_code(kind, columns.index(column), len(columns)), condition, detail))
+
+    rules: list[tuple[int, Column, Column]] = []
     ident = F.col(id_col)
-    rules: list[tuple[int, Column, Column]] = [
-        (_MISSING_ID * n_columns, ident.isNull(), F.lit(f"{id_col} is missing")),
-        (
-            _DUPLICATE * n_columns,
-            ident.isNotNull() & (F.col(_RANK) > 1),
-            F.concat(
-                F.lit(f"duplicate {id_col} "),
-                _id_text(ident, types[id_col]),
-                F.lit(" (the first, or latest updated, row with this id is kept)"),
-            ),
-        ),
-    ]
-    for rank, feature in enumerate(features, start=1):
+    rule(ReasonKind.MISSING_ID, id_col, ident.isNull())
+    rule(ReasonKind.DUPLICATE, id_col, ident.isNotNull() & (F.col(_RANK) > 1), _id_text(ident, types[id_col]))
+    for feature in features:
         value = F.col(_v(feature))
         non_numeric = F.col(f"_seg_nn_{feature}")
-        rules.append((
-            _NON_NUMERIC * n_columns + rank,
-            non_numeric,
-            F.concat(F.lit(f"{feature}="), _repr_text(F.col(feature)), F.lit(" is not numeric")),
-        ))
-        rules.append((_MISSING * n_columns + rank, F.col(f"_seg_miss_{feature}") & ~non_numeric,
-                      F.lit(f"{feature} is missing")))
+        rule(ReasonKind.NON_NUMERIC, feature, non_numeric, _repr_text(F.col(feature)))
+        rule(ReasonKind.MISSING, feature, F.col(f"_seg_miss_{feature}") & ~non_numeric)
         infinite = value.isNotNull() & ((value == F.lit(float("inf"))) | (value == F.lit(float("-inf"))))
-        rules.append((
-            _NON_FINITE * n_columns + rank,
-            infinite,
-            F.concat(F.lit(f"{feature}="), F.when(value > 0, F.lit("inf")).otherwise(F.lit("-inf")),
-                     F.lit(" is not finite")),
-        ))
+        rule(ReasonKind.NON_FINITE, feature, infinite, F.when(value > 0, F.lit("inf")).otherwise(F.lit("-inf")))
         bounds = config.cleaning.ranges.get(feature)
         if bounds is not None and (bounds.min is not None or bounds.max is not None):
             outside = F.lit(False)
@@ -359,24 +319,14 @@ def _rules(
                 outside = outside | (value < F.lit(float(bounds.min)))
             if bounds.max is not None:
                 outside = outside | (value > F.lit(float(bounds.max)))
-            allowed = " and ".join(
-                f"{op} {bound:g}" for op, bound in ((">=", bounds.min), ("<=", bounds.max)) if bound is not None
-            )
-            rules.append((
-                _OUT_OF_RANGE * n_columns + rank,
-                value.isNotNull() & outside,
-                F.concat(F.lit(f"{feature}="), _py_float_str(value), F.lit(f" is out of range (must be {allowed})")),
-            ))
-    for rank, name in enumerate(categorical, start=1 + len(features)):
-        rule = config.cleaning.categorical[name]
+            rule(ReasonKind.OUT_OF_RANGE, feature, value.isNotNull() & outside, _py_float_str(value))
+    for name in categorical:
+        allowed = config.cleaning.categorical[name]
         column = F.col(name)
-        if rule.required:
-            rules.append((_MISSING * n_columns + rank, column.isNull(), F.lit(f"{name} is missing (required)")))
-        rules.append((
-            _CATEGORY * n_columns + rank,
-            column.isNotNull() & ~column.cast("string").isin(list(rule.allowed)),
-            F.concat(F.lit(f"{name}='"), column.cast("string"), F.lit(f"' not in {rule.allowed}")),
-        ))
+        if allowed.required:
+            rule(ReasonKind.MISSING, name, column.isNull())
+        invalid = column.isNotNull() & ~column.cast("string").isin(list(allowed.allowed))
+        rule(ReasonKind.INVALID_CATEGORY, name, invalid, column.cast("string"))
     return sorted(rules, key=lambda item: item[0])
 
 
@@ -419,6 +369,7 @@ def _classify(
         if imputed_flags else F.lit("")
     )
     classified = typed.select(
+        F.col(_POS),  # input order: the provisional k is chosen on rows in the local engine's order
         F.col(id_col),
         *[values[f].alias(_v(f)) for f in features],
         *[F.col(c) for c in categorical],
@@ -445,18 +396,18 @@ def _classify(
     stats = [row.asDict() for row in classified.groupBy(_REASON).agg(*stats_aggs).collect()]
     n = int(sum(r["n"] for r in stats))
     if n == 0:
-        raise DataQualityError(f"table {table!r} has 0 rows")
+        raise no_rows_error(table)
     for f in features:
         non_numeric = sum(int(r[f"nn_{f}"] or 0) for r in stats)
         present = sum(int(r[f"present_{f}"] or 0) for r in stats)
         if present and non_numeric == present:
             example = classified.where(F.col(f"_seg_nn_{f}")).select(F.col(f).cast("string")).first()
             shown = example[0].strip() if example is not None and example[0] is not None else ""
-            raise DataQualityError(f"table {table!r}: column {f!r} is not numeric: e.g. {shown!r}")
+            raise not_numeric_error(table, f, shown)
     by_reason = {str(r[_REASON]): int(r["n"]) for r in stats if r[_REASON] is not None}
     n_valid = n - sum(by_reason.values())
     if n_valid == 0 and not allow_all_rejected:
-        _raise_all_rejected(n, by_reason, table)
+        raise _all_rejected(n, by_reason, table)
     valid_stats = next((r for r in stats if r[_REASON] is None), None)
     if valid_stats is not None:
         _check_scalable(valid_stats, [f for f in features if f not in log_scale], table)
@@ -488,22 +439,24 @@ def _classify(
     if reject_outliers:
         method = outlier_report["method_used"]
         first_value = F.lit(None).cast("double")
-        for f in reversed(config.cleaning.outliers.features or features):
+        first_reason = F.lit(None).cast("string")
+        for f in reversed(outlier_features(config)):  # the reason of the first flagged feature's rule
             first_value = F.when(F.col(_FIRST) == F.lit(f), F.col(_v(f))).otherwise(first_value)
+            code = rule_code(ReasonKind.OUTLIER, columns.index(f), n_columns)
+            first_reason = F.when(F.col(_FIRST) == F.lit(f), F.lit(labels[code])).otherwise(first_reason)
+        equals, middle, end = outlier_detail_parts(method)
         outliers = flagged.where(F.col("is_outlier")).select(
             _id_text(F.col(id_col), types[id_col]).alias("customer_id"),
-            F.concat(F.lit("outlier:"), F.col(_FIRST)).alias("reason"),
+            first_reason.alias("reason"),
             F.concat(
-                F.col(_FIRST), F.lit("="), _py_float_str(first_value),
-                F.lit(f" outside the {method} IQR fences ("), F.col("outlier_reason"), F.lit(")"),
+                F.col(_FIRST), F.lit(equals), _py_float_str(first_value),
+                F.lit(middle), F.col("outlier_reason"), F.lit(end),
             ).alias("detail"),
         )
         rejects = rejects.unionByName(outliers)
         outlier_by_reason = {
             str(r["reason"]): int(r["count"]) for r in outliers.groupBy("reason").count().collect()
         }
-        # the local engine labels outlier rejects by the first flagged feature's column rank
-        assert all(reason in labels[_OUTLIER * n_columns:] for reason in outlier_by_reason), outlier_by_reason
     rejects = rejects.persist(StorageLevel.MEMORY_AND_DISK)
     n_clean, n_rejected = clean.count(), rejects.count()  # materialise both before the source cache goes
     if n_clean + n_rejected != n:
@@ -513,7 +466,7 @@ def _classify(
     if n_clean == 0 and not allow_all_rejected:
         clean.unpersist()
         rejects.unpersist()
-        _raise_all_rejected(n, {**by_reason, **outlier_by_reason}, table)
+        raise _all_rejected(n, {**by_reason, **outlier_by_reason}, table)
     rejected_by_reason = dict(
         sorted({**by_reason, **outlier_by_reason}.items(), key=lambda kv: (-kv[1], kv[0]))
     )
@@ -549,7 +502,7 @@ def _impute(
     longer mentions the missing value).
     """
     F = _F()
-    fillable = {_MISSING * n_columns + rank: f for rank, f in enumerate(features, start=1)}
+    fillable = {rule_code(ReasonKind.MISSING, rank, n_columns): f for rank, f in enumerate(features, start=1)}
     hard = F.lit(False)
     for code, condition, _ in rules:
         if code not in fillable:
@@ -582,15 +535,11 @@ def _check_scalable(stats: dict[str, Any], features: list[str], table: str) -> N
     for name in features:
         variance = stats.get(f"var_{name}")
         if variance is not None and not np.isfinite(variance):
-            raise DataQualityError(
-                f"table {table!r}: column {name!r} has values too large to scale (e.g. {stats[f'worst_{name}']:g}); "
-                "give it a plausible range in cleaning.ranges"
-            )
+            raise too_large_to_scale_error(table, name, stats[f"worst_{name}"])
 
 
-def _raise_all_rejected(n: int, by_reason: dict[str, int], table: str) -> None:
-    ordered = dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
-    raise DataQualityError(f"all {n} rows of {table!r} were rejected: {ordered}")
+def _all_rejected(n: int, by_reason: dict[str, int], table: str) -> DataQualityError:
+    return all_rejected_error(n, dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))), table)
 
 
 # --------------------------------------------------------------------------- outliers
@@ -609,230 +558,152 @@ def detect_outliers(
     """Add ``is_outlier`` and ``outlier_reason`` (and the first flagged feature) to ``frame``.
 
     ``frame`` holds ``n`` cleaned rows whose feature values live in ``value_column(feature)``
-    (default: the feature's own column). The report has the local engine's keys.
+    (default: the feature's own column). The guard of :mod:`segmentation_pipeline.core.outlier_guard`
+    decides; :class:`SparkOutlierBackend` supplies its numbers. The report has the local engine's keys.
     """
-    F = _F()
-    ocfg = config.cleaning.outliers
-    features = list(config.features)
-    columns = list(ocfg.features or features)
     exact = n <= EXACT_QUANTILE_MAX_ROWS if exact_quantiles is None else exact_quantiles
-    log1p = set(config.transform.log1p)
-    report: dict[str, Any] = {
-        **base_report(config, columns),
-        "quantiles": "exact" if exact else f"percentile_approx(accuracy={quantile_accuracy})",
-    }
+    quantiles = "exact" if exact else f"percentile_approx(accuracy={quantile_accuracy})"
+    idle = idle_report(config, n)
+    if idle is not None:
+        columns = outlier_features(config)
+        return _with_flags(frame, columns, {c: _F().lit(False) for c in columns}), {**idle, "quantiles": quantiles}
+    backend = SparkOutlierBackend(frame, config, n, value_column, exact=exact, accuracy=quantile_accuracy)
+    try:
+        decision = decide_outliers(backend, config, n)
+    except OutlierPolicyError as exc:
+        raise outlier_policy_error(table, exc) from exc
+    assert decision.fences is not None  # enabled, with rows: the guard always settles on fences
+    return backend.flagged(decision.fences), {**decision.report, "quantiles": quantiles}
 
-    def finish(out: "DataFrame", flags: dict[str, "Column"]) -> "DataFrame":
-        any_flag = F.lit(False)
-        for c in columns:
-            any_flag = any_flag | flags[c]
-        first = F.lit(None).cast("string")
-        for c in reversed(columns):
-            first = F.when(flags[c], F.lit(c)).otherwise(first)
-        reason = F.when(
-            any_flag, F.concat(F.lit("outlier:"), F.concat_ws(",", *[F.when(flags[c], F.lit(c)) for c in columns]))
-        ).otherwise(F.lit(""))
-        return out.withColumns({"is_outlier": any_flag, "outlier_reason": reason, _FIRST: first})
 
-    if not ocfg.enabled or n == 0:
-        if ocfg.enabled:
-            report["method_used"] = "pooled"
-        return finish(frame, {c: F.lit(False) for c in columns}), report
+def _with_flags(frame: "DataFrame", columns: list[str], flags: dict[str, "Column"]) -> "DataFrame":
+    """``is_outlier``, ``outlier_reason`` ("outlier:a,b" or "") and the first flagged feature."""
+    F = _F()
+    any_flag = _any(flags)
+    first = F.lit(None).cast("string")
+    for c in reversed(columns):
+        first = F.when(flags[c], F.lit(c)).otherwise(first)
+    reason = F.when(
+        any_flag, F.concat(F.lit("outlier:"), F.concat_ws(",", *[F.when(flags[c], F.lit(c)) for c in columns]))
+    ).otherwise(F.lit(""))
+    return frame.withColumns({"is_outlier": any_flag, "outlier_reason": reason, _FIRST: first})
 
-    z = frame.withColumns({
-        _z(f): (F.log1p(F.col(value_column(f))) if f in log1p else F.col(value_column(f)).cast("double"))
-        for f in features
-    })
-    zc = {f: F.col(_z(f)) for f in features}
 
-    # -- one job: quartiles of the fence features, finiteness, mean/std for the provisional scaler
-    aggs = []
-    for f in features:
-        bad = zc[f].isNull() | F.isnan(zc[f]) | (F.abs(zc[f]) == F.lit(float("inf")))
-        aggs += [F.sum(bad.cast("int")).alias(f"bad_{f}"), F.avg(zc[f]).alias(f"mean_{f}"),
-                 F.stddev_pop(zc[f]).alias(f"std_{f}")]
-    aggs += [_quantiles(zc[c], [0.25, 0.75], exact, quantile_accuracy).alias(f"q_{c}") for c in columns]
-    stats = z.agg(*aggs).first().asDict()
-    for f in features:
-        if stats[f"bad_{f}"]:
-            scale = "log1p scale" if f in log1p else "raw scale"
-            raise ValueError(
-                f"column {f!r} has {int(stats[f'bad_{f}'])} value(s) that are not finite on the {scale}; "
-                "clean the data first"
-            )
-    q1 = np.array([stats[f"q_{c}"][0] for c in columns], dtype=np.float64)
-    q3 = np.array([stats[f"q_{c}"][1] for c in columns], dtype=np.float64)
-    means = np.array([stats[f"mean_{f}"] for f in features], dtype=np.float64)
-    stds = np.array([stats[f"std_{f}"] or 0.0 for f in features], dtype=np.float64)
+def _any(flags: dict[str, "Column"]) -> "Column":
+    out = _F().lit(False)
+    for flag in flags.values():
+        out = out | flag
+    return out
 
-    def back(values: np.ndarray) -> np.ndarray:
-        out = np.array(values, dtype=np.float64, copy=True)
-        for j, c in enumerate(columns):
-            if c in log1p:
-                out[..., j] = np.expm1(out[..., j])
+
+class SparkOutlierBackend:
+    """The outlier guard's numbers as Spark jobs (``outlier_guard.OutlierBackend``).
+
+    Construction runs one job: the pooled quartiles, the finiteness check and the mean/std the
+    provisional clustering standardises with.
+    """
+
+    def __init__(
+        self, frame: "DataFrame", config: PipelineConfig, n: int, value_column: Any, *, exact: bool, accuracy: int
+    ) -> None:
+        F = _F()
+        self.config, self.n, self.exact, self.accuracy = config, n, exact, accuracy
+        self.features = list(config.features)
+        self.columns = outlier_features(config)
+        log1p = set(config.transform.log1p)
+        self.z = frame.withColumns({
+            _z(f): (F.log1p(F.col(value_column(f))) if f in log1p else F.col(value_column(f)).cast("double"))
+            for f in self.features
+        })
+        self.zc = {f: F.col(_z(f)) for f in self.features}
+        self.k = 1
+        self.labelled = False
+        aggs = []
+        for f in self.features:
+            zc = self.zc[f]
+            bad = zc.isNull() | F.isnan(zc) | (F.abs(zc) == F.lit(float("inf")))
+            aggs += [F.sum(bad.cast("int")).alias(f"bad_{f}"), F.avg(zc).alias(f"mean_{f}"),
+                     F.stddev_pop(zc).alias(f"std_{f}")]
+        aggs += [self._quartiles(c).alias(f"q_{c}") for c in self.columns]
+        stats = self.z.agg(*aggs).first().asDict()
+        for f in self.features:
+            if stats[f"bad_{f}"]:
+                scale = "log1p scale" if f in log1p else "raw scale"
+                raise ValueError(
+                    f"column {f!r} has {int(stats[f'bad_{f}'])} value(s) that are not finite on the {scale}; "
+                    "clean the data first"
+                )
+        self.q1 = np.array([stats[f"q_{c}"][0] for c in self.columns], dtype=np.float64)
+        self.q3 = np.array([stats[f"q_{c}"][1] for c in self.columns], dtype=np.float64)
+        self.means = np.array([stats[f"mean_{f}"] for f in self.features], dtype=np.float64)
+        self.stds = np.array([stats[f"std_{f}"] or 0.0 for f in self.features], dtype=np.float64)
+
+    def _quartiles(self, column: str) -> "Column":
+        return _quantiles(self.zc[column], [0.25, 0.75], self.exact, self.accuracy)
+
+    def flags(self, fences: Fences) -> dict[str, "Column"]:
+        """One boolean Column per outlier feature: outside its (own cluster's) fences."""
+        F = _F()
+        if not fences.per_cluster:
+            return {
+                c: (self.zc[c] < F.lit(float(fences.low[j]))) | (self.zc[c] > F.lit(float(fences.high[j])))
+                for j, c in enumerate(self.columns)
+            }
+        position = F.col(_LABEL) + F.lit(1)
+        out = {}
+        for j, c in enumerate(self.columns):
+            lows = F.array(*[F.lit(None if np.isnan(v) else float(v)).cast("double") for v in fences.low[:, j]])
+            highs = F.array(*[F.lit(None if np.isnan(v) else float(v)).cast("double") for v in fences.high[:, j]])
+            outside = (self.zc[c] < F.element_at(lows, position)) | (self.zc[c] > F.element_at(highs, position))
+            out[c] = F.coalesce(outside, F.lit(False))
         return out
 
-    def fences_report(low: np.ndarray, high: np.ndarray) -> dict[str, list[float]]:
-        lo, hi = back(low), back(high)
-        return {c: [float(lo[j]), float(hi[j])] for j, c in enumerate(columns)}
+    def quartiles(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.q1, self.q3
 
-    def pooled(multiplier: float) -> tuple[dict[str, "Column"], np.ndarray, np.ndarray]:
-        low, high = q1 - multiplier * (q3 - q1), q3 + multiplier * (q3 - q1)
-        flags = {
-            c: (zc[c] < F.lit(float(low[j]))) | (zc[c] > F.lit(float(high[j]))) for j, c in enumerate(columns)
-        }
-        return flags, low, high
-
-    last_counts: dict[str, int] = {}  # counts of the flags shares() saw last
-
-    def shares(flags: dict[str, "Column"]) -> tuple[float, dict[str, float], int]:
-        any_flag = F.lit(False)
-        for c in columns:
-            any_flag = any_flag | flags[c]
-        row = z.agg(
-            F.sum(any_flag.cast("int")).alias("any"), *[F.sum(flags[c].cast("int")).alias(c) for c in columns]
+    def count_outside(self, fences: Fences) -> OutsideCounts:
+        F = _F()
+        flags = self.flags(fences)
+        row = self.z.agg(
+            F.sum(_any(flags).cast("int")).alias("any"), *[F.sum(flags[c].cast("int")).alias(c) for c in self.columns]
         ).first()
-        flagged = int(row["any"] or 0)
-        last_counts.clear()
-        last_counts.update({"any": flagged, **{c: int(row[c] or 0) for c in columns}})
-        return flagged / n, {c: int(row[c] or 0) / n for c in columns}, flagged
+        return OutsideCounts(int(row["any"] or 0), np.array([int(row[c] or 0) for c in self.columns]))
 
-    multiplier = ocfg.iqr_multiplier
-    flags, low, high = pooled(multiplier)
-    pooled_share, by_feature, n_flagged = shares(flags)
-    report.update(pooled_share=pooled_share, share_by_feature=by_feature, fences=fences_report(low, high))
+    def provisional_clusters(self) -> dict[str, Any]:
+        label, facts = _provisional_labels(self.z, self.config, self.n, self.means, self.stds)
+        self.z = self.z.withColumn(_LABEL, label)
+        self.k, self.labelled = facts["provisional_k"], True
+        return facts
 
-    method = "pooled"
-    provisional: tuple["Column", dict[str, Any]] | None = None
-    message: str | None = None
-    erased: dict[int, tuple[float, int]] = {}
-
-    def erased_clusters(current: dict[str, "Column"], label: "Column") -> dict[int, tuple[float, int]]:
-        any_flag = F.lit(False)
-        for c in columns:
-            any_flag = any_flag | current[c]
-        rows = z.groupBy(label.alias(_LABEL)).agg(
-            F.count(F.lit(1)).alias("size"), F.sum(any_flag.cast("int")).alias("flagged")
-        ).collect()
-        floor = max(MIN_CLUSTER_SHARE * n, MIN_SEGMENT_ROWS)
-        return {
-            int(r[_LABEL]): (float(r["flagged"] / r["size"]), int(r["size"]))
-            for r in rows
-            if r["size"] >= floor and r["flagged"] > ERASED_CLUSTER_SHARE * r["size"]
-        }
-
-    if ocfg.method == "segment_aware":
-        method = "segment_aware"
-    elif pooled_share > ocfg.max_share:
-        message = _describe_excess(pooled_share, ocfg.max_share, by_feature)
-    elif n_flagged:
-        provisional = _provisional_labels(z, config, n, means, stds)
-        erased = erased_clusters(flags, provisional[0])
-        if erased:
-            message = _describe_erasure(erased, n)
-    if message is not None:
-        report["guard_tripped"] = True
-        report["erased_clusters"] = {c: {"flagged_share": v[0], "size": v[1]} for c, v in erased.items()}
-        if ocfg.on_excess == "fail":
-            where = f"table {table!r}: " if table else ""
-            raise DataQualityError(where + str(OutlierPolicyError(message + "; outliers.on_excess is 'fail'")))
-        if ocfg.on_excess == "segment_aware":
-            method = "segment_aware"
-            message += "; using segment-aware fences instead"
-        else:  # widen until under the cap and no provisional cluster is erased
-            steps = 0
-            while True:
-                share_now, _, _ = shares(flags)
-                bad = share_now > ocfg.max_share or bool(provisional and erased_clusters(flags, provisional[0]))
-                if not bad:
-                    break
-                if steps == WIDEN_MAX_STEPS:
-                    where = f"table {table!r}: " if table else ""
-                    raise DataQualityError(
-                        f"{where}{message}; widening the IQR multiplier to {multiplier:g} still excludes "
-                        f"{share_now:.1%} (a feature with IQR 0 cannot be widened: IQR by feature "
-                        f"{dict(zip(columns, (q3 - q1).round(6).tolist()))})"
-                    )
-                multiplier *= WIDEN_FACTOR
-                flags, low, high = pooled(multiplier)
-                steps += 1
-            method = "widened"
-            report["fences"] = fences_report(low, high)
-            message += f"; widened the IQR multiplier to {multiplier:g}"
-        report["warning"] = message
-        log.warning("%s", message)
-
-    report["multiplier_used"] = multiplier
-    label_column: Column | None = None
-    if method == "segment_aware":
-        if provisional is None:
-            provisional = _provisional_labels(z, config, n, means, stds)
-        label_column, info = provisional
-        k = info["provisional_k"]
-        z = z.withColumn(_LABEL, label_column)
-        rows = z.groupBy(_LABEL).agg(
-            *[_quantiles(zc[c], [0.25, 0.75], exact, quantile_accuracy).alias(f"q_{c}") for c in columns]
-        ).collect()
-        low_k = np.full((k, len(columns)), np.nan)
-        high_k = np.full((k, len(columns)), np.nan)
-        for r in rows:
-            c_id = int(r[_LABEL])
-            for j, c in enumerate(columns):
-                lo_q, hi_q = r[f"q_{c}"]
-                low_k[c_id, j] = lo_q - multiplier * (hi_q - lo_q)
-                high_k[c_id, j] = hi_q + multiplier * (hi_q - lo_q)
-        label_index = F.col(_LABEL) + F.lit(1)
-        flags = {}
-        for j, c in enumerate(columns):
-            lows = F.array(*[F.lit(None if np.isnan(v) else float(v)).cast("double") for v in low_k[:, j]])
-            highs = F.array(*[F.lit(None if np.isnan(v) else float(v)).cast("double") for v in high_k[:, j]])
-            flags[c] = F.coalesce(
-                (zc[c] < F.element_at(lows, label_index)) | (zc[c] > F.element_at(highs, label_index)), F.lit(False)
-            )
-        report.update(info)
-        report["_cluster_low_high"] = (low_k, high_k)
-
-    out = finish(z, flags)
-    if label_column is None:  # pooled or widened: shares() already counted exactly these flags
-        rows = [{"size": n, "outliers": last_counts["any"], **{f"f_{c}": last_counts[c] for c in columns}}]
-    else:  # -- one job: final counts per provisional cluster
-        rows = out.groupBy(F.col(_LABEL)).agg(
+    def cluster_counts(self, fences: Fences) -> ClusterCounts:
+        F = _F()
+        flags = self.flags(fences)
+        rows = self.z.groupBy(_LABEL).agg(
             F.count(F.lit(1)).alias("size"),
-            F.sum(F.col("is_outlier").cast("int")).alias("outliers"),
-            *[F.sum(flags[c].cast("int")).alias(f"f_{c}") for c in columns],
+            F.sum(_any(flags).cast("int")).alias("flagged"),
+            *[F.sum(flags[c].cast("int")).alias(f"f_{c}") for c in self.columns],
         ).collect()
-    n_outliers = int(sum(int(r["outliers"] or 0) for r in rows))
-    if label_column is not None:
-        low_k, high_k = report.pop("_cluster_low_high")
-        k = report["provisional_k"]
-        sizes = np.zeros(k, dtype=np.int64)
-        outlier_counts = np.zeros(k, dtype=np.int64)
+        sizes = np.zeros(self.k, dtype=np.int64)
+        flagged = np.zeros(self.k, dtype=np.int64)
         for r in rows:
             sizes[int(r[_LABEL])] = int(r["size"])
-            outlier_counts[int(r[_LABEL])] = int(r["outliers"] or 0)
-        lo_k, hi_k = back(low_k), back(high_k)
-        report.update(
-            cluster_sizes={c: int(v) for c, v in enumerate(sizes)},
-            outliers_by_cluster={c: int(v) for c, v in enumerate(outlier_counts)},
-            cluster_fences={
-                c: {col: [float(lo_k[c, j]), float(hi_k[c, j])] for j, col in enumerate(columns)}
-                for c in range(k)
-                if sizes[c]
-            },
-        )
-    final_share = n_outliers / n
-    if final_share > ocfg.max_share and method == "segment_aware":
-        extra = f"segment-aware fences still exclude {final_share:.1%} of rows (cap {ocfg.max_share:.1%})"
-        report["warning"] = f"{report['warning']}; {extra}" if report["warning"] else extra
-        log.warning("%s", extra)
-    report.update(
-        method_used=method,
-        final_share=final_share,
-        n_outliers=n_outliers,
-        outliers_by_feature={c: int(sum(int(r[f"f_{c}"] or 0) for r in rows)) for c in columns},
-    )
-    drop = [_z(f) for f in features] + ([_LABEL] if label_column is not None else [])
-    return out.drop(*drop), report
+            flagged[int(r[_LABEL])] = int(r["flagged"] or 0)
+        by_feature = np.array([sum(int(r[f"f_{c}"] or 0) for r in rows) for c in self.columns])
+        return ClusterCounts(sizes, flagged, by_feature)
+
+    def cluster_quartiles(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.z.groupBy(_LABEL).agg(*[self._quartiles(c).alias(f"q_{c}") for c in self.columns]).collect()
+        q1 = np.full((k, len(self.columns)), np.nan)
+        q3 = np.full((k, len(self.columns)), np.nan)
+        for r in rows:
+            for j, c in enumerate(self.columns):
+                q1[int(r[_LABEL]), j], q3[int(r[_LABEL]), j] = r[f"q_{c}"]
+        return q1, q3
+
+    def flagged(self, fences: Fences) -> "DataFrame":
+        """The rows with the flags of ``fences`` (module docstring), without the backend's columns."""
+        out = _with_flags(self.z, self.columns, self.flags(fences))
+        return out.drop(*[_z(f) for f in self.features], *([_LABEL] if self.labelled else []))
 
 
 def _provisional_labels(
@@ -840,10 +711,10 @@ def _provisional_labels(
 ) -> tuple["Column", dict[str, Any]]:
     """Provisional clusters for segment-aware fences: a Column of cluster ids, and the facts.
 
-    As in the local engine: standardise (population std), choose k by silhouette on a driver
-    sample of PROVISIONAL_K_SAMPLE rows (k fixed in the config wins), fit k centres -- here MLlib
-    KMeans (k-means||) on a Spark sample of about PROVISIONAL_FIT_ROWS rows -- and dissolve
-    clusters holding under MIN_CLUSTER_SHARE of the fitted rows into their nearest neighbours.
+    As in the local engine: standardise (population std), choose k on a driver sample of
+    PROVISIONAL_K_SAMPLE rows (``choose_provisional_k``), fit k centres -- here MLlib KMeans
+    (k-means||) on a Spark sample of about PROVISIONAL_FIT_ROWS rows -- and dissolve clusters
+    holding under MIN_CLUSTER_SHARE of the fitted rows into their nearest neighbours.
     """
     from pyspark import StorageLevel
     from pyspark.ml.clustering import KMeans
@@ -856,31 +727,21 @@ def _provisional_labels(
     scaled = [(F.col(_z(f)) - F.lit(float(means[j]))) / F.lit(float(safe[j])) for j, f in enumerate(features)]
     names = [f"_seg_x_{f}" for f in features]
     x = z.select(*[col.alias(name) for col, name in zip(scaled, names)])
-    silhouettes: dict[int, float] = {}
-    if config.k is not None:
-        k = config.k
-    else:
+    small = np.empty((0, 0))
+    if config.k is None:  # KMeans depends on row order: sample in input order when it is known
         fraction = min(1.0, 1.2 * PROVISIONAL_K_SAMPLE / max(n, 1))
-        small = np.asarray(x.sample(False, fraction, seed).collect(), dtype=np.float64) if fraction < 1 else \
-            np.asarray(x.collect(), dtype=np.float64)
+        source = z.select(
+            *[col.alias(name) for col, name in zip(scaled, names)],
+            (F.col(_POS) if _POS in z.columns else F.monotonically_increasing_id()).alias(_POS),
+        )
+        rows = source.sample(False, fraction, seed) if fraction < 1 else source
+        small = np.asarray(rows.orderBy(_POS).drop(_POS).collect(), dtype=np.float64)
         if len(small) > PROVISIONAL_K_SAMPLE:
             rng = np.random.default_rng(seed)
             small = small[np.sort(rng.choice(len(small), PROVISIONAL_K_SAMPLE, replace=False))]
-        with threadpool_limits(1):
-            ceiling = min(PROVISIONAL_MAX_K, small.shape[0] // MIN_SEGMENT_ROWS)
-            for cand in config.k_candidates:
-                if not 2 <= cand <= ceiling:
-                    continue
-                labels = SkKMeans(cand, n_init=PROVISIONAL_N_INIT, random_state=seed).fit_predict(small)
-                if len(np.unique(labels)) < 2:
-                    continue
-                size = min(PROVISIONAL_SILHOUETTE_SAMPLE, len(small))
-                silhouettes[cand] = float(silhouette_score(small, labels, sample_size=size, random_state=seed))
-        k = max(silhouettes, key=lambda c: silhouettes[c]) if silhouettes else 1
-    k = max(1, min(k, n))
-    facts: dict[str, Any] = {"provisional_k": k, "provisional_silhouette": silhouettes, "provisional_dissolved": []}
+    k, silhouettes = choose_provisional_k(small, config, n)
     if k == 1:
-        return F.lit(0), facts
+        return F.lit(0), provisional_facts(k, silhouettes)
     fraction = min(1.0, PROVISIONAL_FIT_ROWS / max(n, 1))
     fit_rows = x.sample(False, fraction, seed) if fraction < 1 else x
     # ~100k rows of a few doubles: one cached partition; more would only add scheduling per iteration
@@ -894,13 +755,9 @@ def _provisional_labels(
         sizes = np.asarray(model.summary.clusterSizes, dtype=np.int64)  # lazy: a job over the cached sample
     finally:
         vectors.unpersist()
-    if len(centers) < k:  # MLlib returns fewer centres when the sample has fewer distinct points
-        k = len(centers)
-        facts["provisional_k"] = k
-    dissolved = np.flatnonzero(sizes[:k] < MIN_CLUSTER_SHARE * sizes.sum())
+    k = min(k, len(centers))  # MLlib returns fewer centres when the sample has fewer distinct points
+    dissolved = dissolved_clusters(sizes[:k])
     keep = [c for c in range(k) if c not in set(dissolved.tolist())]
     if not keep:  # nothing is a real cluster: keep them all, as the local engine does
         keep = list(range(k))
-    facts["provisional_dissolved"] = dissolved.tolist()
-    label = _nearest(scaled, centers[keep], keep)
-    return label, facts
+    return _nearest(scaled, centers[keep], keep), provisional_facts(k, silhouettes, dissolved.tolist())
