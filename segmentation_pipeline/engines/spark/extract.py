@@ -35,6 +35,7 @@ from sqlalchemy.engine import URL, make_url
 
 from segmentation_pipeline.config import validate_identifier
 from segmentation_pipeline.storage.connection import is_mysql, masked_url, table_columns
+from segmentation_pipeline.storage.reads import table_version
 from segmentation_pipeline.storage.errors import SourceError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -161,16 +162,9 @@ class SparkExtract:
     seconds: float
 
 
-def _table_version(engine: sa.Engine, table: str) -> tuple[Any, ...]:
+def _version(engine: sa.Engine, table: str) -> tuple[Any, ...]:
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.text(
-                "SELECT CREATE_TIME, TABLE_COMMENT FROM information_schema.TABLES "
-                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
-            ),
-            {"t": table},
-        ).first()
-    return tuple(row) if row is not None else ()
+        return table_version(conn, table)
 
 
 def source_changed(engine: sa.Engine, extract: SparkExtract) -> bool:
@@ -179,7 +173,7 @@ def source_changed(engine: sa.Engine, extract: SparkExtract) -> bool:
     Spark's partitions are separate queries, run when the frame is first computed; call this
     after materialising (e.g. after cleaning) and re-run when it says the source moved.
     """
-    return _table_version(engine, extract.table) != extract.version
+    return _version(engine, extract.table) != extract.version
 
 
 def _range_bounds(id_type: Any, low: Any, high: Any) -> tuple[str, str] | None:
@@ -237,7 +231,7 @@ def read_customers(
         )
     target = target or jdbc_target(engine.url)
     started = time.perf_counter()
-    version = _table_version(engine, table)
+    version = _version(engine, table)
     id_type = next(c["type"] for c in sa.inspect(engine).get_columns(table) if c["name"] == id_column)
     q = engine.dialect.identifier_preparer.quote
     with engine.connect() as conn:
