@@ -1,0 +1,245 @@
+"""Rules for choosing k, on planted tables (issue 15).
+
+    python -m benchmarks.k_selection                 # 15 shapes x 5 seeds, 2,000 rows -> benchmarks/K_SELECTION.md
+    python -m benchmarks.k_selection --quick         # 3 shapes x 1 seed, 600 rows: a smoke run, seconds
+    python -m benchmarks.k_selection --rules-only    # re-read the saved evidence, re-apply the rules
+
+Per case: the shape's raw frame -> auto log1p (``core.skew``) -> StandardScaler -> ``k_evidence`` for
+k = 2..10 (k=1 added for the gap) -> every rule's k. ARI: KMeans (n_init=10) at the rule's k, vs the
+planted labels (gross outliers left out). Time per rule: the parts of the evidence that rule reads.
+A cost case (1M rows, not with --quick) times the product's sweep alone against the full evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from benchmarks.k_selection.shapes import SHAPES, balanced
+from segmentation_pipeline.core.k_evidence import RULES, EvidenceSettings, k_evidence, product_rule
+from segmentation_pipeline.core.k_selection import sweep_k
+from segmentation_pipeline.core.skew import auto_log1p_columns
+
+ROOT = Path(__file__).resolve().parents[2]
+K_VALUES = list(range(2, 11))
+QUICK_SHAPES = ["balanced_k3", "vip_pairs_5pct", "none_uniform_box"]
+# which timed parts of the evidence each rule reads
+RULE_PARTS = {
+    "elbow": ["sweep"],
+    "silhouette": ["sweep"],
+    "today": ["sweep"],
+    "ch": ["sweep"],
+    "gap": ["eval_fits", "gap"],
+    "stability": ["eval_fits", "stability"],
+    "bic": ["bic"],
+    "vote": ["sweep", "eval_fits", "gap", "stability", "bic"],
+    "product": ["sweep", "eval_fits", "gap", "stability"],
+}
+ALL_RULES = [*RULES, "product"]
+
+
+def prepare(frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """As the product would: auto log1p of skewed non-negative columns, then StandardScaler."""
+    logged = auto_log1p_columns(frame)
+    frame = frame.copy()
+    for column in logged:
+        frame[column] = np.log1p(frame[column])
+    return StandardScaler().fit_transform(frame.to_numpy(dtype=np.float64)), logged
+
+
+def ari_per_k(X: np.ndarray, planted: np.ndarray, ks: list[int]) -> dict[int, float]:
+    keep = planted >= 0
+    scores = {}
+    for k in ks:
+        labels = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(X)
+        scores[k] = float(adjusted_rand_score(planted[keep], labels[keep]))
+    return scores
+
+
+def run_case(shape: str, seed: int, n: int, settings: EvidenceSettings) -> dict:
+    frame, planted, k_true = SHAPES[shape](n, seed)
+    X, logged = prepare(frame)
+    evidence = k_evidence(X, K_VALUES, settings)
+    return {
+        "shape": shape,
+        "seed": seed,
+        "n": len(X),
+        "k_true": k_true,
+        "logged": logged,
+        "seconds": evidence.attrs["seconds"],
+        "evidence": evidence.to_dict(orient="list"),
+        "ari": ari_per_k(X, planted, [1, *K_VALUES]),
+    }
+
+
+def apply_rules(case: dict) -> dict:
+    evidence = pd.DataFrame(case["evidence"])
+    out = {}
+    for name in ALL_RULES:
+        if name == "product":
+            choice = product_rule(evidence)
+            k, reason, structure = choice.k, choice.reason, choice.structure
+        else:
+            (k, reason), structure = RULES[name](evidence), None
+        ari = case["ari"].get(str(k), case["ari"].get(k)) if case["k_true"] > 1 else None
+        seconds = sum(case["seconds"][part] for part in RULE_PARTS[name])
+        out[name] = {"k": int(k), "reason": reason, "structure": structure, "ari": ari, "seconds": seconds}
+    return out
+
+
+def cost_case(rows: int, settings: EvidenceSettings) -> dict:
+    """Today's sweep alone vs the full evidence, on one planted table of ``rows`` rows."""
+    frame, _, _ = balanced(5)(rows, 0)
+    X = StandardScaler().fit_transform(frame.to_numpy())
+    started = time.perf_counter()
+    sweep_k(X, K_VALUES, n_init=settings.n_init, random_state=settings.random_state,
+            silhouette_sample=settings.silhouette_rows, max_rows=settings.max_rows)
+    today = time.perf_counter() - started
+    started = time.perf_counter()
+    evidence = k_evidence(X, K_VALUES, settings)
+    total = time.perf_counter() - started
+    product = sum(evidence.attrs["seconds"][p] for p in RULE_PARTS["product"])
+    return {"rows": rows, "today_sweep_s": today, "evidence_all_s": total, "product_parts_s": product,
+            "parts": evidence.attrs["seconds"]}
+
+
+def summarise(cases: list[dict]) -> pd.DataFrame:
+    rows = []
+    for case in cases:
+        for name, r in case["rules"].items():
+            rows.append({"shape": case["shape"], "seed": case["seed"], "k_true": case["k_true"], "rule": name,
+                         "k": r["k"], "hit": r["k"] == case["k_true"], "ari": r["ari"],
+                         "seconds": r["seconds"], "structure": r["structure"]})
+    return pd.DataFrame(rows)
+
+
+def targets(table: pd.DataFrame) -> dict:
+    structured = table[table["k_true"] > 1]
+    null = table[table["k_true"] == 1]
+    product = structured[structured["rule"] == "product"]
+    per_shape = structured.groupby(["shape", "rule"]).agg(hits=("hit", "sum"), ari=("ari", "mean"))
+    worse = []
+    for shape in structured["shape"].unique():
+        p, t = per_shape.loc[(shape, "product")], per_shape.loc[(shape, "today")]
+        if p["hits"] < t["hits"] or p["ari"] < t["ari"] - 0.005:
+            worse.append(shape)
+    null_product = null[null["rule"] == "product"]
+    return {
+        "exact_share": float(product["hit"].mean()) if len(product) else float("nan"),
+        "mean_ari": float(product["ari"].mean()) if len(product) else float("nan"),
+        "worse_than_today": worse,
+        "none_share": float((null_product["structure"] == "none").mean()) if len(null_product) else float("nan"),
+        "structured_not_none": float((table[(table["k_true"] > 1) & (table["rule"] == "product")]["structure"] != "none").mean())
+        if len(product) else float("nan"),
+    }
+
+
+def markdown(cases: list[dict], table: pd.DataFrame, goal: dict, cost: dict | None, command: str) -> str:
+    lines = [
+        "# Choosing k: rules on planted tables (issue 15)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"{table['shape'].nunique()} shapes x {table['seed'].nunique()} seeds, {cases[0]['n']:,} rows per case, "
+        f"candidate k = {K_VALUES[0]}..{K_VALUES[-1]} (k=1 for the gap, BIC and the product rule's 'none').",
+        "",
+        "## Targets (product rule)",
+        "",
+        "| target | wanted | got | met |",
+        "|---|---|---|---|",
+        f"| exact planted k, structured cases | >= 90% | {goal['exact_share']:.0%} | {'yes' if goal['exact_share'] >= 0.9 else 'no'} |",
+        f"| mean ARI, structured cases | >= 0.95 | {goal['mean_ari']:.3f} | {'yes' if goal['mean_ari'] >= 0.95 else 'no'} |",
+        f"| shapes where worse than today's rule | none | {', '.join(goal['worse_than_today']) or 'none'} | {'yes' if not goal['worse_than_today'] else 'no'} |",
+        f"| says 'none' on no-structure tables | 100% | {goal['none_share']:.0%} | {'yes' if goal['none_share'] == 1 else 'no'} |",
+        f"| structured tables not called 'none' | 100% | {goal['structured_not_none']:.0%} | {'yes' if goal['structured_not_none'] == 1 else 'no'} |",
+        "",
+        "## Overall (structured shapes)",
+        "",
+        "| rule | exact k | mean ARI | mean s per case |",
+        "|---|---|---|---|",
+    ]
+    structured = table[table["k_true"] > 1]
+    for rule in ALL_RULES:
+        r = structured[structured["rule"] == rule]
+        lines.append(f"| {rule} | {r['hit'].mean():.0%} | {r['ari'].mean():.3f} | {r['seconds'].mean():.2f} |")
+    lines += ["", "## Per shape", "", "Cell: exact hits / seeds, k chosen per seed, mean ARI (structured shapes).", ""]
+    for shape, block in table.groupby("shape", sort=False):
+        k_true = int(block["k_true"].iloc[0])
+        lines += [f"### {shape} (planted k={k_true})", "", "| rule | hits | k per seed | mean ARI | s |", "|---|---|---|---|---|"]
+        for rule in ALL_RULES:
+            r = block[block["rule"] == rule].sort_values("seed")
+            ks = " ".join(str(k) for k in r["k"])
+            ari = "—" if k_true == 1 else f"{r['ari'].mean():.3f}"
+            extra = ""
+            if rule == "product":
+                extra = " (" + " ".join(r["structure"]) + ")"
+            lines.append(f"| {rule} | {int(r['hit'].sum())}/{len(r)} | {ks}{extra} | {ari} | {r['seconds'].mean():.2f} |")
+        lines.append("")
+    if cost:
+        p = cost["parts"]
+        lines += [
+            "## Cost at scale",
+            "",
+            f"{cost['rows']:,} rows x 4 columns, planted k=5. Today's sweep (k=2..10, n_init 3, 200k-row fit sample, "
+            f"10k silhouette sample): {cost['today_sweep_s']:.1f} s. Product rule's evidence "
+            f"(sweep + evaluation-sample fits + gap + stability): {cost['product_parts_s']:.1f} s "
+            f"= {cost['product_parts_s'] / cost['today_sweep_s']:.2f}x today's sweep. All evidence incl. BIC: "
+            f"{cost['evidence_all_s']:.1f} s. Parts: " + ", ".join(f"{k} {v:.1f} s" for k, v in p.items()) + ".",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.k_selection", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None, help="markdown report (default benchmarks/K_SELECTION.md; none with --quick)")
+    parser.add_argument("--json", default=None, help="raw evidence (default benchmarks/k_selection_results.json)")
+    parser.add_argument("--rules-only", action="store_true", help="re-apply the rules to the saved evidence")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--cost-rows", type=int, default=1_000_000, help="0: skip the cost case")
+    parser.add_argument("--shapes", default=None, help="comma-separated subset")
+    args = parser.parse_args(argv)
+    command = "python -m benchmarks.k_selection " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    settings = EvidenceSettings()
+    if args.quick:
+        settings = EvidenceSettings(n_references=5, n_resamples=3, bic=True)
+        args.seeds, args.rows, args.cost_rows = 1, 600, 0
+    shapes = args.shapes.split(",") if args.shapes else (QUICK_SHAPES if args.quick else list(SHAPES))
+    json_path = Path(args.json) if args.json else (None if args.quick else ROOT / "benchmarks" / "k_selection_results.json")
+    out = Path(args.out) if args.out else (None if args.quick else ROOT / "benchmarks" / "K_SELECTION.md")
+
+    with threadpool_limits(1):
+        if args.rules_only:
+            saved = json.loads(json_path.read_text())
+            cases, cost = saved["cases"], saved.get("cost")
+        else:
+            cases = []
+            for shape in shapes:
+                for seed in range(args.seeds):
+                    cases.append(run_case(shape, seed, args.rows, settings))
+                    print(f"{shape} seed {seed}: {sum(cases[-1]['seconds'].values()):.1f} s", file=sys.stderr)
+            cost = cost_case(args.cost_rows, settings) if args.cost_rows else None
+        for case in cases:
+            case["rules"] = apply_rules(case)
+    table = summarise(cases)
+    goal = targets(table)
+    report = markdown(cases, table, goal, cost, command)
+    if json_path is not None and not args.rules_only:
+        json_path.write_text(json.dumps({"cases": cases, "cost": cost}, indent=1, default=float))
+    if out is not None:
+        out.write_text(report + "\n")
+    print(report)
+    return 0
