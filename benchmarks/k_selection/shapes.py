@@ -143,12 +143,14 @@ def outliers(n: int, seed: int):
     return _frame(np.vstack([X, far])), np.concatenate([y, np.full(n_out, -1)]), 4
 
 
-def noise_columns(n: int, seed: int):
-    """Four groups in 3 informative columns plus 3 irrelevant Gaussian columns."""
-    rng = np.random.default_rng(seed)
-    X, y = _blobs(rng, n, [1.0] * 4, _centers(rng, 4, 3, 8.0), 1.0)
-    noise = rng.normal(size=(n, 3)) * 4.0
-    return _frame(np.hstack([X, noise])), y, 4
+def noise_columns(informative: int, noise: int, sep: float) -> Shape:
+    """Four groups in ``informative`` columns plus ``noise`` irrelevant Gaussian columns (after
+    scaling every column weighs the same, so the ratio of the two counts is what matters)."""
+    def make(n: int, seed: int):
+        rng = np.random.default_rng(seed)
+        X, y = _blobs(rng, n, [1.0] * 4, _centers(rng, 4, informative, sep), 1.0)
+        return _frame(np.hstack([X, rng.normal(size=(n, noise))])), y, 4
+    return make
 
 
 def one_blob(n: int, seed: int):
@@ -179,7 +181,8 @@ SHAPES: dict[str, Shape] = {
     "elongated": elongated,
     "lognormal_money": lognormal_money,
     "outliers_1pct": outliers,
-    "noise_columns": noise_columns,
+    "noise_columns": noise_columns(4, 2, 8.0),
+    "noise_columns_heavy": noise_columns(3, 3, 8.0),
     "none_one_blob": one_blob,
     "none_uniform_box": uniform_box,
 }

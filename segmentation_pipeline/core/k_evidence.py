@@ -45,6 +45,7 @@ __all__ = [
     "elbow_rule",
     "gap_rule",
     "gap_statistic",
+    "grade_structure",
     "k_evidence",
     "product_rule",
     "reference_sample",
@@ -310,12 +311,82 @@ class KChoice:
     reason: str
     structure: Structure
     too_small: list[int] = field(default_factory=list)  # k whose smallest segment < min_segment_share
+    unstable: list[int] = field(default_factory=list)  # k whose stability < min_stability
 
 
-def product_rule(evidence: pd.DataFrame, min_segment_share: float = 0.01) -> KChoice:
-    """Placeholder until the benchmark picks the rule."""
-    k, reason = gap_rule(evidence)
-    return KChoice(k=k, reason=reason, structure="clear")
+# Kaufman & Rousseeuw (1990), ch. 2: average silhouette > 0.70 strong, > 0.50 reasonable,
+# > 0.25 weak (possibly artificial), <= 0.25 no substantial structure.
+SILHOUETTE_REASONABLE = 0.50
+SILHOUETTE_NONE = 0.25
+MIN_STABILITY = 0.90
+
+
+def grade_structure(evidence: pd.DataFrame, k: int, min_stability: float = MIN_STABILITY) -> tuple[Structure, str]:
+    """clear / weak / none for the partition at k, from the gap, the silhouette and the stability.
+
+    none: no k >= 2 beats one group by more than two gap standard errors
+    (Gap(k) - 2 s_k <= Gap(1) for every k; Tibshirani et al. 2001 compare against k=1 the same way),
+    or the best silhouette is <= 0.25 (Kaufman & Rousseeuw: no substantial structure).
+    clear: silhouette at k >= 0.50 (reasonable structure or better) and stability >= ``min_stability``.
+    weak: anything else (groups exist but overlap, or refits disagree).
+    """
+    table = evidence.sort_values("k").reset_index(drop=True)
+    multi = _multi(table)
+    gap1 = float(table.loc[table["k"] == 1, "gap"].iloc[0])
+    gain = float((multi["gap"] - 2 * multi["gap_se"] - gap1).max())
+    best_silhouette = float(multi["silhouette"].max())
+    if gain <= 0 or best_silhouette <= SILHOUETTE_NONE:
+        why = (
+            f"no k beats one group by 2 gap SE (best margin {gain:+.3f})"
+            if gain <= 0
+            else f"best silhouette {best_silhouette:.2f} <= {SILHOUETTE_NONE} (no substantial structure)"
+        )
+        return "none", why
+    row = multi[multi["k"] == k].iloc[0]
+    if row["silhouette"] >= SILHOUETTE_REASONABLE and row["stability"] >= min_stability:
+        return "clear", f"silhouette {row['silhouette']:.2f} >= {SILHOUETTE_REASONABLE}, stability {row['stability']:.2f}"
+    return "weak", f"silhouette {row['silhouette']:.2f}, stability {row['stability']:.2f} (groups overlap or refits disagree)"
+
+
+def product_rule(
+    evidence: pd.DataFrame, min_segment_share: float = 0.01, min_stability: float = MIN_STABILITY
+) -> KChoice:
+    """The product's rule, chosen on the planted-table benchmark (benchmarks/K_SELECTION.md).
+
+    1. Admissible k >= 2: smallest segment share >= ``min_segment_share`` (a near-empty segment is
+       not a segment; gross outliers otherwise take one) and resampling stability >= ``min_stability``
+       (the partition is the data's, not one fit's). If no k passes, the share test alone; if none
+       passes that either, every k (said in the reason).
+    2. Three indices vote among the admissible k, in the manner of NbClust's majority rule
+       (Charrad et al. 2014): best silhouette (Rousseeuw 1987; compact, separated groups), best
+       Calinski-Harabasz (1974; keeps a small distinct group that the silhouette merges), lowest
+       Gaussian-mixture BIC (Fraley & Raftery 2002; unequal spreads and elongated groups). Most
+       votes win; a three-way split goes to the smallest k.
+    3. :func:`grade_structure` says clear / weak / none; k is still returned for "none" (the
+       product needs segments), but the segments are then a partition of a structureless table.
+    """
+    multi = _multi(evidence)
+    too_small = [int(k) for k in multi.loc[multi["min_share"] < min_segment_share, "k"]]
+    unstable = [int(k) for k in multi.loc[multi["stability"] < min_stability, "k"]]
+    admissible = multi[~multi["k"].isin(too_small) & ~multi["k"].isin(unstable)]
+    scope = f"among k with every segment >= {min_segment_share:.0%} and stability >= {min_stability}"
+    if admissible.empty:
+        admissible = multi[~multi["k"].isin(too_small)]
+        scope = f"no k is stable; among k with every segment >= {min_segment_share:.0%}"
+    if admissible.empty:
+        admissible = multi
+        scope = f"every k has a segment < {min_segment_share:.0%}; among all k"
+    votes = {
+        "silhouette": _argbest(admissible, "silhouette"),
+        "Calinski-Harabasz": _argbest(admissible, "calinski_harabasz"),
+        "BIC": _argbest(admissible, "bic", largest=False),
+    }
+    counts = pd.Series(list(votes.values())).value_counts()
+    k = int(min(counts[counts == counts.max()].index))
+    voters = ", ".join(name for name, v in votes.items() if v == k)
+    structure, why = grade_structure(evidence, k, min_stability)
+    reason = f"k={k}: {voters} ({counts.max()} of 3 votes, {scope}); structure {structure}: {why}"
+    return KChoice(k=k, reason=reason, structure=structure, too_small=too_small, unstable=unstable)
 
 
 RULES = {
