@@ -312,6 +312,7 @@ class KChoice:
     structure: Structure
     too_small: list[int] = field(default_factory=list)  # k whose smallest segment < min_segment_share
     unstable: list[int] = field(default_factory=list)  # k whose stability < min_stability
+    needs_review: bool = False  # every k has a segment below the minimum share: k is only a suggestion
 
 
 # Kaufman & Rousseeuw (1990), ch. 2: average silhouette > 0.70 strong, > 0.50 reasonable,
@@ -356,7 +357,7 @@ def product_rule(
     1. Admissible k >= 2: smallest segment share >= ``min_segment_share`` (a near-empty segment is
        not a segment; gross outliers otherwise take one) and resampling stability >= ``min_stability``
        (the partition is the data's, not one fit's). If no k passes, the share test alone; if none
-       passes that either, every k (said in the reason).
+       passes that either, every k, with ``needs_review`` set (k is then only a suggestion).
     2. Three indices vote among the admissible k, in the manner of NbClust's majority rule
        (Charrad et al. 2014): best silhouette (Rousseeuw 1987; compact, separated groups), best
        Calinski-Harabasz (1974; keeps a small distinct group that the silhouette merges), lowest
@@ -373,9 +374,10 @@ def product_rule(
     if admissible.empty:
         admissible = multi[~multi["k"].isin(too_small)]
         scope = f"no k is stable; among k with every segment >= {min_segment_share:.0%}"
-    if admissible.empty:
+    needs_review = admissible.empty
+    if needs_review:
         admissible = multi
-        scope = f"every k has a segment < {min_segment_share:.0%}; among all k"
+        scope = f"every k has a segment < {min_segment_share:.0%}, so this k needs review; among all k"
     votes = {
         "silhouette": _argbest(admissible, "silhouette"),
         "Calinski-Harabasz": _argbest(admissible, "calinski_harabasz"),
@@ -386,7 +388,9 @@ def product_rule(
     voters = ", ".join(name for name, v in votes.items() if v == k)
     structure, why = grade_structure(evidence, k, min_stability)
     reason = f"k={k}: {voters} ({counts.max()} of 3 votes, {scope}); structure {structure}: {why}"
-    return KChoice(k=k, reason=reason, structure=structure, too_small=too_small, unstable=unstable)
+    return KChoice(
+        k=k, reason=reason, structure=structure, too_small=too_small, unstable=unstable, needs_review=needs_review
+    )
 
 
 RULES = {
