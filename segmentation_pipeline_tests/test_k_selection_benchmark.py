@@ -25,4 +25,4 @@ def test_quick_k_selection_benchmark_runs_every_rule(tmp_path: Path) -> None:
     box = report[report.index("### none_uniform_box"):]
     assert "(none)" in box.split("| product |")[1].split("\n")[0]
     vip = report[report.index("### vip_pairs_5pct"):report.index("### none_uniform_box")]
-    assert vip.split("| product |")[1].split("|")[1].strip() == "1/1"
+    assert vip.split("| product |")[1].split("|")[0].strip() == "1/1"

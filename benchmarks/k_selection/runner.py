@@ -57,12 +57,12 @@ def prepare(frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     return StandardScaler().fit_transform(frame.to_numpy(dtype=np.float64)), logged
 
 
-def ari_per_k(X: np.ndarray, planted: np.ndarray, ks: list[int]) -> dict[int, float]:
+def ari_per_k(X: np.ndarray, planted: np.ndarray, ks: list[int]) -> dict[str, float]:
     keep = planted >= 0
     scores = {}
     for k in ks:
         labels = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(X)
-        scores[k] = float(adjusted_rand_score(planted[keep], labels[keep]))
+        scores[str(k)] = float(adjusted_rand_score(planted[keep], labels[keep]))  # str: as in the saved JSON
     return scores
 
 
@@ -91,7 +91,7 @@ def apply_rules(case: dict) -> dict:
             k, reason, structure = choice.k, choice.reason, choice.structure
         else:
             (k, reason), structure = RULES[name](evidence), None
-        ari = case["ari"].get(str(k), case["ari"].get(k)) if case["k_true"] > 1 else None
+        ari = case["ari"][str(k)] if case["k_true"] > 1 else None
         seconds = sum(case["seconds"][part] for part in RULE_PARTS[name])
         out[name] = {"k": int(k), "reason": reason, "structure": structure, "ari": ari, "seconds": seconds}
     return out
@@ -166,8 +166,8 @@ def markdown(cases: list[dict], table: pd.DataFrame, goal: dict, ceiling: dict[s
         "",
         "| target | wanted | got | met |",
         "|---|---|---|---|",
-        f"| exact planted k, structured cases | >= 90% | {goal['exact_share']:.0%} | {'yes' if goal['exact_share'] >= 0.9 else 'no'} |",
-        f"| mean ARI, structured cases | >= 0.95 | {goal['mean_ari']:.3f} | {'yes' if goal['mean_ari'] >= 0.95 else 'no'} |",
+        f"| exact planted k, scored structured cases | >= 90% | {goal['exact_share']:.0%} | {'yes' if goal['exact_share'] >= 0.9 else 'no'} |",
+        f"| mean ARI, scored structured cases | >= 0.95 | {goal['mean_ari']:.3f} | {'yes' if goal['mean_ari'] >= 0.95 else 'no'} |",
         f"| shapes where worse than today's rule | none | {', '.join(goal['worse_than_today']) or 'none'} | {'yes' if not goal['worse_than_today'] else 'no'} |",
         f"| says 'none' on no-structure tables | 100% | {goal['none_share']:.0%} | {'yes' if goal['none_share'] == 1 else 'no'} |",
         f"| structured tables not called 'none' | 100% | {goal['structured_not_none']:.0%} | {'yes' if goal['structured_not_none'] == 1 else 'no'} |",
@@ -175,6 +175,36 @@ def markdown(cases: list[dict], table: pd.DataFrame, goal: dict, ceiling: dict[s
         "Scored: structured shapes where KMeans at the planted k reaches mean ARI >= 0.9 (else no rule for k can "
         f"be judged; shown below, not scored): unscored = {', '.join(goal['unscored']) or 'none'}. "
         "'Worse than today' is checked on every structured shape: fewer exact hits, or mean ARI lower by > 0.005.",
+        "",
+        "## The product rule (`core.k_evidence.product_rule`) and why",
+        "",
+        "1. **Admissible k** (k >= 2): every segment >= `min_segment_share` (1%) of the rows, and resampling "
+        "stability >= 0.9 (mean ARI between the evaluation fit and 5 refits on 80% subsamples, on the common "
+        "points; Ben-Hur, Elisseeff & Guyon 2002; Lange et al. 2004). The share test is what keeps gross "
+        "outliers from becoming a segment (outliers_1pct: silhouette, gap, stability and BIC all add one); "
+        "the stability test removes over-splits that an index happens to like (elongated, unequal spreads).",
+        "2. **Majority of three indices** over the admissible k, in the manner of NbClust (Charrad et al. 2014): "
+        "best silhouette (Rousseeuw 1987), best Calinski-Harabasz (1974), lowest full-covariance "
+        "Gaussian-mixture BIC (Schwarz 1978; Fraley & Raftery 2002); a three-way split goes to the smallest k. "
+        "Each index fails on different shapes (silhouette merges the small and VIP groups, CH splits wide or "
+        "elongated groups, BIC spends components on outliers); restricted to admissible k their errors rarely coincide.",
+        "3. **Structure**: `none` when no k >= 2 beats one group by two gap standard errors "
+        "(Gap(k) - 2 s_k <= Gap(1) for all k; Tibshirani, Walther & Hastie 2001, PCA-aligned uniform reference, "
+        "B = 10) or the best silhouette is <= 0.25 (Kaufman & Rousseeuw 1990: no substantial structure); "
+        "`clear` when the silhouette at k is >= 0.5 (their 'reasonable') and stability >= 0.9; else `weak`. "
+        "k is still returned for `none` (the product needs segments) and the grade says they are arbitrary.",
+        "",
+        "Not chosen: the gap's own 1-SE rule (with thousands of rows its SE is ~0.01, so it keeps adding k on "
+        "Gaussian groups, or stops at k=1 when the first split gains little: 9 groups, VIP pairs) -- it is used "
+        "only for the k=1 question; stability alone (k=2 is stable on almost anything, over-splits of a wide "
+        "group are stable too); the 7-index vote (the weak indices outvote the good ones on small groups).",
+        "",
+        "Cost: everything but the sweep runs on one seeded sample of <= 10,000 rows (`EvidenceSettings.eval_rows`), "
+        "so the extra work is constant in n; see 'Cost at scale'.",
+        "",
+        "Real customer data: none on this machine (searched the filesystem for Mall Customers / customer / "
+        "retail / RFM / wholesale CSVs, including installed packages); nothing was downloaded. The project's "
+        "own demo customers with a 5% VIP group (demo_vip_5pct) are the closest stand-in.",
         "",
         "## Overall (scored structured shapes)",
         "",
@@ -246,14 +276,14 @@ def main(argv: list[str] | None = None) -> int:
                     cases.append(run_case(shape, seed, args.rows, settings))
                     print(f"{shape} seed {seed}: {sum(cases[-1]['seconds'].values()):.1f} s", file=sys.stderr)
             cost = cost_case(args.cost_rows, settings) if args.cost_rows else None
+            if json_path is not None:
+                json_path.write_text(json.dumps({"cases": cases, "cost": cost}, indent=1, default=float))
         for case in cases:
             case["rules"] = apply_rules(case)
     table = summarise(cases)
     ceiling = recoverable(cases)
     goal = targets(table, ceiling)
     report = markdown(cases, table, goal, ceiling, cost, command)
-    if json_path is not None and not args.rules_only:
-        json_path.write_text(json.dumps({"cases": cases, "cost": cost}, indent=1, default=float))
     if out is not None:
         out.write_text(report + "\n")
     print(report)

@@ -21,6 +21,7 @@ from segmentation_pipeline.core.k_evidence import (
     reference_sample,
     today_rule,
 )
+from segmentation_pipeline.core.k_evidence_plots import evidence_plot
 from segmentation_pipeline.core.k_selection import choose_k, sweep_k
 from segmentation_pipeline.core.skew import auto_log1p_columns, column_skewness
 
@@ -189,3 +190,10 @@ def test_when_every_k_has_a_tiny_segment_the_choice_needs_review() -> None:
     permissive = product_rule(evidence, min_segment_share=0.001)
     assert not permissive.needs_review and permissive.too_small == []
     assert permissive.k == 5, permissive.reason
+
+
+def test_evidence_plot_is_a_png(easy) -> None:
+    evidence, k_true = easy
+    png = evidence_plot(evidence, k_true, title="planted k=4")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(png) > 10_000
