@@ -1,0 +1,3 @@
+from benchmarks.k_selection.runner import main
+
+raise SystemExit(main())
