@@ -54,9 +54,8 @@ STEPS = ["raw_customers", "clean_and_reject", "customer_features", "k_selection"
 def worker(engine: str, workdir: Path) -> None:
     """Fresh interpreter: the real pipeline on one engine, timed; writes <engine>.json."""
 
-    import segmentation_pipeline.assets.extraction as extraction_asset
-    import segmentation_pipeline.assets.segments as segments_asset
-    import segmentation_pipeline.assets.training as training_asset
+    import segmentation_pipeline.engines.local as local_engine
+    import segmentation_pipeline.storage.source as source
     from segmentation_pipeline import cli, in_process
     from segmentation_pipeline.config import load_config
     from segmentation_pipeline.engines.spark import cleaning as spark_cleaning
@@ -88,10 +87,10 @@ def worker(engine: str, workdir: Path) -> None:
         timed("final_fit", spark_model, "fit_kmeans")
         timed("write_back_jdbc_and_swap", spark_writeback, "publish_segments")
     else:
-        timed("read_table", extraction_asset, "read_table")
-        timed("sweep", training_asset, "select_k")
-        timed("final_fit", training_asset, "fit_kmeans")
-        timed("write_back_and_swap", segments_asset, "publish_segments")
+        timed("read_table", source, "read_table")
+        timed("sweep", local_engine, "select_k")
+        timed("final_fit", local_engine, "fit_kmeans")
+        timed("write_back_and_swap", local_engine, "publish_segments")
     original = in_process.run_training
 
     def run_training(*args: Any, **kwargs: Any) -> Any:

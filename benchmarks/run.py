@@ -129,11 +129,9 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
     from mlflow.tracking import MlflowClient
     from threadpoolctl import threadpool_info
 
-    import segmentation_pipeline.assets.cleaning as cleaning_asset
-    import segmentation_pipeline.assets.extraction as extraction_asset
-    import segmentation_pipeline.assets.features as features_asset
-    import segmentation_pipeline.assets.segments as segments_asset
     import segmentation_pipeline.assets.training as training_asset
+    import segmentation_pipeline.engines.local as local_engine
+    import segmentation_pipeline.storage.source as source
     from segmentation_pipeline import cli, in_process
     from segmentation_pipeline.config import load_config
     from segmentation_pipeline.storage import mlflow_registry as registry
@@ -226,16 +224,17 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
     for name in ("log_metric", "log_metrics", "set_tag", "set_tags", "log_param", "log_params", "log_artifact",
                  "log_image", "log_dict", "log_text"):
         setattr(mlflow, name, mlflow_timed(getattr(mlflow, name)))
-    extraction_asset.read_table = timed("extraction", extraction_asset.read_table)
-    cleaning_asset.clean_customers = timed("cleaning", cleaning_asset.clean_customers)
-    features_asset.build_features = timed("features", features_asset.build_features, keep_features)
-    training_asset.select_k = timed("sweep", training_asset.select_k,
-                                    lambda sel: {"k": int(sel.k), "reason": sel.reason,
-                                                 "sweep_rows": int(sel.metrics.attrs.get("sweep_rows", 0))})
-    training_asset.fit_kmeans = timed("final_fit", training_asset.fit_kmeans,
-                                      lambda km: {"inertia": float(km.inertia_)})
+    source.read_table = timed("extraction", source.read_table)
+    local_engine.clean_customers = timed("cleaning", local_engine.clean_customers)
+    local_engine.clean_owned_customers = timed("cleaning", local_engine.clean_owned_customers)
+    local_engine.build_features = timed("features", local_engine.build_features, keep_features)
+    local_engine.select_k = timed("sweep", local_engine.select_k,
+                                  lambda sel: {"k": int(sel.k), "reason": sel.reason,
+                                               "sweep_rows": int(sel.metrics.attrs.get("sweep_rows", 0))})
+    local_engine.fit_kmeans = timed("final_fit", local_engine.fit_kmeans,
+                                    lambda km: {"inertia": float(km.inertia_)})
     training_asset.evaluate_promotion = timed("promotion", training_asset.evaluate_promotion)
-    segments_asset.publish_segments = timed("write_back", segments_asset.publish_segments)
+    local_engine.publish_segments = timed("write_back", local_engine.publish_segments)
     original_run_training = in_process.run_training
 
     def run_training(*args: Any, **kwargs: Any) -> Any:

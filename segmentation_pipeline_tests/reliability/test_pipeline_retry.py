@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from segmentation_pipeline import cli
-from segmentation_pipeline.assets import segments as segments_asset
+from segmentation_pipeline.engines import local as local_engine
 from segmentation_pipeline.config import OutputConfig
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
@@ -91,7 +91,7 @@ def test_killed_write_back_is_retried_and_a_rerun_of_the_same_run_is_idempotent(
     # attempt 1: the LOAD DATA into the staging table is KILLed on the server
     # attempt 2: the write-back completes, then the step dies before reporting success (a crash)
     # attempt 3: the same run key is published again
-    real_publish = segments_asset.publish_segments
+    real_publish = local_engine.publish_segments
     attempts = []
 
     def publish_then_crash_once(*args, **kwargs):
@@ -101,7 +101,7 @@ def test_killed_write_back_is_retried_and_a_rerun_of_the_same_run_is_idempotent(
             raise ConnectionResetError("worker lost after the write-back committed (injected)")
         return written
 
-    monkeypatch.setattr(segments_asset, "publish_segments", publish_then_crash_once)
+    monkeypatch.setattr(local_engine, "publish_segments", publish_then_crash_once)
 
     def reader(admin: sa.Engine) -> set[str]:
         table = f"`{database_name(mysql_database_url)}`.`{output.segments_table}`"
