@@ -15,7 +15,9 @@ from segmentation_pipeline.config import ConfigError, PipelineConfig, load_confi
 
 def _overrides_for_features(cfg_path: str | None, features: list[str]) -> dict[str, Any]:
     """--features narrows the feature list; rules naming dropped features are dropped with it."""
-    base = load_config(cfg_path)
+    from segmentation_pipeline.resources import SettingsResource
+
+    base = SettingsResource(config_path=cfg_path).load()  # cached: the same load the run makes
     keep = set(features)
     overrides: dict[str, Any] = {
         "features": features,
@@ -150,7 +152,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, default=str))
     else:
         _print_summary(summary)
-        cfg = load_config(args.config)
+        from segmentation_pipeline.resources import SettingsResource
+
+        cfg = SettingsResource(config_path=args.config).load()  # cached by the run: not read again
         print("\nLook at it: `make ui` (Dagster, http://127.0.0.1:3000) and `make mlflow-ui` "
               f"(MLflow, http://127.0.0.1:5000, store {cfg.mlflow.tracking_uri})")
     return 0

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import segmentation_pipeline.engines.local as local_engine
+import segmentation_pipeline.resources as resources
 from segmentation_pipeline import cli
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.definitions import ASSETS
@@ -102,11 +103,20 @@ def test_cli_run_releases_the_raw_table_before_the_sweep(tmp_path, sqlite_url, l
         alive_at_sweep.append(raw_refs[0]() is not None)
         return real_select(*args, **kwargs)
 
+    loads: list[tuple] = []
+    real_load = resources.load_config
+
+    def load_config(*args, **kwargs):
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(resources, "load_config", load_config)
     monkeypatch.setattr(local_engine, "read_customers", read_customers)
     monkeypatch.setattr(local_engine, "select_k", select_k)
     summary = cli.run_pipeline(str(config))
 
     assert alive_at_sweep == [False], "the raw table outlived its only consumer (cleaning)"
+    assert len(loads) == 1, f"one CLI run read its config {len(loads)} times"
     assert summary["n_input"] == len(frame) == summary["n_segmented"] + summary["n_rejected"]
     assert summary["promoted"] and summary["promotion_reasons"] and summary["segments"]
     assert {s["segment_id"] for s in summary["segments"]} == set(range(summary["k"]))
