@@ -17,6 +17,7 @@ from segmentation_pipeline.storage.bulk_load import FrameLoader, write_table_ato
 from segmentation_pipeline.storage.connection import ProgressFn, is_mysql, quote_identifier, table_exists
 from segmentation_pipeline.storage.history import HistoryCopy, copy_history, ensure_history_table
 from segmentation_pipeline.storage.locks import write_lock
+from segmentation_pipeline.storage.publication import failures_table
 from segmentation_pipeline.storage.schema import plan_frame
 from segmentation_pipeline.storage.swap import StagedTable, TableLoader, write_tables_atomic
 
@@ -42,14 +43,15 @@ def publish_tables(
     any engine's loaders. Returns the rows written to the segments and rejects tables.
 
     The history is loaded from the same files as the segments, in parallel (MySQL LOAD DATA), or
-    copied on the server from the swapped-in table: either way the rows are rendered and sent once.
+    copied on the server from the staging table: either way the rows are rendered and sent once.
+    Tables and history become visible together (the publication journal in ``FAILURES_TABLE``).
     """
     history = HistoryCopy(output.history_table, output.segments_table, HISTORY_COLUMNS, run_key=run_key,
                           **_HISTORY_KEYS)
-    with write_lock(engine, lock_name(output), lock_timeout_s):
+    with write_lock(engine, lock_name(output), lock_timeout_s) as held:
         return write_tables_atomic(
             engine, [StagedTable(output.segments_table, segments), StagedTable(output.rejects_table, rejects)],
-            history=history,
+            history=history, held=held, journal=FAILURES_TABLE,
         )
 
 
@@ -125,15 +127,8 @@ def upsert_segments(
 
 def record_run_failure(engine: sa.Engine, *, run_id: str, job_name: str, message: str) -> None:
     """Where operators look first: a table next to the segments, one row per failed run."""
-    metadata = sa.MetaData()
-    table = sa.Table(
-        FAILURES_TABLE, metadata,
-        sa.Column("run_id", sa.String(64), primary_key=True),
-        sa.Column("job_name", sa.String(255), nullable=False),
-        sa.Column("failed_at", sa.DateTime, nullable=False),
-        sa.Column("message", sa.Text, nullable=False),
-    )
-    metadata.create_all(engine, checkfirst=True)
+    table = failures_table(FAILURES_TABLE)
+    table.create(engine, checkfirst=True)
     with engine.begin() as conn:
         conn.execute(sa.delete(table).where(table.c.run_id == run_id))
         conn.execute(sa.insert(table).values(

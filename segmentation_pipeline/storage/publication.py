@@ -1,0 +1,181 @@
+"""The publication journal: a run's history and its swapped tables become visible together.
+
+``RENAME TABLE`` cannot join a transaction, so the history cannot commit *in* the swap. Instead
+(MySQL): the run's history rows commit *before* the swap, in one transaction with a "publication
+pending" row in the failures table that names the token the staging table carries in its
+comment. The swap renames that staging table live; then the pending row is deleted. Whatever
+stops the run between the two, the next write of the same tables (under the same lock) decides
+from the live table's comment alone: token live -> the swap happened, the history is right, the
+pending row is cleared (roll forward); token not live -> the swap never happened, the run's
+history rows are deleted and the row stays, marked rolled back (the run is visible as failed).
+Scratch files of dead processes are removed by the same repair.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from segmentation_pipeline.storage.connection import is_mysql, masked_url
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PENDING_JOB",
+    "ROLLED_BACK_JOB",
+    "SCRATCH_PREFIX",
+    "PublicationRepair",
+    "clear_pending",
+    "failures_table",
+    "mark_pending",
+    "remove_dead_scratch",
+    "repair_publications",
+    "scratch_prefix",
+    "table_token",
+]
+
+PENDING_JOB = "publication pending"
+ROLLED_BACK_JOB = "publication rolled back"
+SCRATCH_PREFIX = "segmentation-load-"
+_TOKEN = re.compile(r"token=([0-9a-f]{32}) table=(\S+) history=(\S+) run_column=(\S+)")
+
+
+def failures_table(name: str) -> sa.Table:
+    """One row per failed run (and per unfinished publication): where operators look first."""
+    metadata = sa.MetaData()
+    return sa.Table(
+        name, metadata,
+        sa.Column("run_id", sa.String(64), primary_key=True),
+        sa.Column("job_name", sa.String(255), nullable=False),
+        sa.Column("failed_at", sa.DateTime, nullable=False),
+        sa.Column("message", sa.Text, nullable=False),
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def mark_pending(
+    conn: sa.Connection, journal: str, *, run_key: str, token: str, table: str, history: str, run_column: str
+) -> None:
+    """Inside the history's transaction: this run's publication has begun and is not finished."""
+    tbl = failures_table(journal)
+    conn.execute(sa.delete(tbl).where(tbl.c.run_id == run_key))
+    conn.execute(sa.insert(tbl).values(
+        run_id=run_key, job_name=PENDING_JOB, failed_at=_now(),
+        message=(f"publication of run {run_key} into {table!r} did not complete (yet); the next write repairs it "
+                 f"token={token} table={table} history={history} run_column={run_column}"),
+    ))
+
+
+def clear_pending(bind: sa.Engine | sa.Connection, journal: str, run_key: str) -> None:
+    """After the swap: the publication is complete."""
+    tbl = failures_table(journal)
+    stmt = sa.delete(tbl).where(tbl.c.run_id == run_key, tbl.c.job_name == PENDING_JOB)
+    if isinstance(bind, sa.Engine):
+        with bind.begin() as conn:
+            conn.execute(stmt)
+    else:
+        bind.execute(stmt)
+        bind.commit()
+
+
+def table_token(bind: sa.Engine | sa.Connection, table: str) -> str:
+    """The write token in a live table's comment ('' when the table or comment is missing)."""
+    if not is_mysql(bind):
+        return ""
+    query = sa.text(
+        "SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+    )
+    if isinstance(bind, sa.Engine):
+        with bind.connect() as conn:
+            comment = conn.execute(query, {"t": table}).scalar()
+    else:
+        comment = bind.execute(query, {"t": table}).scalar()
+    return (comment or "").rsplit(" ", 1)[-1]
+
+
+@dataclass(frozen=True)
+class PublicationRepair:
+    """The run keys a repair completed (the swap had happened) or undid (it had not)."""
+
+    rolled_forward: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+
+
+def repair_publications(engine: sa.Engine, journal: str, table: str) -> PublicationRepair:
+    """Finish or undo every unfinished publication into ``table``; call under its write lock.
+
+    Decided by the live table's comment token alone, so it is right whichever statement the
+    interrupted run reached.
+    """
+    remove_dead_scratch()
+    if not is_mysql(engine) or not sa.inspect(engine).has_table(journal):
+        return PublicationRepair()
+    tbl = failures_table(journal)
+    with engine.connect() as conn:
+        pending = conn.execute(sa.select(tbl.c.run_id, tbl.c.message).where(tbl.c.job_name == PENDING_JOB)).all()
+    live = table_token(engine, table)
+    forward: list[str] = []
+    back: list[str] = []
+    for run_key, message in pending:
+        match = _TOKEN.search(message)
+        if match is None or match.group(2) != table:
+            continue
+        token, history, run_column = match.group(1), match.group(3), match.group(4)
+        with engine.begin() as conn:
+            if token == live:
+                conn.execute(sa.delete(tbl).where(tbl.c.run_id == run_key, tbl.c.job_name == PENDING_JOB))
+                forward.append(run_key)
+                continue
+            hist = sa.table(history, sa.column(run_column))
+            if sa.inspect(conn).has_table(history):
+                conn.execute(sa.delete(hist).where(hist.c[run_column] == run_key))
+            conn.execute(sa.update(tbl).where(tbl.c.run_id == run_key).values(
+                job_name=ROLLED_BACK_JOB, failed_at=_now(),
+                message=(f"publication of run {run_key} into {table!r} did not complete: the swap never happened, "
+                         f"so its rows in history {history!r} were deleted and {table!r} kept the previous run "
+                         f"({masked_url(engine)})"),
+            ))
+            back.append(run_key)
+    for run_key in forward:
+        log.warning("run %s was published but not marked complete; marked now", run_key)
+    for run_key in back:
+        log.warning("run %s did not publish; its history rows were rolled back", run_key)
+    return PublicationRepair(forward, back)
+
+
+def scratch_prefix() -> str:
+    """Scratch directories carry the writer's pid, so a later run can tell a dead writer's apart."""
+    return f"{SCRATCH_PREFIX}{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_scratch(folder: Path | None = None) -> list[Path]:
+    """Delete scratch directories (TSV chunks) left in the temp folder by processes that died."""
+    removed = []
+    for path in Path(folder or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid_text = path.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)) or not path.is_dir():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
