@@ -210,8 +210,9 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 def _cmd_load_csv(args: argparse.Namespace) -> int:
     from segmentation_pipeline.storage.bulk_load import load_frame
-    from segmentation_pipeline.storage.connection import create_db_engine
+    from segmentation_pipeline.storage.connection import create_db_engine, table_exists
     from segmentation_pipeline.storage.csv_loader import read_csv_file
+    from segmentation_pipeline.storage.segment_store import pipeline_tables
 
     cfg = load_config(args.config)
     rename: dict[str, str] = {}
@@ -220,9 +221,18 @@ def _cmd_load_csv(args: argparse.Namespace) -> int:
             raise ConfigError(f"--rename expects 'Source Name=target', got {item!r}")
         source, target = item.split("=", 1)
         rename[source.strip()] = target.strip()
-    frame = read_csv_file(args.path, rename=rename)
     table = args.table or cfg.source.table
+    if table in pipeline_tables(cfg.output):
+        raise ConfigError(
+            f"load-csv refuses table {table!r}: the pipeline writes it (outputs, history, failures and their "
+            "staging/old twins); load customers into the source table or another table"
+        )
+    frame = read_csv_file(args.path, rename=rename)
     engine = create_db_engine(cfg.database.sqlalchemy_url())
+    if table_exists(engine, table) and not args.replace:
+        raise ConfigError(
+            f"table {table!r} already exists ({cfg.database.safe_url()}); add --replace to replace its rows"
+        )
     n = load_frame(engine, table, frame, if_exists="replace", primary_key=None)
     print(f"loaded {n:,} rows with columns {list(frame.columns)} into {table} ({cfg.database.safe_url()})")
     return 0
@@ -244,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     csv.add_argument("path")
     csv.add_argument("--table")
     csv.add_argument("--rename", action="append", metavar="'Source Name=target'")
+    csv.add_argument("--replace", action="store_true", help="replace the rows of an existing table")
     csv.set_defaults(func=_cmd_load_csv)
 
     run = sub.add_parser("run", help="run the whole pipeline in-process and print a summary")

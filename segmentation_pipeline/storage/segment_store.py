@@ -26,6 +26,20 @@ FAILURES_TABLE = "pipeline_run_failures"
 _HISTORY_KEYS = {"run_key_column": "dagster_run_id", "id_column": "customer_id"}
 
 
+_TWINS = ("", "__staging", "__old", "__incoming", "__incoming__staging", "__incoming__old", "__incoming_ids",
+          "__incoming_ids__staging", "__incoming_ids__old")
+
+
+def pipeline_tables(output: OutputConfig) -> frozenset[str]:
+    """Every table the pipeline writes (outputs, their staging/old/incoming twins, history,
+    failures): no other writer (``load-csv``) may replace one of them."""
+    names = {FAILURES_TABLE, output.history_table}
+    for table in (output.segments_table, output.rejects_table):
+        names.update(table + twin for twin in _TWINS)
+    names.update(f"{t}__staging" for t in (output.history_table, FAILURES_TABLE))
+    return frozenset(names)
+
+
 def lock_name(output: OutputConfig) -> str:
     return f"segmentation:{output.segments_table}"
 
