@@ -160,16 +160,15 @@ def model_promotion(
         PromotionGate(**cfg.promotion.model_dump()),
         random_state=cfg.model.random_state,
     )
+    # the alias itself moves in customer_segments, with the swap that publishes this version's segments
     champion_version = trained.model_version if decision.promote else str(trained.previous_champion)
-    if decision.promote:
-        registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.alias, trained.model_version)
     tags = {**decision.as_tags(), "promotion.decision": "promoted" if decision.promote else "rejected"}
     registry.tag_version(target.tracking_uri, cfg.model.name, trained.model_version, tags)
     with registry.training_run(target, context.run.run_id):
         mlflow.set_tags(tags)
         registry.log_json({"promote": decision.promote, "reasons": decision.reasons, "evidence": decision.evidence},
                           "promotion/decision.json")
-    verdict = "promoted to" if decision.promote else "not promoted; keeps"
+    verdict = "promoted (moves with the write-back) to" if decision.promote else "not promoted; keeps"
     context.log.info(f"{cfg.model.name} v{trained.model_version} {verdict} {cfg.model.alias!r}: {decision.reasons}")
     return dg.Output(
         PromotionOutcome(champion_version, trained.model_version, decision.promote, decision),

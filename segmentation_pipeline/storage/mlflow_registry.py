@@ -189,6 +189,15 @@ def set_alias(tracking_uri: str, model_name: str, alias: str, version: str) -> N
     MlflowClient(tracking_uri).set_registered_model_alias(model_name, alias, version)
 
 
+def move_alias(tracking_uri: str, model_name: str, alias: str, version: str | None) -> None:
+    """Point ``alias`` at ``version``; None removes it (undoing a first promotion)."""
+    client = MlflowClient(tracking_uri)
+    if version is None:
+        client.delete_registered_model_alias(model_name, alias)
+    else:
+        client.set_registered_model_alias(model_name, alias, version)
+
+
 def tag_version(tracking_uri: str, model_name: str, version: str, tags: dict[str, str]) -> None:
     client = MlflowClient(tracking_uri)
     for key, value in tags.items():

@@ -13,12 +13,15 @@ Scratch files of dead processes are removed by the same repair.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,9 +36,12 @@ __all__ = [
     "ROLLED_BACK_JOB",
     "SCRATCH_PREFIX",
     "PublicationRepair",
+    "PublicationStep",
+    "current_step",
     "clear_pending",
     "failures_table",
     "mark_pending",
+    "publication_step",
     "remove_dead_scratch",
     "repair_publications",
     "scratch_prefix",
@@ -46,6 +52,34 @@ PENDING_JOB = "publication pending"
 ROLLED_BACK_JOB = "publication rolled back"
 SCRATCH_PREFIX = "segmentation-load-"
 _TOKEN = re.compile(r"token=([0-9a-f]{32}) table=(\S+) history=(\S+) run_column=(\S+)")
+
+
+@dataclass(frozen=True)
+class PublicationStep:
+    """An outside change that must become true exactly when the tables are published (the champion
+    alias): ``apply`` runs right before the swap, once everything is staged and verified; ``undo``
+    runs if the swap then fails, so it never stays applied to tables that were not published."""
+
+    apply: Callable[[], None]
+    undo: Callable[[], None]
+
+
+_step: contextvars.ContextVar[PublicationStep | None] = contextvars.ContextVar("publication_step", default=None)
+
+
+@contextmanager
+def publication_step(step: PublicationStep) -> Iterator[None]:
+    """Attach ``step`` to the publication made inside the block, whichever engine makes it."""
+    token = _step.set(step)
+    try:
+        yield
+    finally:
+        _step.reset(token)
+
+
+def current_step() -> PublicationStep | None:
+    """The step attached to the publication being made (None outside :func:`publication_step`)."""
+    return _step.get()
 
 
 def failures_table(name: str) -> sa.Table:

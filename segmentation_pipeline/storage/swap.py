@@ -33,7 +33,14 @@ from segmentation_pipeline.storage.history import (
 )
 from segmentation_pipeline.storage.faults import fire
 from segmentation_pipeline.storage.locks import HeldLock, WriteLockLost, write_lock
-from segmentation_pipeline.storage.publication import clear_pending, failures_table, mark_pending, repair_publications
+from segmentation_pipeline.storage.publication import (
+    PublicationStep,
+    clear_pending,
+    current_step,
+    failures_table,
+    mark_pending,
+    repair_publications,
+)
 from segmentation_pipeline.storage.schema import FramePlan, create_table, drop_table_if_exists
 
 log = logging.getLogger(__name__)
@@ -199,6 +206,7 @@ def write_tables_atomic(
             conn.commit()
         token = uuid.uuid4().hex
         history_committed = False
+        applied: PublicationStep | None = None
         try:
             for item, swap in zip(tables, swaps, strict=True):
                 fire("before_load", table=item.table, staging=swap.staging)
@@ -223,6 +231,11 @@ def write_tables_atomic(
                 fire("before_history_commit", run_key=history.run_key)
                 _commit_history_pending(engine, history, source, mirror, journal, token)
                 history_committed = True
+            step = current_step() if history is not None else None
+            if step is not None:
+                verify()
+                step.apply()
+                applied = step
             fire("before_swap", run_key=history.run_key if history else None)
             verify()
             in_swap = None
@@ -230,6 +243,7 @@ def write_tables_atomic(
                 in_swap = _history_copier(history, source)
             swap_tables(engine, swaps, conn=owned.conn if owned is not None else None, in_swap=in_swap)
         except WriteLockLost:
+            _undo(applied)
             if mirror is not None:
                 _abandon(mirror.conn)
             if history_committed and journal is not None and history is not None:
@@ -237,6 +251,7 @@ def write_tables_atomic(
                     repair_publications(engine, journal, history.source)
             raise
         except BaseException:
+            _undo(applied)
             if mirror is not None:
                 _abandon(mirror.conn)
             with contextlib.suppress(Exception), engine.connect() as conn:
@@ -315,6 +330,16 @@ def _history_copier(history: HistoryCopy, source: StagedTable) -> Callable[[sa.C
                      run_key_column=history.run_key_column, run_key=history.run_key,
                      id_column=history.id_column, expected_rows=source.loader.rows)
     return copy
+
+
+def _undo(step: PublicationStep | None) -> None:
+    """The tables were not published: take back the outside change made for them."""
+    if step is None:
+        return
+    try:
+        step.undo()
+    except Exception as exc:  # noqa: BLE001 - the swap's error is the one being raised
+        log.error("the swap failed and undoing its publication step failed too: %s", exc)
 
 
 def _abandon(conn: sa.Connection) -> None:
