@@ -143,8 +143,26 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"Dagster run {summary['dagster_run_id']}")
 
 
+def parse_features(text: str) -> list[str]:
+    """``--features age,annual_income``: a non-empty list of distinct column names, or a ConfigError."""
+    from segmentation_pipeline.config import validate_identifier
+
+    names = [name.strip() for name in text.split(",")]
+    if not any(names) or "" in names:
+        raise ConfigError(f"--features {text!r} has an empty name; expected column names like age,annual_income")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"--features {text!r} names {repeated} more than once")
+    for name in names:
+        try:
+            validate_identifier(name, "feature")
+        except ValueError as exc:
+            raise ConfigError(f"--features: {exc}") from None
+    return names
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
+    features = parse_features(args.features) if args.features is not None else None
     summary = run_pipeline(args.config, features)
     if args.json:
         print(json.dumps(summary, default=str))

@@ -174,8 +174,9 @@ def repair_publications(engine: sa.Engine, journal: str, table: str) -> Publicat
             hist = sa.table(history, sa.column(run_column))
             if sa.inspect(conn).has_table(history):
                 conn.execute(sa.delete(hist).where(hist.c[run_column] == run_key))
-            conn.execute(sa.update(tbl).where(tbl.c.run_id == run_key).values(
-                job_name=ROLLED_BACK_JOB, failed_at=_now(),
+            conn.execute(sa.delete(tbl).where(tbl.c.run_id == run_key))  # DELETE + INSERT: no UPDATE grant
+            conn.execute(sa.insert(tbl).values(
+                run_id=run_key, job_name=ROLLED_BACK_JOB, failed_at=_now(),
                 message=(f"publication of run {run_key} into {table!r} did not complete: the swap never happened, "
                          f"so its rows in history {history!r} were deleted and {table!r} kept the previous run "
                          f"({masked_url(engine)})"),
