@@ -161,7 +161,7 @@ def parse_features(text: str) -> list[str]:
         raise ConfigError(f"--features {text!r} names {repeated} more than once")
     for name in names:
         try:
-            validate_identifier(name, "feature")
+            validate_identifier(name, "feature column")
         except ValueError as exc:
             raise ConfigError(f"--features: {exc}") from None
     return names

@@ -95,7 +95,7 @@ def check_reachable(tracking_uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> 
         socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
     except OSError as exc:
         raise RegistryError(
-            f"MLflow tracking server unreachable at {shown} (no connection within {timeout_s:g}s: {exc}); "
+            f"MLflow at {shown} is unreachable (no connection within {timeout_s:g}s: {exc}); "
             "start it or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
         ) from None
 

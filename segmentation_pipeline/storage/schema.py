@@ -37,6 +37,7 @@ __all__ = [
     "create_table",
     "create_table_if_missing",
     "drop_table_if_exists",
+    "id_collation",
     "index_name",
     "plan_frame",
     "plan_table",
@@ -201,6 +202,12 @@ class IndexSpec:
     columns: tuple[str, ...]
 
 
+def id_collation(bind: sa.Engine | sa.Connection) -> str:
+    """The collation of text key columns: byte for byte and without PAD SPACE ('abc0' and 'abc0 '
+    are two customers), as the cleaning's duplicate check compares them."""
+    return "utf8mb4_nopad_bin" if getattr(bind.dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+
+
 def create_table(
     conn: sa.Connection,
     table: str,
@@ -214,7 +221,12 @@ def create_table(
     kwargs: dict[str, Any] = {"mysql_charset": "utf8mb4"} if is_mysql(conn) else {}
     if comment is not None and conn.dialect.supports_comments:
         kwargs["comment"] = comment
-    tbl = sa.Table(table, metadata, *plan.columns(), **kwargs)
+    columns = plan.columns()
+    if is_mysql(conn):  # ids are opaque: 'abc0', 'ABC0' and 'ábc0' are three customers, as in the cleaning
+        for column in columns:
+            if column.primary_key and isinstance(column.type, sa.String):
+                column.type = sa.String(column.type.length, collation=id_collation(conn))
+    tbl = sa.Table(table, metadata, *columns, **kwargs)
     if index is not None:
         sa.Index(index.name, *(tbl.c[c] for c in index.columns))
     metadata.create_all(conn, checkfirst=False)

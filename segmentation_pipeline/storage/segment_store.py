@@ -18,7 +18,7 @@ from segmentation_pipeline.storage.connection import ProgressFn, is_mysql, quote
 from segmentation_pipeline.storage.history import HistoryCopy, copy_history, ensure_history_table
 from segmentation_pipeline.storage.locks import write_lock
 from segmentation_pipeline.storage.publication import failures_table
-from segmentation_pipeline.storage.schema import plan_frame
+from segmentation_pipeline.storage.schema import id_collation, plan_frame
 from segmentation_pipeline.storage.swap import StagedTable, TableLoader, write_tables_atomic
 
 HISTORY_COLUMNS = ["dagster_run_id", "customer_id", "segment_id", "segment_name", "is_outlier", "model_version", "scored_at"]
@@ -122,8 +122,11 @@ def upsert_segments(
             rej_cols = ", ".join(q(c) for c in rejects.columns)
             with engine.begin() as conn:  # DML only: one InnoDB / SQLite transaction
                 if is_mysql(engine):
-                    conn.execute(sa.text(f"DELETE s FROM {seg} s JOIN {ids} i ON CAST(s.customer_id AS CHAR) = i.customer_id"))
-                    conn.execute(sa.text(f"DELETE r FROM {rej} r JOIN {ids} i ON r.customer_id = i.customer_id"))
+                    # byte-for-byte, like the cleaning's duplicate check: 'ABC0' never deletes 'abc0'
+                    conn.execute(sa.text(f"DELETE s FROM {seg} s JOIN {ids} i ON CAST(s.customer_id AS CHAR) "
+                                         f"COLLATE {id_collation(conn)} = i.customer_id"))
+                    conn.execute(sa.text(f"DELETE r FROM {rej} r JOIN {ids} i ON CAST(r.customer_id AS CHAR) "
+                                         f"COLLATE {id_collation(conn)} = i.customer_id"))
                 else:
                     conn.execute(sa.text(f"DELETE FROM {seg} WHERE CAST(customer_id AS TEXT) IN (SELECT customer_id FROM {ids})"))
                     conn.execute(sa.text(f"DELETE FROM {rej} WHERE customer_id IN (SELECT customer_id FROM {ids})"))
