@@ -85,7 +85,7 @@ def _history_plan(source: FramePlan, columns: Sequence[str], run_key_column: str
     arrow_types = {c: source.arrow_types.get(c, pa.string()) for c in names}
     id_type = sql_types[id_column]
     fits = not isinstance(id_type, sa.String) or (id_type.length or VARCHAR) <= MAX_KEY_VARCHAR - RUN_KEY_VARCHAR
-    return FramePlan(names, arrow_types, sql_types, (run_key_column, id_column) if fits else None)
+    return FramePlan(names, arrow_types, sql_types, (run_key_column, id_column) if fits else None, binary_key=True)
 
 
 def ensure_history_table(

@@ -19,10 +19,10 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -37,8 +37,8 @@ __all__ = [
     "SCRATCH_PREFIX",
     "PublicationRepair",
     "PublicationStep",
-    "current_step",
     "clear_pending",
+    "current_step",
     "failures_table",
     "mark_pending",
     "publication_step",
@@ -95,7 +95,7 @@ def failures_table(name: str) -> sa.Table:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def mark_pending(
@@ -195,12 +195,11 @@ def scratch_prefix() -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Signal 0 probes a pid; EPERM still means someone runs under it."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    except OSError as exc:
+        return isinstance(exc, PermissionError)
     return True
 
 

@@ -57,6 +57,7 @@ class FramePlan:
     arrow_types: dict[str, pa.DataType]
     sql_types: dict[str, sa.types.TypeEngine[Any]]
     primary_key: str | tuple[str, ...] | None
+    binary_key: bool = False  # MySQL: text key columns compare byte for byte (the pipeline's id tables)
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -152,8 +153,11 @@ def plan_frame(
     frame: pd.DataFrame,
     primary_key: str | None = None,
     column_types: dict[str, sa.types.TypeEngine[Any]] | None = None,
+    *,
+    binary_key: bool = False,
 ) -> FramePlan:
     """The frame's column plan, validated once (names, key, types inferred from the values).
+    ``binary_key``: on MySQL a text key compares byte for byte (ids, not words).
 
     Pass it to the writers and :func:`~segmentation_pipeline.storage.history.copy_history` instead
     of a key so none of them re-infers types over every value.
@@ -184,7 +188,7 @@ def plan_frame(
         t, max_len = _arrow_type(frame[name])
         arrow_types[name] = t
         sql_types[name] = overrides.get(name) or sql_type(name, t, max_len, name == primary_key)
-    return FramePlan(names, arrow_types, sql_types, primary_key)
+    return FramePlan(names, arrow_types, sql_types, primary_key, binary_key)
 
 
 def plan_table(engine: sa.Engine, table: str) -> FramePlan:
@@ -222,7 +226,7 @@ def create_table(
     if comment is not None and conn.dialect.supports_comments:
         kwargs["comment"] = comment
     columns = plan.columns()
-    if is_mysql(conn):  # ids are opaque: 'abc0', 'ABC0' and 'ábc0' are three customers, as in the cleaning
+    if is_mysql(conn) and plan.binary_key:  # ids are opaque: 'abc0', 'ABC0', 'ábc0' are three customers
         for column in columns:
             if column.primary_key and isinstance(column.type, sa.String):
                 column.type = sa.String(column.type.length, collation=id_collation(conn))

@@ -82,7 +82,7 @@ def publish_segments(
     """:func:`publish_tables` for the pandas frames; returns the tables written."""
     publish_tables(
         engine, output,
-        FrameLoader(segments, plan_frame(segments, "customer_id"), progress=progress),
+        FrameLoader(segments, plan_frame(segments, "customer_id", binary_key=True), progress=progress),
         FrameLoader(rejects, plan_frame(rejects), progress=progress),
         run_key=run_key, lock_timeout_s=lock_timeout_s,
     )
@@ -108,7 +108,7 @@ def upsert_segments(
     touched = pd.DataFrame({"customer_id": pd.concat([segments["customer_id"].astype(str),
                                                       rejects["customer_id"].astype(str)], ignore_index=True)})
     incoming_ids = f"{output.segments_table}__incoming_ids"
-    plan = plan_frame(segments, "customer_id")
+    plan = plan_frame(segments, "customer_id", binary_key=True)
     with write_lock(engine, lock_name(output), lock_timeout_s):
         ensure_history_table(engine, output.history_table, plan, HISTORY_COLUMNS, **_HISTORY_KEYS)
         try:

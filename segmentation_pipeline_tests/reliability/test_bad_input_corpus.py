@@ -17,7 +17,11 @@ import pytest
 
 from segmentation_pipeline.cli import parse_features
 from segmentation_pipeline.config import ConfigError, PipelineConfig
-from segmentation_pipeline.core.cleaning import MAX_DETAIL_VALUE, DataQualityError, clean_customers
+from segmentation_pipeline.core.cleaning import (
+    MAX_DETAIL_VALUE,
+    DataQualityError,
+    clean_customers,
+)
 from segmentation_pipeline.storage.connection import check_database_url
 from segmentation_pipeline.storage.csv_loader import read_csv_file
 from segmentation_pipeline.storage.errors import DatabaseUrlError, SourceError

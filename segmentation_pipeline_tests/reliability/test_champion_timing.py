@@ -6,11 +6,12 @@ import pytest
 from mlflow import MlflowClient
 
 from segmentation_pipeline import cli
-from segmentation_pipeline.core.demo_data import generate_customers
-from segmentation_pipeline.storage.bulk_load import load_frame
-from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.storage.faults import injected
-from segmentation_pipeline_tests.reliability.conftest import fast_config, table_rows
+from segmentation_pipeline_tests.reliability.conftest import (
+    fast_config,
+    seeded_source,
+    table_rows,
+)
 
 pytestmark = pytest.mark.mysql
 
@@ -29,9 +30,7 @@ def _refuse(**_: object) -> None:
 def test_a_failed_write_back_leaves_the_champion_on_the_published_version(
     tmp_path, mysql_database_url, local_mlflow_uri, suffix, capsys
 ) -> None:
-    engine = create_db_engine(mysql_database_url)
-    frame, _ = generate_customers(300, seed=3, dirty=False)
-    load_frame(engine, f"customers_{suffix}", frame)
+    engine = seeded_source(mysql_database_url, suffix, 300, 3)
     config = fast_config(tmp_path, mysql_database_url, local_mlflow_uri, suffix, **ALWAYS_PROMOTE)
     client = MlflowClient(local_mlflow_uri)
 

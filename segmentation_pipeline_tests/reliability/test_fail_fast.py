@@ -7,11 +7,8 @@ import time
 import pytest
 
 from segmentation_pipeline import cli
-from segmentation_pipeline.core.demo_data import generate_customers
-from segmentation_pipeline.storage.bulk_load import load_frame
-from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline_tests.helpers import free_port
-from segmentation_pipeline_tests.reliability.conftest import fast_config
+from segmentation_pipeline_tests.reliability.conftest import fast_config, seeded_source
 
 
 def _error_lines(err: str) -> list[str]:
@@ -20,10 +17,7 @@ def _error_lines(err: str) -> list[str]:
 
 @pytest.mark.mysql
 def test_unreachable_mlflow_fails_within_30s_naming_its_url(tmp_path, mysql_database_url, suffix, capsys) -> None:
-    engine = create_db_engine(mysql_database_url)
-    frame, _ = generate_customers(200, seed=1, dirty=False)
-    load_frame(engine, f"customers_{suffix}", frame)
-    engine.dispose()
+    seeded_source(mysql_database_url, suffix, 200, 1).dispose()
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
     config = fast_config(tmp_path, mysql_database_url, url, suffix)
     started = time.monotonic()

@@ -7,10 +7,11 @@ import json
 import pytest
 
 from segmentation_pipeline import cli
-from segmentation_pipeline.core.demo_data import generate_customers
-from segmentation_pipeline.storage.bulk_load import load_frame
-from segmentation_pipeline.storage.connection import create_db_engine
-from segmentation_pipeline_tests.reliability.conftest import fast_config, table_rows
+from segmentation_pipeline_tests.reliability.conftest import (
+    fast_config,
+    seeded_source,
+    table_rows,
+)
 
 pytestmark = pytest.mark.mysql
 
@@ -22,9 +23,7 @@ def _summary(capsys) -> dict:
 def test_features_changed_is_recorded_and_follows_the_policy(
     tmp_path, mysql_database_url, local_mlflow_uri, suffix, capsys
 ) -> None:
-    engine = create_db_engine(mysql_database_url)
-    frame, _ = generate_customers(300, seed=5, dirty=False)
-    load_frame(engine, f"customers_{suffix}", frame)
+    engine = seeded_source(mysql_database_url, suffix, 300, 5)
     config = fast_config(tmp_path, mysql_database_url, local_mlflow_uri, suffix)
     assert cli.main(["run", "--config", str(config), "--json"]) == 0, capsys.readouterr().err[-2000:]
     capsys.readouterr()

@@ -6,10 +6,16 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
+from segmentation_pipeline.core.segment_tables import (
+    build_rejects_table,
+    build_segments_table,
+)
 from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.storage.errors import WriteError
-from segmentation_pipeline.storage.segment_store import publish_segments, upsert_segments
+from segmentation_pipeline.storage.segment_store import (
+    publish_segments,
+    upsert_segments,
+)
 from segmentation_pipeline_tests.reliability.conftest import table_rows
 from segmentation_pipeline_tests.reliability.test_publication import frames, output_for
 

@@ -20,13 +20,24 @@ import pytest
 import sqlalchemy as sa
 
 from segmentation_pipeline.config import OutputConfig
-from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
 from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.storage.faults import injected
 from segmentation_pipeline.storage.locks import WriteLockLost, mysql_lock_key
-from segmentation_pipeline.storage.publication import PENDING_JOB, ROLLED_BACK_JOB, remove_dead_scratch
-from segmentation_pipeline.storage.segment_store import FAILURES_TABLE, lock_name, publish_segments
-from segmentation_pipeline_tests.reliability.conftest import table_rows
+from segmentation_pipeline.storage.publication import (
+    PENDING_JOB,
+    ROLLED_BACK_JOB,
+    remove_dead_scratch,
+)
+from segmentation_pipeline.storage.segment_store import (
+    FAILURES_TABLE,
+    lock_name,
+    publish_segments,
+)
+from segmentation_pipeline_tests.reliability.conftest import (
+    output_tables,
+    table_rows,
+    writeback_frames,
+)
 
 pytestmark = pytest.mark.mysql
 
@@ -37,21 +48,12 @@ REPO = Path(__file__).resolve().parents[2]
 def frames(run: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One run's write-back: customers 1..N, every tenth rejected."""
     ids = np.arange(1, N + 1, dtype=np.int64)
-    clean, rejected = ids[ids % 10 != 0], ids[ids % 10 == 0]
-    segments = build_segments_table(
-        pd.DataFrame({"customer_id": clean, "is_outlier": False, "outlier_reason": ""}), "customer_id",
-        np.arange(len(clean)) % 3, {0: "A", 1: "B", 2: "C"}, model_name="m", model_version="1",
-        mlflow_run_id=f"mlflow-{run}", dagster_run_id=run,
-    )
-    rejects = build_rejects_table(
-        pd.DataFrame({"customer_id": rejected, "reason": "missing:age", "detail": "age is missing"}),
-        mlflow_run_id=f"mlflow-{run}", dagster_run_id=run,
-    )
-    return segments, rejects
+    clean = ids[ids % 10 != 0]
+    return writeback_frames(run, clean, ids[ids % 10 == 0], np.arange(len(clean)) % 3, {0: "A", 1: "B", 2: "C"})
 
 
 def output_for(suffix: str) -> OutputConfig:
-    return OutputConfig(segments_table=f"seg_{suffix}", rejects_table=f"rej_{suffix}", history_table=f"hist_{suffix}")
+    return output_tables(suffix)
 
 
 def publish(url: str, suffix: str, run: str) -> None:
@@ -73,7 +75,7 @@ def _die_in_child(url: str, suffix: str, run: str, point: str) -> None:
     code = (f"from segmentation_pipeline_tests.reliability.test_publication import publish_and_die_at; "
             f"publish_and_die_at({url!r}, {suffix!r}, {run!r}, {point!r})")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 9, result.stderr[-2000:]
 
 
@@ -171,7 +173,7 @@ def test_lost_lock_stops_before_the_live_tables_and_leaves_the_new_holders_stagi
 
 
 def test_scratch_folders_of_dead_writers_are_removed(tmp_path: Path) -> None:
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     dead = tmp_path / f"segmentation-load-{int(child.stdout)}-x"
     (dead / "chunk0.tsv").parent.mkdir()
     (dead / "chunk0.tsv").write_text("1\t2\n" * 1000)
