@@ -50,15 +50,12 @@ class HeldLock:
             owner, me = self.conn.execute(
                 sa.text("SELECT IS_USED_LOCK(:k), CONNECTION_ID()"), {"k": self.key}
             ).one()
+            lost = None if owner == me else f"is now held by connection {owner}, not this run's ({me})"
         except sa.exc.DBAPIError as exc:
+            lost = f"was lost (its connection failed: {getattr(exc, 'orig', exc)})"
+        if lost is not None:
             raise WriteLockLost(
-                f"write lock {self.name!r} on {self.url} was lost (its connection failed: "
-                f"{getattr(exc, 'orig', exc)}); stopped before touching the live tables, re-run"
-            ) from exc
-        if owner != me:
-            raise WriteLockLost(
-                f"write lock {self.name!r} on {self.url} is now held by connection {owner}, not this run's "
-                f"({me}); stopped before touching the live tables, re-run"
+                f"write lock {self.name!r} on {self.url} {lost}; stopped before touching the live tables, re-run"
             )
 
 

@@ -54,6 +54,14 @@ def suffix(request: pytest.FixtureRequest) -> Iterator[str]:
             engine.dispose()
 
 
+@pytest.fixture()
+def engine(mysql_database_url: str) -> Iterator[sa.Engine]:
+    """The pipeline's engine on the session's MariaDB database."""
+    engine = create_db_engine(mysql_database_url)
+    yield engine
+    engine.dispose()
+
+
 def fast_config(
     tmp_path: Path, database_url: str, tracking_uri: str, suffix: str, *, name: str | None = None, **changes: Any
 ) -> Path:

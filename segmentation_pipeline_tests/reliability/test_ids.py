@@ -10,7 +10,6 @@ from segmentation_pipeline.core.segment_tables import (
     build_rejects_table,
     build_segments_table,
 )
-from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.storage.errors import WriteError
 from segmentation_pipeline.storage.segment_store import (
     publish_segments,
@@ -31,13 +30,6 @@ def _frames(ids: list[str], run: str, segment: int = 0) -> tuple[pd.DataFrame, p
     rejects = build_rejects_table(pd.DataFrame({"customer_id": ["rej0", "REJ0"], "reason": "missing:age",
                                                 "detail": "age is missing"}), mlflow_run_id="m", dagster_run_id=run)
     return segments, rejects
-
-
-@pytest.fixture()
-def engine(mysql_database_url: str):
-    engine = create_db_engine(mysql_database_url)
-    yield engine
-    engine.dispose()
 
 
 def test_case_and_accent_twins_are_distinct_customers_in_every_table(engine, suffix) -> None:

@@ -7,20 +7,12 @@ import sqlalchemy as sa
 
 from segmentation_pipeline import cli
 from segmentation_pipeline.config import load_config
-from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.storage.segment_store import FAILURES_TABLE
 from segmentation_pipeline_tests.reliability.conftest import fast_config, table_rows
 
 pytestmark = pytest.mark.mysql
 
 CSV = "customer_id,age,annual_income,spending_score\n1,30,50000,40\n2,41,62000,70\n"
-
-
-@pytest.fixture()
-def engine(mysql_database_url: str):
-    engine = create_db_engine(mysql_database_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.mark.parametrize("twin", ["seg", "seg__staging", "seg__old", "rej", "rej__old", "hist", "seg__incoming",

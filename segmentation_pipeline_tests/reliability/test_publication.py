@@ -94,13 +94,6 @@ def _journal(engine: sa.Engine) -> dict[str, str]:
     return dict(zip(rows["run_id"], rows["job_name"], strict=True))
 
 
-@pytest.fixture()
-def engine(mysql_database_url: str):
-    engine = create_db_engine(mysql_database_url)
-    yield engine
-    engine.dispose()
-
-
 def test_killed_after_swap_is_published_with_its_history_and_the_next_run_marks_it(
     engine, mysql_database_url, suffix
 ) -> None:

@@ -15,10 +15,13 @@ import pytest
 import sqlalchemy as sa
 
 from segmentation_pipeline.config import OutputConfig
-from segmentation_pipeline.storage.connection import create_db_engine
-from segmentation_pipeline.storage.segment_store import publish_segments
 from segmentation_pipeline.storage.errors import WriteError
-from segmentation_pipeline_tests.reliability.conftest import database_name, table_rows, writeback_frames
+from segmentation_pipeline.storage.segment_store import publish_segments
+from segmentation_pipeline_tests.reliability.conftest import (
+    database_name,
+    table_rows,
+    writeback_frames,
+)
 
 pytestmark = pytest.mark.mysql
 
@@ -68,13 +71,6 @@ def _assert_every_customer_once(engine: sa.Engine, output: OutputConfig, run: st
 
 def _leftovers(engine: sa.Engine, suffix: str) -> list[str]:
     return sorted(t for t in sa.inspect(engine).get_table_names() if suffix in t and "__" in t)
-
-
-@pytest.fixture()
-def engine(mysql_database_url: str):
-    engine = create_db_engine(mysql_database_url)
-    yield engine
-    engine.dispose()
 
 
 def test_kill_during_segments_staging_load_keeps_previous_tables_readable_and_retry_completes(
