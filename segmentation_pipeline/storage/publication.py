@@ -146,8 +146,12 @@ class PublicationRepair:
     rolled_back: list[str] = field(default_factory=list)
 
 
-def repair_publications(engine: sa.Engine, journal: str, table: str) -> PublicationRepair:
-    """Finish or undo every unfinished publication into ``table``; call under its write lock.
+def repair_publications(
+    engine: sa.Engine, journal: str, table: str, *, only_run: str | None = None
+) -> PublicationRepair:
+    """Finish or undo every unfinished publication into ``table``; call under its write lock, or
+    with ``only_run`` (a run undoing its own publication after it lost the lock: another run's
+    pending publication is not its to judge).
 
     Decided by the live table's comment token alone, so it is right whichever statement the
     interrupted run reached.
@@ -163,7 +167,7 @@ def repair_publications(engine: sa.Engine, journal: str, table: str) -> Publicat
     back: list[str] = []
     for run_key, message in pending:
         match = _TOKEN.search(message)
-        if match is None or match.group(2) != table:
+        if match is None or match.group(2) != table or (only_run is not None and run_key != only_run):
             continue
         token, history, run_column = match.group(1), match.group(3), match.group(4)
         with engine.begin() as conn:

@@ -248,7 +248,7 @@ def write_tables_atomic(
                 _abandon(mirror.conn)
             if history_committed and journal is not None and history is not None:
                 with contextlib.suppress(Exception):
-                    repair_publications(engine, journal, history.source)
+                    repair_publications(engine, journal, history.source, only_run=history.run_key)
             raise
         except BaseException:
             _undo(applied)
@@ -260,7 +260,7 @@ def write_tables_atomic(
                 conn.commit()
             if history_committed and journal is not None and history is not None:
                 with contextlib.suppress(Exception):
-                    repair_publications(engine, journal, history.source)
+                    repair_publications(engine, journal, history.source, only_run=history.run_key)
             raise
         fire("after_swap", run_key=history.run_key if history else None)
         if history_committed and journal is not None and history is not None:

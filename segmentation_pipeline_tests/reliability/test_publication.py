@@ -174,3 +174,23 @@ def test_scratch_folders_of_dead_writers_are_removed(tmp_path: Path) -> None:
     alive.mkdir()
     assert remove_dead_scratch(tmp_path) == [dead]
     assert not dead.exists() and alive.exists()
+
+
+def test_lock_lost_after_the_history_commit_undoes_only_this_runs_history(engine, mysql_database_url, suffix) -> None:
+    """The narrowest window: history and pending mark committed, the lock session killed before the swap."""
+    output = output_for(suffix)
+    publish(mysql_database_url, suffix, f"r1-{suffix}")
+    before = {t: _checksum(engine, t) for t in (output.segments_table, output.rejects_table)}
+    key = mysql_lock_key(engine, lock_name(output))
+
+    def kill_lock(**_: object) -> None:
+        with engine.connect() as conn:
+            holder = conn.execute(sa.text("SELECT IS_USED_LOCK(:k)"), {"k": key}).scalar()
+            conn.exec_driver_sql(f"KILL CONNECTION {int(holder)}")
+
+    segments, rejects = frames(f"r2-{suffix}")
+    with injected("before_swap", kill_lock), pytest.raises(WriteLockLost):
+        publish_segments(engine, output, segments, rejects, run_key=f"r2-{suffix}", lock_timeout_s=30)
+    assert {t: _checksum(engine, t) for t in before} == before
+    assert f"r2-{suffix}" not in _runs(engine, output)
+    assert _journal(engine)[f"r2-{suffix}"] == ROLLED_BACK_JOB
