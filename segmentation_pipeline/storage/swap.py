@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from segmentation_pipeline.config import validate_identifier
 from segmentation_pipeline.storage.connection import is_mysql, masked_url, quote_identifier, transaction
 from segmentation_pipeline.storage.errors import WriteError
+from segmentation_pipeline.storage.faults import fire
 from segmentation_pipeline.storage.history import (
     HistoryCopy,
     HistoryMirror,
@@ -31,7 +32,6 @@ from segmentation_pipeline.storage.history import (
     ensure_history_table,
     open_history_mirror,
 )
-from segmentation_pipeline.storage.faults import fire
 from segmentation_pipeline.storage.locks import HeldLock, WriteLockLost, write_lock
 from segmentation_pipeline.storage.publication import (
     PublicationStep,
