@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import re
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from segmentation_pipeline.config import ConfigError, PipelineConfig, load_config
 
@@ -145,8 +151,26 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"Dagster run {summary['dagster_run_id']}")
 
 
+def parse_features(text: str) -> list[str]:
+    """``--features age,annual_income``: a non-empty list of distinct column names, or a ConfigError."""
+    from segmentation_pipeline.config import validate_identifier
+
+    names = [name.strip() for name in text.split(",")]
+    if not any(names) or "" in names:
+        raise ConfigError(f"--features {text!r} has an empty name; expected column names like age,annual_income")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"--features {text!r} names {repeated} more than once")
+    for name in names:
+        try:
+            validate_identifier(name, "feature column")
+        except ValueError as exc:
+            raise ConfigError(f"--features: {exc}") from None
+    return names
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
+    features = parse_features(args.features) if args.features is not None else None
     summary = run_pipeline(args.config, features)
     if args.json:
         print(json.dumps(summary, default=str))
@@ -214,8 +238,9 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 def _cmd_load_csv(args: argparse.Namespace) -> int:
     from segmentation_pipeline.storage.bulk_load import load_frame
-    from segmentation_pipeline.storage.connection import create_db_engine
+    from segmentation_pipeline.storage.connection import create_db_engine, table_exists
     from segmentation_pipeline.storage.csv_loader import read_csv_file
+    from segmentation_pipeline.storage.segment_store import pipeline_tables
 
     cfg = load_config(args.config)
     rename: dict[str, str] = {}
@@ -224,9 +249,18 @@ def _cmd_load_csv(args: argparse.Namespace) -> int:
             raise ConfigError(f"--rename expects 'Source Name=target', got {item!r}")
         source, target = item.split("=", 1)
         rename[source.strip()] = target.strip()
-    frame = read_csv_file(args.path, rename=rename)
     table = args.table or cfg.source.table
+    if table in pipeline_tables(cfg.output):
+        raise ConfigError(
+            f"load-csv refuses table {table!r}: the pipeline writes it (outputs, history, failures and their "
+            "staging/old twins); load customers into the source table or another table"
+        )
+    frame = read_csv_file(args.path, rename=rename)
     engine = create_db_engine(cfg.database.sqlalchemy_url())
+    if table_exists(engine, table) and not args.replace:
+        raise ConfigError(
+            f"table {table!r} already exists ({cfg.database.safe_url()}); add --replace to replace its rows"
+        )
     n = load_frame(engine, table, frame, if_exists="replace", primary_key=None)
     print(f"loaded {n:,} rows with columns {list(frame.columns)} into {table} ({cfg.database.safe_url()})")
     return 0
@@ -235,6 +269,9 @@ def _cmd_load_csv(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segmentation", description=__doc__)
     parser.add_argument("--config", help="YAML config (default: $SEGMENTATION_CONFIG or configs/default.yaml)")
+    parser.add_argument("--verbose", action="store_true", help="show stack traces here, not only in the log file")
+    parser.add_argument("--log-file", help="where logs and stack traces go (default: $SEGMENTATION_LOG_FILE or "
+                        "segmentation-cli.log in the temp folder)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo-data", help="fill the configured table with synthetic customers")
@@ -248,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     csv.add_argument("path")
     csv.add_argument("--table")
     csv.add_argument("--rename", action="append", metavar="'Source Name=target'")
+    csv.add_argument("--replace", action="store_true", help="replace the rows of an existing table")
     csv.set_defaults(func=_cmd_load_csv)
 
     run = sub.add_parser("run", help="run the whole pipeline in-process and print a summary")
@@ -264,20 +302,78 @@ def build_parser() -> argparse.ArgumentParser:
 
     for p in (demo, csv, run, score, drift):
         p.add_argument("--config", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
+        p.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
+        p.add_argument("--log-file", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
     return parser
+
+
+_DAGSTER_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - dagster - (\w+) - ")
+
+
+class QuietStderr(io.TextIOBase):
+    """Everything goes to the log file; the terminal gets progress and warnings, not the stack
+    traces Dagster logs with each failure (the one-line error follows them anyway)."""
+
+    def __init__(self, terminal: TextIO, log: TextIO) -> None:
+        self.terminal, self.log = terminal, log
+        self.show = True
+        self.pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            match = _DAGSTER_LINE.match(line)
+            if match:
+                self.show = match.group(1) not in {"ERROR", "CRITICAL"}
+            if self.show:
+                self.terminal.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.terminal.flush()
+
+
+def log_file_path(explicit: str | None) -> Path:
+    """Where full logs and stack traces go: ``--log-file``, ``$SEGMENTATION_LOG_FILE``, or the temp folder."""
+    chosen = explicit or os.environ.get("SEGMENTATION_LOG_FILE")
+    return Path(chosen) if chosen else Path(tempfile.gettempdir()) / "segmentation-cli.log"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None
+    verbose = bool(getattr(args, "verbose", False))
+    log_path = log_file_path(getattr(args, "log_file", None))
     try:
-        return args.func(args)
-    except Exception as exc:  # noqa: BLE001 - the CLI's job is a readable error, not a traceback
-        print(f"error: {_describe_error(_root_cause(exc))}", file=sys.stderr)
-        if os.environ.get("SEGMENTATION_DEBUG"):
-            raise
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        print(f"error: cannot write the log file {log_path}: {exc}; pass --log-file PATH", file=sys.stderr)
         return 1
+    terminal = sys.stderr
+    try:
+        with log:
+            log.write(f"\n=== segmentation {' '.join(sys.argv[1:] if argv is None else argv)}\n")
+            try:
+                with contextlib.redirect_stderr(terminal if verbose else QuietStderr(terminal, log)):
+                    return args.func(args)
+            except Exception as exc:  # noqa: BLE001 - the CLI's job is a readable error, not a traceback
+                traceback.print_exception(exc, file=log)
+                print(f"error: {_describe_error(_root_cause(exc))}", file=terminal)
+                if not verbose:
+                    print(f"(stack trace in {log_path}; --verbose shows it here)", file=terminal)
+                if os.environ.get("SEGMENTATION_DEBUG"):
+                    raise
+                return 1
+    finally:
+        sys.stderr = terminal
 
 
 if __name__ == "__main__":

@@ -202,6 +202,9 @@ class PromotionConfig(_Model):
     min_agreement: float | None = Field(None, ge=-1, le=1)
     bootstrap_rounds: int = Field(10, ge=2, description="stability compares pairs of fits")
     sample: int = Field(10_000, ge=100, description="rows for the silhouette comparison (O(n^2))")
+    on_features_changed: Literal["promote", "refuse"] = Field(
+        "promote", description="a champion trained on other features is not comparable: replace it, or stop the run"
+    )
 
 
 class DriftConfig(_Model):

@@ -1,5 +1,7 @@
 """Stage 6: assign every clean customer with the champion and write segments back atomically."""
 
+import contextlib
+
 import dagster as dg
 import mlflow
 
@@ -8,6 +10,7 @@ from segmentation_pipeline.core.segment_model import PromotionOutcome, TrainedSe
 from segmentation_pipeline.engines.base import Cleaned, RunIds
 from segmentation_pipeline.resources import DatabaseResource, EngineResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
+from segmentation_pipeline.storage.publication import PublicationStep, publication_step
 
 
 @dg.asset(
@@ -35,10 +38,19 @@ def customer_segments(
     def progress(done: int, total: int) -> None:
         context.log.info(f"write-back: {done:,}/{total:,} rows staged")
 
-    published = compute.get().publish(
-        database.engine(), cfg, Cleaned(clean_customers, rejected_customers, {}), assigner, version, eval_ids,
-        RunIds(mlflow_run_id=trained.mlflow_run_id, dagster_run_id=context.run.run_id), progress=progress,
-    )
+    step: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if model_promotion.promoted:  # the alias moves with the swap (undone if the swap fails), never before
+        uri, name, alias = mlflow_tracking.target().tracking_uri, cfg.model.name, cfg.model.alias
+        previous = trained.previous_champion
+        step = publication_step(PublicationStep(
+            apply=lambda: registry.set_alias(uri, name, alias, version),
+            undo=lambda: registry.move_alias(uri, name, alias, None if previous is None else str(previous)),
+        ))
+    with step:
+        published = compute.get().publish(
+            database.engine(), cfg, Cleaned(clean_customers, rejected_customers, {}), assigner, version, eval_ids,
+            RunIds(mlflow_run_id=trained.mlflow_run_id, dagster_run_id=context.run.run_id), progress=progress,
+        )
     with registry.training_run(mlflow_tracking.target(), context.run.run_id):
         mlflow.log_metrics({"n_segmented": published.n_segmented, "n_rejected_written": published.n_rejected})
         mlflow.set_tag("segments_model_version", version)

@@ -11,7 +11,12 @@ from segmentation_pipeline.core.identity import migration_matrix, migration_plot
 from segmentation_pipeline.core.k_selection import KSelection
 from segmentation_pipeline.core.plots import elbow_plot, profile_plot, silhouette_plot
 from segmentation_pipeline.core.promotion import PromotionGate, evaluate_promotion
-from segmentation_pipeline.core.segment_model import PromotionOutcome, TrainedSegmentation, build_segment_model
+from segmentation_pipeline.core.segment_model import (
+    PromotionOutcome,
+    TrainedSegmentation,
+    build_segment_model,
+    model_change,
+)
 from segmentation_pipeline.engines.base import Features
 from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
@@ -88,6 +93,10 @@ def segmentation_model(
     champion = None
     if champion_version is not None:
         champion, _ = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
+    change = model_change(champion, cfg.features)
+    if change is not None:  # another feature space: neither its ids nor its labels compare
+        context.log.warning(f"{change}; the champion is not compared (promotion.on_features_changed decides)")
+        champion = None
     built = build_segment_model(
         clusters.label_profile, clusters.population, clusters.canonical, customer_features.preprocessor,
         clusters.kmeans, cfg, champion, metadata={"engine": engine.name},
@@ -125,7 +134,7 @@ def segmentation_model(
         assigner=assigner, eval_segment_ids=eval_ids, model_name=cfg.model.name, model_version=version,
         mlflow_run_id=run_id, k=k_selection.k, k_reason=k_selection.reason, metrics=clusters.metrics,
         profile=profile, migration=migration, previous_champion=champion_version, champion=champion,
-        champion_eval_ids=champion_eval_ids,
+        champion_eval_ids=champion_eval_ids, model_change=change,
     )
     extra = {} if migration is None else {"migration_vs_champion": table(migration.reset_index())}
     return dg.Output(trained, metadata=plain_metadata(
@@ -158,18 +167,17 @@ def model_promotion(
         trained.eval_segment_ids[mask],
         trained.k,
         PromotionGate(**cfg.promotion.model_dump()),
-        random_state=cfg.model.random_state,
+        random_state=cfg.model.random_state, model_change=trained.model_change,
     )
+    # the alias itself moves in customer_segments, with the swap that publishes this version's segments
     champion_version = trained.model_version if decision.promote else str(trained.previous_champion)
-    if decision.promote:
-        registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.alias, trained.model_version)
     tags = {**decision.as_tags(), "promotion.decision": "promoted" if decision.promote else "rejected"}
     registry.tag_version(target.tracking_uri, cfg.model.name, trained.model_version, tags)
     with registry.training_run(target, context.run.run_id):
         mlflow.set_tags(tags)
         registry.log_json({"promote": decision.promote, "reasons": decision.reasons, "evidence": decision.evidence},
                           "promotion/decision.json")
-    verdict = "promoted to" if decision.promote else "not promoted; keeps"
+    verdict = "promoted (moves with the write-back) to" if decision.promote else "not promoted; keeps"
     context.log.info(f"{cfg.model.name} v{trained.model_version} {verdict} {cfg.model.alias!r}: {decision.reasons}")
     return dg.Output(
         PromotionOutcome(champion_version, trained.model_version, decision.promote, decision),

@@ -49,6 +49,14 @@ __all__ = [
 FINITE_CHECK = "finite"
 
 
+MAX_DETAIL_VALUE = 200  # characters of an offending value kept in a reject's detail
+
+
+def _cut_note(value: str) -> str:
+    """A 10-million-character value is not stored whole in a reject: its length is noted instead."""
+    return f"… ({len(value)} characters)" if len(value) > MAX_DETAIL_VALUE else ""
+
+
 @dataclass(frozen=True)
 class CleaningResult:
     clean: pd.DataFrame  # id, features (float64), categorical columns, is_outlier, outlier_reason + imputed (categoricals)
@@ -234,6 +242,7 @@ def _failure_frame(
     duplicate = kind == ReasonKind.DUPLICATE
     if duplicate.any():  # the id as written back, not pandera's upcast (3.0 for 3)
         value[duplicate] = _id_strings(ids.iloc[pos[duplicate]])
+    value = value.map(lambda v: v[:MAX_DETAIL_VALUE] + _cut_note(v))
     return pd.DataFrame(
         {
             "pos": pos,
@@ -355,7 +364,7 @@ def _clean(source: _RawTable, config: PipelineConfig, table: str | None, *, allo
         numeric[feature], bad = _to_float(raw[feature], feature, table, owned=source.owned)
         if bad.any():
             where = np.flatnonzero(bad)
-            shown = raw[feature].iloc[where].astype(str).map(repr)
+            shown = raw[feature].iloc[where].astype(str).map(lambda v: repr(v[:MAX_DETAIL_VALUE]) + _cut_note(v))
             detail = (f"{feature}=" + shown + " is not numeric").to_numpy(dtype=object)
             parts.append(pd.DataFrame({"pos": where, "code": rule_code(ReasonKind.NON_NUMERIC, rank, n_columns), "detail": detail}))
             non_numeric_keys.append(where * n_columns + rank)

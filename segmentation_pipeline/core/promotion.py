@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +41,7 @@ class PromotionGate:
     min_agreement: float | None = None
     bootstrap_rounds: int = 10
     sample: int = 10_000
+    on_features_changed: Literal["promote", "refuse"] = "promote"
 
     def __post_init__(self) -> None:
         if self.bootstrap_rounds < 2:
@@ -128,6 +130,10 @@ def agreement_ari(champion: np.ndarray, challenger: np.ndarray) -> float:
     return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
 
 
+class PromotionRefused(ValueError):
+    """The champion was trained on other features and the configured policy refuses to replace it."""
+
+
 def evaluate_promotion(
     X: npt.ArrayLike,
     champion_labels: npt.ArrayLike | None,
@@ -136,13 +142,23 @@ def evaluate_promotion(
     gate: PromotionGate,
     *,
     random_state: int = 0,
+    model_change: str | None = None,
 ) -> PromotionDecision:
     """Decide whether the challenger replaces the champion; every criterion is reported.
 
     Silhouette (O(n^2)) is computed on one seeded sample of at most ``gate.sample`` rows shared
     by both models; Davies-Bouldin (O(n k)) and agreement ARI use all rows. With no champion the
     challenger is promoted, but its metrics are still recorded as evidence.
+
+    ``model_change`` (the champion was trained on other features) makes the models incomparable:
+    ``gate.on_features_changed`` decides: "promote" records why, "refuse" raises
+    :class:`PromotionRefused` with the fix.
     """
+    if model_change is not None and gate.on_features_changed == "refuse":
+        raise PromotionRefused(
+            f"{model_change}: the models cannot be compared, and promotion.on_features_changed is 'refuse'. "
+            "Run with the champion's features, or set promotion.on_features_changed: promote to replace it"
+        )
     data = np.asarray(X)
     challenger = np.asarray(challenger_labels)
     n = len(data)
@@ -171,6 +187,15 @@ def evaluate_promotion(
         "sample_rows": float(len(idx)),
     }
 
+    if model_change is not None:
+        return PromotionDecision(
+            promote=True,
+            reasons=[
+                f"{model_change}: not compared with the champion; promoted by promotion.on_features_changed=promote "
+                f"(silhouette {chal_sil:.4f}, Davies-Bouldin {chal_db:.4f}, stability {stability:.4f})"
+            ],
+            evidence={**evidence, "features_changed": 1.0},
+        )
     if champion is None:
         return PromotionDecision(
             promote=True,

@@ -9,6 +9,7 @@ sample and its labels); this module turns them into what the registry stores.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,6 +129,7 @@ class TrainedSegmentation:
     # promotion and write-back compare with / fall back to exactly this model, without reloading it
     champion: SegmentAssigner | None = None
     champion_eval_ids: np.ndarray | None = None
+    model_change: str | None = None  # why the champion is not comparable (None: it is, or there is none)
 
 
 @dataclass
@@ -137,6 +139,14 @@ class PromotionOutcome:
     promoted: bool
     decision: PromotionDecision
     extra: dict[str, str] = field(default_factory=dict)
+
+
+def model_change(champion: SegmentAssigner | None, features: Sequence[str]) -> str | None:
+    """Why ``champion`` cannot be compared with (or lend its segment ids to) a model on ``features``:
+    its centroids live in another feature space."""
+    if champion is None or list(champion.features) == list(features):
+        return None
+    return f"features changed: the champion was trained on {list(champion.features)}, this run uses {list(features)}"
 
 
 def published_choice(

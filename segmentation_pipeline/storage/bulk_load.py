@@ -35,6 +35,7 @@ from segmentation_pipeline.storage.connection import (
 from segmentation_pipeline.storage.errors import WriteError
 from segmentation_pipeline.storage.history import HistoryMirror
 from segmentation_pipeline.storage.schema import FramePlan, create_table_if_missing, plan_frame, series_to_arrow
+from segmentation_pipeline.storage.publication import scratch_prefix
 from segmentation_pipeline.storage.swap import StagedTable, write_tables_atomic
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ def _insert_frame(
     starts = list(range(0, total, chunk_size))
     inserted = 0
     done = 0  # chunks inserted
-    with tempfile.TemporaryDirectory(prefix="segmentation-load-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix()) as tmp:
         if use_load_data and starts:
             # Pipeline: Arrow renders chunk k+1 (GIL released) while the server loads chunk k.
             def prepare(k: int) -> tuple[Path, int]:

@@ -19,13 +19,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import ReflectedColumn
 
 from segmentation_pipeline.config import validate_identifier
-from segmentation_pipeline.storage.errors import SourceError
+from segmentation_pipeline.storage.errors import DatabaseUrlError, SourceError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ProgressFn",
     "check_columns",
+    "check_database_url",
     "create_db_engine",
     "is_mysql",
     "is_sqlite",
@@ -42,6 +43,46 @@ __all__ = [
 ProgressFn = Callable[[int, int], None]
 
 
+SUPPORTED_BACKENDS = ("mysql", "mariadb", "sqlite")
+
+
+def check_database_url(url: str | URL) -> URL:
+    """Parse a database URL, naming the part at fault (scheme, port, charset) instead of letting a
+    driver fail later with ``invalid literal for int()`` or ``'NoneType' has no attribute``."""
+    if isinstance(url, URL):
+        parsed = url
+    else:
+        try:
+            parsed = make_url(url)
+        except (sa.exc.ArgumentError, ValueError) as exc:
+            scheme = url.split("://", 1)[0] if "://" in url else ""
+            if scheme and ":" in url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]:
+                port = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].rsplit(":", 1)[1]
+                raise DatabaseUrlError(f"database URL port {port!r} is not a number (1-65535)") from None
+            raise DatabaseUrlError(
+                "database URL is not a URL like mysql+pymysql://user@host:3306/database or sqlite:///path.db "
+                f"({type(exc).__name__})"
+            ) from None
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED_BACKENDS:
+        raise DatabaseUrlError(
+            f"database URL scheme {parsed.drivername!r} is not supported: use mysql+pymysql:// (MySQL, MariaDB) "
+            "or sqlite:///"
+        )
+    if backend != "sqlite":
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise DatabaseUrlError(f"database URL port {parsed.port} is out of range (1-65535)")
+        charset = parsed.query.get("charset")
+        if isinstance(charset, str):
+            from pymysql.charset import charset_by_name
+
+            if charset_by_name(charset) is None:
+                raise DatabaseUrlError(
+                    f"database URL option charset={charset!r} is not a MySQL character set; use charset=utf8mb4"
+                )
+    return parsed
+
+
 def create_db_engine(url: str | URL, *, local_infile: bool = True) -> sa.Engine:
     """One place that knows how each backend must be configured for this pipeline.
 
@@ -51,7 +92,7 @@ def create_db_engine(url: str | URL, *, local_infile: bool = True) -> sa.Engine:
     writer, a busy timeout, and SQLAlchemy-emitted BEGIN so DDL is transactional (the
     atomic table swap depends on it).
     """
-    parsed = make_url(url) if isinstance(url, str) else url
+    parsed = check_database_url(url)
     backend = parsed.get_backend_name()
     if backend in ("mysql", "mariadb"):
         if "+" not in parsed.drivername:  # bare mysql:// would pick mysqlclient, which is not installed

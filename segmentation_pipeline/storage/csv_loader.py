@@ -54,13 +54,25 @@ def read_csv_file(path: str | PathLike[str], *, rename: dict[str, str] | None = 
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"CSV file not found: {file}")
-    with open(file, encoding="utf-8-sig", newline="") as handle:
-        sample = handle.read(_SNIFF_BYTES)
-    if not sample.strip():
-        raise ValueError(f"{file}: the file is empty")
-    delimiter = _sniff_delimiter(sample)
-    frame = pd.read_csv(file, sep=delimiter, encoding="utf-8-sig", skip_blank_lines=True)
+    try:
+        with open(file, encoding="utf-8-sig", newline="") as handle:
+            sample = handle.read(_SNIFF_BYTES)
+        if "\x00" in sample:
+            raise ValueError(f"{file}: a binary file (NUL bytes), not delimited text")
+        if not sample.strip():
+            raise ValueError(f"{file}: the file is empty")
+        delimiter = _sniff_delimiter(sample)
+        frame = pd.read_csv(file, sep=delimiter, encoding="utf-8-sig", skip_blank_lines=True)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{file}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}); "
+            "save it as UTF-8 CSV"
+        ) from None
+    except pd.errors.ParserError as exc:
+        raise ValueError(f"{file}: not a readable delimited file: {exc}") from None
     frame = frame.dropna(how="all")  # e.g. a trailing ";;;" line from spreadsheet exports
+    if frame.empty:
+        raise ValueError(f"{file}: has a header but no data rows; nothing to load")
 
     raw_headers = [str(h).strip() for h in frame.columns]
     mapping = dict(rename or {})

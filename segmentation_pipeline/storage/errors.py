@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SourceError", "WriteError"]
+__all__ = ["DatabaseUrlError", "SourceError", "WriteError"]
 
 
 class SourceError(ValueError):
@@ -11,3 +11,7 @@ class SourceError(ValueError):
 
 class WriteError(RuntimeError):
     """A write could not be completed or verified; the previous table is left untouched."""
+
+
+class DatabaseUrlError(ValueError):
+    """The database URL cannot be used; names the part at fault (scheme, port, charset), never the password."""

@@ -15,7 +15,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from segmentation_pipeline.config import validate_identifier
-from segmentation_pipeline.storage.connection import masked_url, quote_identifier, transaction
+from segmentation_pipeline.storage.connection import is_mysql, masked_url, quote_identifier, transaction
 from segmentation_pipeline.storage.errors import WriteError
 from segmentation_pipeline.storage.schema import (
     MAX_KEY_VARCHAR,
@@ -23,6 +23,7 @@ from segmentation_pipeline.storage.schema import (
     FramePlan,
     IndexSpec,
     create_table_if_missing,
+    id_collation,
     index_name,
 )
 
@@ -84,7 +85,7 @@ def _history_plan(source: FramePlan, columns: Sequence[str], run_key_column: str
     arrow_types = {c: source.arrow_types.get(c, pa.string()) for c in names}
     id_type = sql_types[id_column]
     fits = not isinstance(id_type, sa.String) or (id_type.length or VARCHAR) <= MAX_KEY_VARCHAR - RUN_KEY_VARCHAR
-    return FramePlan(names, arrow_types, sql_types, (run_key_column, id_column) if fits else None)
+    return FramePlan(names, arrow_types, sql_types, (run_key_column, id_column) if fits else None, binary_key=True)
 
 
 def ensure_history_table(
@@ -101,7 +102,23 @@ def ensure_history_table(
     plan = _history_plan(source_plan, columns, run_key_column, id_column)
     index = None if plan.primary_key else IndexSpec(index_name(table, "run"), (run_key_column, id_column))
     create_table_if_missing(engine, table, plan, index=index)
+    _check_id_type(engine, table, id_column, plan.sql_types[id_column])
     return plan
+
+
+def _check_id_type(engine: sa.Engine, table: str, id_column: str, wanted: sa.types.TypeEngine[object]) -> None:
+    """Text ids cannot go into a history whose id column an earlier numeric-id run made an integer:
+    refuse before anything is written, with the statement that migrates it."""
+    existing = next((c["type"] for c in sa.inspect(engine).get_columns(table) if c["name"] == id_column), None)
+    if not isinstance(wanted, sa.String) or not isinstance(existing, sa.Integer):
+        return
+    length = wanted.length or VARCHAR
+    collate = f" COLLATE {id_collation(engine)}" if is_mysql(engine) else ""
+    raise WriteError(
+        f"history {table!r} ({masked_url(engine)}) keeps {id_column!r} as {existing}, but the source's ids are now "
+        f"text; nothing was written. Migrate it once: ALTER TABLE `{table}` MODIFY `{id_column}` "
+        f"VARCHAR({length}){collate} NOT NULL"
+    )
 
 
 def check_run_key(run_key: str) -> None:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -19,11 +20,43 @@ try:  # POSIX only; elsewhere SQLite locks fall back to in-process locks
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["WriteLockTimeout", "lock_file_path", "mysql_lock_key", "write_lock"]
+__all__ = ["HeldLock", "WriteLockLost", "WriteLockTimeout", "lock_file_path", "mysql_lock_key", "write_lock"]
 
 
 class WriteLockTimeout(TimeoutError):
     """Another run holds the write lock; raised instead of writing concurrently."""
+
+
+class WriteLockLost(RuntimeError):
+    """The server dropped this run's lock (its connection was killed or timed out): another run may
+    be writing, so this one stops before it touches any live table."""
+
+
+@dataclass
+class HeldLock:
+    """A held write lock. On MySQL ``conn`` is the session that owns ``GET_LOCK``: the swap runs on
+    it, so a killed lock session cannot swap, and :meth:`verify` proves ownership before each step."""
+
+    name: str
+    url: str
+    conn: sa.Connection | None = None
+    key: str = ""
+
+    def verify(self) -> None:
+        """Raise :class:`WriteLockLost` unless this session still owns the lock (also keeps it alive)."""
+        if self.conn is None:
+            return
+        try:
+            owner, me = self.conn.execute(
+                sa.text("SELECT IS_USED_LOCK(:k), CONNECTION_ID()"), {"k": self.key}
+            ).one()
+            lost = None if owner == me else f"is now held by connection {owner}, not this run's ({me})"
+        except sa.exc.DBAPIError as exc:
+            lost = f"was lost (its connection failed: {getattr(exc, 'orig', exc)})"
+        if lost is not None:
+            raise WriteLockLost(
+                f"write lock {self.name!r} on {self.url} {lost}; stopped before touching the live tables, re-run"
+            )
 
 
 _local_locks: dict[str, threading.Lock] = {}
@@ -49,11 +82,12 @@ def lock_file_path(engine: sa.Engine, name: str) -> Path | None:
 
 
 @contextmanager
-def write_lock(engine: sa.Engine, name: str, timeout_s: int) -> Iterator[None]:
+def write_lock(engine: sa.Engine, name: str, timeout_s: int) -> Iterator[HeldLock]:
     """Serialise writers of one table across processes and hosts.
 
     MySQL: ``GET_LOCK`` on a dedicated connection (released by the server if the process
-    dies). SQLite: ``flock`` on a file next to the database (released by the kernel if the
+    dies), yielded in the :class:`HeldLock` so the swap can run on it. SQLite: ``flock`` on a
+    file next to the database (released by the kernel if the
     process dies). Raises :class:`WriteLockTimeout` naming the lock and the wait.
     """
     if not name:
@@ -70,12 +104,12 @@ def write_lock(engine: sa.Engine, name: str, timeout_s: int) -> Iterator[None]:
                     f"another run holds it (connection id {holder})"
                 )
             try:
-                yield
+                yield HeldLock(name, masked_url(engine), conn, key)
             finally:
                 try:
                     conn.execute(sa.text("SELECT RELEASE_LOCK(:k)"), {"k": key})
-                except sa.exc.DBAPIError:
-                    conn.invalidate()  # server drops the lock with the session
+                except sa.exc.SQLAlchemyError:  # a killed session: the server dropped the lock with it
+                    conn.invalidate()
         finally:
             conn.close()
         return
@@ -87,7 +121,7 @@ def write_lock(engine: sa.Engine, name: str, timeout_s: int) -> Iterator[None]:
         if not lock.acquire(timeout=max(timeout_s, 0)):
             raise WriteLockTimeout(f"could not acquire write lock {name!r} within {timeout_s}s on {masked_url(engine)}")
         try:
-            yield
+            yield HeldLock(name, masked_url(engine))
         finally:
             lock.release()
         return
@@ -107,7 +141,7 @@ def write_lock(engine: sa.Engine, name: str, timeout_s: int) -> Iterator[None]:
                     ) from None
                 time.sleep(0.05)
         try:
-            yield
+            yield HeldLock(name, masked_url(engine))
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

@@ -11,12 +11,14 @@ import io
 import json
 import logging
 import os
+import socket
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 import pandas as pd
@@ -73,8 +75,34 @@ def _set_tracking_uri(uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+CONNECT_TIMEOUT_S = 5.0
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in seconds, naming the URL, when an HTTP tracking server does not accept connections:
+    MLflow's own retries would take minutes to say the same."""
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    shown = f"{parts.scheme}://{parts.hostname}{'' if parts.port is None else f':{parts.port}'}{parts.path}"
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise RegistryError(f"MLflow tracking URI {shown!r}: bad port ({exc})") from None
+    if not parts.hostname:
+        raise RegistryError(f"MLflow tracking URI {tracking_uri!r} has no host name")
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RegistryError(
+            f"MLflow at {shown} is unreachable (no connection within {timeout_s:g}s: {exc}); "
+            "start it or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+        ) from None
+
+
 def configure(target: TrackingTarget) -> str:
     """Point MLflow at the target and make sure the experiment exists; returns its id."""
+    check_reachable(target.tracking_uri)
     _set_tracking_uri(target.tracking_uri)
     if target.artifact_location and "://" not in target.artifact_location:
         Path(target.artifact_location).mkdir(parents=True, exist_ok=True)
@@ -179,6 +207,7 @@ def log_segmentation_model(
 
 
 def alias_version(tracking_uri: str, model_name: str, alias: str) -> str | None:
+    check_reachable(tracking_uri)
     try:
         return MlflowClient(tracking_uri).get_model_version_by_alias(model_name, alias).version
     except MlflowException:
@@ -186,10 +215,22 @@ def alias_version(tracking_uri: str, model_name: str, alias: str) -> str | None:
 
 
 def set_alias(tracking_uri: str, model_name: str, alias: str, version: str) -> None:
+    check_reachable(tracking_uri)
     MlflowClient(tracking_uri).set_registered_model_alias(model_name, alias, version)
 
 
+def move_alias(tracking_uri: str, model_name: str, alias: str, version: str | None) -> None:
+    """Point ``alias`` at ``version``; None removes it (undoing a first promotion)."""
+    check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    if version is None:
+        client.delete_registered_model_alias(model_name, alias)
+    else:
+        client.set_registered_model_alias(model_name, alias, version)
+
+
 def tag_version(tracking_uri: str, model_name: str, version: str, tags: dict[str, str]) -> None:
+    check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)

@@ -37,6 +37,7 @@ __all__ = [
     "create_table",
     "create_table_if_missing",
     "drop_table_if_exists",
+    "id_collation",
     "index_name",
     "plan_frame",
     "plan_table",
@@ -56,6 +57,7 @@ class FramePlan:
     arrow_types: dict[str, pa.DataType]
     sql_types: dict[str, sa.types.TypeEngine[Any]]
     primary_key: str | tuple[str, ...] | None
+    binary_key: bool = False  # MySQL: text key columns compare byte for byte (the pipeline's id tables)
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -151,8 +153,11 @@ def plan_frame(
     frame: pd.DataFrame,
     primary_key: str | None = None,
     column_types: dict[str, sa.types.TypeEngine[Any]] | None = None,
+    *,
+    binary_key: bool = False,
 ) -> FramePlan:
     """The frame's column plan, validated once (names, key, types inferred from the values).
+    ``binary_key``: on MySQL a text key compares byte for byte (ids, not words).
 
     Pass it to the writers and :func:`~segmentation_pipeline.storage.history.copy_history` instead
     of a key so none of them re-infers types over every value.
@@ -183,7 +188,7 @@ def plan_frame(
         t, max_len = _arrow_type(frame[name])
         arrow_types[name] = t
         sql_types[name] = overrides.get(name) or sql_type(name, t, max_len, name == primary_key)
-    return FramePlan(names, arrow_types, sql_types, primary_key)
+    return FramePlan(names, arrow_types, sql_types, primary_key, binary_key)
 
 
 def plan_table(engine: sa.Engine, table: str) -> FramePlan:
@@ -201,6 +206,12 @@ class IndexSpec:
     columns: tuple[str, ...]
 
 
+def id_collation(bind: sa.Engine | sa.Connection) -> str:
+    """The collation of text key columns: byte for byte and without PAD SPACE ('abc0' and 'abc0 '
+    are two customers), as the cleaning's duplicate check compares them."""
+    return "utf8mb4_nopad_bin" if getattr(bind.dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+
+
 def create_table(
     conn: sa.Connection,
     table: str,
@@ -214,7 +225,12 @@ def create_table(
     kwargs: dict[str, Any] = {"mysql_charset": "utf8mb4"} if is_mysql(conn) else {}
     if comment is not None and conn.dialect.supports_comments:
         kwargs["comment"] = comment
-    tbl = sa.Table(table, metadata, *plan.columns(), **kwargs)
+    columns = plan.columns()
+    if is_mysql(conn) and plan.binary_key:  # ids are opaque: 'abc0', 'ABC0', 'ábc0' are three customers
+        for column in columns:
+            if column.primary_key and isinstance(column.type, sa.String):
+                column.type = sa.String(column.type.length, collation=id_collation(conn))
+    tbl = sa.Table(table, metadata, *columns, **kwargs)
     if index is not None:
         sa.Index(index.name, *(tbl.c[c] for c in index.columns))
     metadata.create_all(conn, checkfirst=False)

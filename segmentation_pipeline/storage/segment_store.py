@@ -17,12 +17,27 @@ from segmentation_pipeline.storage.bulk_load import FrameLoader, write_table_ato
 from segmentation_pipeline.storage.connection import ProgressFn, is_mysql, quote_identifier, table_exists
 from segmentation_pipeline.storage.history import HistoryCopy, copy_history, ensure_history_table
 from segmentation_pipeline.storage.locks import write_lock
-from segmentation_pipeline.storage.schema import plan_frame
+from segmentation_pipeline.storage.publication import failures_table
+from segmentation_pipeline.storage.schema import id_collation, plan_frame
 from segmentation_pipeline.storage.swap import StagedTable, TableLoader, write_tables_atomic
 
 HISTORY_COLUMNS = ["dagster_run_id", "customer_id", "segment_id", "segment_name", "is_outlier", "model_version", "scored_at"]
 FAILURES_TABLE = "pipeline_run_failures"
 _HISTORY_KEYS = {"run_key_column": "dagster_run_id", "id_column": "customer_id"}
+
+
+_TWINS = ("", "__staging", "__old", "__incoming", "__incoming__staging", "__incoming__old", "__incoming_ids",
+          "__incoming_ids__staging", "__incoming_ids__old")
+
+
+def pipeline_tables(output: OutputConfig) -> frozenset[str]:
+    """Every table the pipeline writes (outputs, their staging/old/incoming twins, history,
+    failures): no other writer (``load-csv``) may replace one of them."""
+    names = {FAILURES_TABLE, output.history_table}
+    for table in (output.segments_table, output.rejects_table):
+        names.update(table + twin for twin in _TWINS)
+    names.update(f"{t}__staging" for t in (output.history_table, FAILURES_TABLE))
+    return frozenset(names)
 
 
 def lock_name(output: OutputConfig) -> str:
@@ -42,14 +57,15 @@ def publish_tables(
     any engine's loaders. Returns the rows written to the segments and rejects tables.
 
     The history is loaded from the same files as the segments, in parallel (MySQL LOAD DATA), or
-    copied on the server from the swapped-in table: either way the rows are rendered and sent once.
+    copied on the server from the staging table: either way the rows are rendered and sent once.
+    Tables and history become visible together (the publication journal in ``FAILURES_TABLE``).
     """
     history = HistoryCopy(output.history_table, output.segments_table, HISTORY_COLUMNS, run_key=run_key,
                           **_HISTORY_KEYS)
-    with write_lock(engine, lock_name(output), lock_timeout_s):
+    with write_lock(engine, lock_name(output), lock_timeout_s) as held:
         return write_tables_atomic(
             engine, [StagedTable(output.segments_table, segments), StagedTable(output.rejects_table, rejects)],
-            history=history,
+            history=history, held=held, journal=FAILURES_TABLE,
         )
 
 
@@ -66,7 +82,7 @@ def publish_segments(
     """:func:`publish_tables` for the pandas frames; returns the tables written."""
     publish_tables(
         engine, output,
-        FrameLoader(segments, plan_frame(segments, "customer_id"), progress=progress),
+        FrameLoader(segments, plan_frame(segments, "customer_id", binary_key=True), progress=progress),
         FrameLoader(rejects, plan_frame(rejects), progress=progress),
         run_key=run_key, lock_timeout_s=lock_timeout_s,
     )
@@ -92,7 +108,7 @@ def upsert_segments(
     touched = pd.DataFrame({"customer_id": pd.concat([segments["customer_id"].astype(str),
                                                       rejects["customer_id"].astype(str)], ignore_index=True)})
     incoming_ids = f"{output.segments_table}__incoming_ids"
-    plan = plan_frame(segments, "customer_id")
+    plan = plan_frame(segments, "customer_id", binary_key=True)
     with write_lock(engine, lock_name(output), lock_timeout_s):
         ensure_history_table(engine, output.history_table, plan, HISTORY_COLUMNS, **_HISTORY_KEYS)
         try:
@@ -106,8 +122,11 @@ def upsert_segments(
             rej_cols = ", ".join(q(c) for c in rejects.columns)
             with engine.begin() as conn:  # DML only: one InnoDB / SQLite transaction
                 if is_mysql(engine):
-                    conn.execute(sa.text(f"DELETE s FROM {seg} s JOIN {ids} i ON CAST(s.customer_id AS CHAR) = i.customer_id"))
-                    conn.execute(sa.text(f"DELETE r FROM {rej} r JOIN {ids} i ON r.customer_id = i.customer_id"))
+                    # byte-for-byte, like the cleaning's duplicate check: 'ABC0' never deletes 'abc0'
+                    conn.execute(sa.text(f"DELETE s FROM {seg} s JOIN {ids} i ON CAST(s.customer_id AS CHAR) "
+                                         f"COLLATE {id_collation(conn)} = i.customer_id"))
+                    conn.execute(sa.text(f"DELETE r FROM {rej} r JOIN {ids} i ON CAST(r.customer_id AS CHAR) "
+                                         f"COLLATE {id_collation(conn)} = i.customer_id"))
                 else:
                     conn.execute(sa.text(f"DELETE FROM {seg} WHERE CAST(customer_id AS TEXT) IN (SELECT customer_id FROM {ids})"))
                     conn.execute(sa.text(f"DELETE FROM {rej} WHERE customer_id IN (SELECT customer_id FROM {ids})"))
@@ -125,15 +144,8 @@ def upsert_segments(
 
 def record_run_failure(engine: sa.Engine, *, run_id: str, job_name: str, message: str) -> None:
     """Where operators look first: a table next to the segments, one row per failed run."""
-    metadata = sa.MetaData()
-    table = sa.Table(
-        FAILURES_TABLE, metadata,
-        sa.Column("run_id", sa.String(64), primary_key=True),
-        sa.Column("job_name", sa.String(255), nullable=False),
-        sa.Column("failed_at", sa.DateTime, nullable=False),
-        sa.Column("message", sa.Text, nullable=False),
-    )
-    metadata.create_all(engine, checkfirst=True)
+    table = failures_table(FAILURES_TABLE)
+    table.create(engine, checkfirst=True)
     with engine.begin() as conn:
         conn.execute(sa.delete(table).where(table.c.run_id == run_id))
         conn.execute(sa.insert(table).values(

@@ -22,7 +22,14 @@ import pymysql.connections
 import pytest
 import sqlalchemy as sa
 
+from segmentation_pipeline.config import OutputConfig
+from segmentation_pipeline.core.demo_data import generate_customers
+from segmentation_pipeline.core.segment_tables import (
+    build_rejects_table,
+    build_segments_table,
+)
 from segmentation_pipeline.storage import bulk_load
+from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline_tests.conftest import MYSQL_ADMIN_URL
 from segmentation_pipeline_tests.helpers import write_config
 
@@ -47,6 +54,14 @@ def suffix(request: pytest.FixtureRequest) -> Iterator[str]:
             engine.dispose()
 
 
+@pytest.fixture()
+def engine(mysql_database_url: str) -> Iterator[sa.Engine]:
+    """The pipeline's engine on the session's MariaDB database."""
+    engine = create_db_engine(mysql_database_url)
+    yield engine
+    engine.dispose()
+
+
 def fast_config(
     tmp_path: Path, database_url: str, tracking_uri: str, suffix: str, *, name: str | None = None, **changes: Any
 ) -> Path:
@@ -62,6 +77,34 @@ def fast_config(
     }
     name = name or f"config_{suffix}.yaml"
     return write_config(tmp_path, database_url, tracking_uri, name=name, **{**base, **changes})
+
+
+def output_tables(suffix: str) -> OutputConfig:
+    """The output tables :func:`fast_config` names for ``suffix``."""
+    return OutputConfig(segments_table=f"seg_{suffix}", rejects_table=f"rej_{suffix}", history_table=f"hist_{suffix}")
+
+
+def writeback_frames(
+    run: str, clean: Any, rejected: Any, segment_ids: Any, names: dict[int, str], model_version: str = "1"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One run's segments and rejects tables, as the write-back receives them."""
+    segments = build_segments_table(
+        pd.DataFrame({"customer_id": clean, "is_outlier": False, "outlier_reason": ""}), "customer_id", segment_ids,
+        names, model_name="m", model_version=model_version, mlflow_run_id=f"mlflow-{run}", dagster_run_id=run,
+    )
+    rejects = build_rejects_table(
+        pd.DataFrame({"customer_id": rejected, "reason": "missing:age", "detail": "age is missing"}),
+        mlflow_run_id=f"mlflow-{run}", dagster_run_id=run,
+    )
+    return segments, rejects
+
+
+def seeded_source(database_url: str, suffix: str, rows: int, seed: int) -> sa.Engine:
+    """Clean demo customers in ``customers_<suffix>``; returns an engine on that database to dispose."""
+    engine = create_db_engine(database_url)
+    frame, _ = generate_customers(rows, seed=seed, dirty=False)
+    bulk_load.load_frame(engine, f"customers_{suffix}", frame)
+    return engine
 
 
 def table_rows(engine: sa.Engine, table: str) -> pd.DataFrame:

@@ -52,7 +52,10 @@ def mysql_source(mysql_database_url, suffix):
     sentinels = {
         f"seg_{suffix}": pd.DataFrame({"customer_id": [1], "segment_id": [9], "segment_name": ["previous"]}),
         f"rej_{suffix}": pd.DataFrame({"customer_id": ["2"], "reason": ["previous"]}),
-        f"hist_{suffix}": pd.DataFrame({"dagster_run_id": ["previous"], "customer_id": [1]}),
+        f"hist_{suffix}": pd.DataFrame({  # a real history's columns: a write-back appends to it
+            "dagster_run_id": ["previous"], "customer_id": [1], "segment_id": [9], "segment_name": ["previous"],
+            "is_outlier": [False], "model_version": ["0"], "scored_at": [pd.Timestamp("2026-01-01")],
+        }),
     }
     for table, rows in sentinels.items():
         rows.to_sql(table, engine, index=False)

@@ -15,11 +15,13 @@ import pytest
 import sqlalchemy as sa
 
 from segmentation_pipeline.config import OutputConfig
-from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
-from segmentation_pipeline.storage.connection import create_db_engine
-from segmentation_pipeline.storage.segment_store import publish_segments
 from segmentation_pipeline.storage.errors import WriteError
-from segmentation_pipeline_tests.reliability.conftest import database_name, table_rows
+from segmentation_pipeline.storage.segment_store import publish_segments
+from segmentation_pipeline_tests.reliability.conftest import (
+    database_name,
+    table_rows,
+    writeback_frames,
+)
 
 pytestmark = pytest.mark.mysql
 
@@ -31,16 +33,8 @@ def _run_frames(run: str, n_rejected: int, seed: int) -> tuple[pd.DataFrame, pd.
     rng = np.random.default_rng(seed)
     ids = rng.permutation(np.arange(1, N_CUSTOMERS + 1, dtype=np.int64))
     rejected, clean = np.sort(ids[:n_rejected]), np.sort(ids[n_rejected:])
-    clean_frame = pd.DataFrame({"customer_id": clean, "is_outlier": False, "outlier_reason": ""})
-    segments = build_segments_table(
-        clean_frame, "customer_id", rng.integers(0, 4, len(clean)), {0: "A", 1: "B", 2: "C", 3: "D"},
-        model_name="m", model_version=run[-1], mlflow_run_id=f"mlflow-{run}", dagster_run_id=run,
-    )
-    rejects = build_rejects_table(
-        pd.DataFrame({"customer_id": rejected, "reason": "missing:age", "detail": "age is missing"}),
-        mlflow_run_id=f"mlflow-{run}", dagster_run_id=run,
-    )
-    return segments, rejects
+    return writeback_frames(run, clean, rejected, rng.integers(0, 4, len(clean)), {0: "A", 1: "B", 2: "C", 3: "D"},
+                            model_version=run[-1])
 
 
 def _output(suffix: str) -> OutputConfig:
@@ -77,13 +71,6 @@ def _assert_every_customer_once(engine: sa.Engine, output: OutputConfig, run: st
 
 def _leftovers(engine: sa.Engine, suffix: str) -> list[str]:
     return sorted(t for t in sa.inspect(engine).get_table_names() if suffix in t and "__" in t)
-
-
-@pytest.fixture()
-def engine(mysql_database_url: str):
-    engine = create_db_engine(mysql_database_url)
-    yield engine
-    engine.dispose()
 
 
 def test_kill_during_segments_staging_load_keeps_previous_tables_readable_and_retry_completes(

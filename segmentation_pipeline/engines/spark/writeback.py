@@ -157,7 +157,8 @@ def _plan(df: "DataFrame", primary_key: str | None) -> tuple[FramePlan, int]:
         longest = int(row[f.name] or 0) if f.name in strings else 0
         arrow_types[f.name] = arrow
         sql_types[f.name] = sql_type(f.name, arrow, longest, f.name == primary_key)
-    return FramePlan(names, arrow_types, sql_types, primary_key), int(row["_n"])
+    # a keyed table is the segments table: its ids compare byte for byte, as the cleaning compares them
+    return FramePlan(names, arrow_types, sql_types, primary_key, binary_key=primary_key is not None), int(row["_n"])
 
 
 @dataclass(frozen=True)
