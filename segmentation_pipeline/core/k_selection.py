@@ -21,16 +21,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from kneed import KneeLocator
 
-from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.modeling import fit_kmeans, sample_indices, silhouette_scores, spread_scores
 
-__all__ = ["KSelection", "METRIC_COLUMNS", "choose_k", "select_k", "sweep_k"]
+__all__ = ["KSelection", "METRIC_COLUMNS", "choose_k", "sample_note", "sweep_k"]
 
 METRIC_COLUMNS = ["k", "inertia", "silhouette", "davies_bouldin", "calinski_harabasz"]
 # Distinct rows are first counted on this many leading rows; the full count is only needed
@@ -49,6 +48,9 @@ class KSelection:
     best_silhouette_k: int
     silhouette_sample_size: int
     fixed: bool
+    evidence: pd.DataFrame | None = None  # per-k evidence (core.k_evidence.PUBLIC_COLUMNS), when computed
+    structure: str | None = None  # clear / weak / none (core.k_evidence.grade_structure)
+    too_small: list[int] = field(default_factory=list)  # k with a segment below min_segment_share
 
 
 def _n_distinct(X: np.ndarray) -> int:
@@ -137,7 +139,7 @@ def _knee(ks: np.ndarray, inertia: np.ndarray) -> int | None:
     return None if knee is None else int(knee)
 
 
-def _sample_note(metrics: pd.DataFrame) -> str:
+def sample_note(metrics: pd.DataFrame) -> str:
     size = metrics.attrs.get("silhouette_sample_size")
     n_rows = metrics.attrs.get("n_rows")
     if size is not None and n_rows is not None and size < n_rows:
@@ -158,7 +160,7 @@ def choose_k(metrics: pd.DataFrame, tolerance: float) -> KSelection:
         raise ValueError(f"metrics has repeated k values: {ks.tolist()}")
     silhouette = table["silhouette"].to_numpy(dtype=float)
     sample_size = int(metrics.attrs.get("silhouette_sample_size", 0))
-    note = _sample_note(metrics)
+    note = sample_note(metrics)
 
     def pick(k: int, reason: str, knee: int | None, best: int, fixed: bool = False) -> KSelection:
         return KSelection(
@@ -200,29 +202,3 @@ def choose_k(metrics: pd.DataFrame, tolerance: float) -> KSelection:
         f"{s_knee:.2f}, more than {tolerance:g} below"
     )
     return pick(best, reason, knee, best)
-
-
-def select_k(
-    X: np.ndarray,
-    config: PipelineConfig,
-    progress: Callable[[int, dict], None] | None = None,
-) -> KSelection:
-    """Sweep ``config.k_candidates`` on X (pass the fit rows, i.e. non-outliers) and choose k.
-
-    A k fixed in the config is still scored so its metrics are recorded.
-    """
-    settings = config.k_selection
-    metrics = sweep_k(
-        X,
-        config.k_candidates,
-        n_init=settings.sweep_n_init,
-        random_state=config.model.random_state,
-        silhouette_sample=settings.silhouette_sample,
-        max_rows=settings.sweep_max_rows,
-        progress=progress,
-    )
-    selection = choose_k(metrics, settings.silhouette_tolerance)
-    if config.k is not None:
-        selection.reason = f"fixed by config: k={config.k}" + _sample_note(metrics)
-        selection.fixed = True
-    return selection

@@ -11,7 +11,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from segmentation_pipeline.config import load_config
-from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, choose_k, select_k, sweep_k
+from segmentation_pipeline.core.k_evidence import select_k
+from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, choose_k, sweep_k
 from segmentation_pipeline.core.plots import elbow_plot, metrics_plot, silhouette_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
