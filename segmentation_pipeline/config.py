@@ -379,7 +379,7 @@ class PipelineConfig(_Model):
     @classmethod
     def _min_segment_share(cls, value: float) -> float:
         if not 0 < value < 0.5:
-            raise ValueError(f"min_segment_share {value} must be in (0, 0.5)")
+            raise ValueError(f"min_segment_share {value:g} must be in (0, 0.5)")
         return value
 
     @model_validator(mode="after")

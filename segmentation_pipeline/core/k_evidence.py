@@ -33,7 +33,15 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
 from segmentation_pipeline.config import PipelineConfig
-from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, KSelection, choose_k, sample_note, sweep_k
+from segmentation_pipeline.core.k_selection import (
+    METRIC_COLUMNS,
+    KSelection,
+    check_k_against_rows,
+    choose_k,
+    count_distinct_rows,
+    sample_note,
+    sweep_k,
+)
 from segmentation_pipeline.core.modeling import sample_indices
 
 __all__ = [
@@ -561,6 +569,7 @@ def select_k(
     ``progress`` is called per candidate k (not for the k=1 fit that only the gap needs).
     """
     candidates = set(config.k_candidates)
+    check_k_against_rows(config.k_range, config.k, count_distinct_rows(np.asarray(X), max(candidates) + 1))
 
     def candidate_progress(k: int, row: dict) -> None:
         if progress is not None and k in candidates:

@@ -29,7 +29,7 @@ from kneed import KneeLocator
 
 from segmentation_pipeline.core.modeling import fit_kmeans, sample_indices, silhouette_scores, spread_scores
 
-__all__ = ["KSelection", "METRIC_COLUMNS", "choose_k", "sample_note", "sweep_k"]
+__all__ = ["KSelection", "METRIC_COLUMNS", "check_k_against_rows", "choose_k", "count_distinct_rows", "sample_note", "sweep_k"]
 
 METRIC_COLUMNS = ["k", "inertia", "silhouette", "davies_bouldin", "calinski_harabasz"]
 # Distinct rows are first counted on this many leading rows; the full count is only needed
@@ -57,12 +57,31 @@ def _n_distinct(X: np.ndarray) -> int:
     return int((~pd.DataFrame(X).duplicated()).sum())
 
 
-def _count_distinct_rows(X: np.ndarray, at_least: int) -> int:
+def count_distinct_rows(X: np.ndarray, at_least: int) -> int:
     """Number of distinct rows, computed on a prefix when that already proves ``at_least``."""
     prefix = _n_distinct(X[:_DISTINCT_PREFIX])
     if prefix >= at_least or len(X) <= _DISTINCT_PREFIX:
         return prefix
     return _n_distinct(X)
+
+
+def check_k_against_rows(k_range: tuple[int, int], k: int | None, distinct: int) -> None:
+    """Stop before the sweep when the data cannot hold the asked k: a fixed k needs at most as many
+    distinct customers as segments; a swept range needs k <= distinct - 1 (with k = distinct every
+    customer is its own segment and the silhouette is undefined). The error names the value and
+    the allowed range."""
+    if k is not None:
+        if k > distinct:
+            raise ValueError(
+                f"k={k} is larger than the {distinct} distinct customers after cleaning; allowed: 1 <= k <= {distinct}"
+            )
+        return
+    low, high = k_range
+    if high > distinct - 1:
+        raise ValueError(
+            f"k_range {[low, high]} is outside the allowed range [2, {distinct - 1}] "
+            f"(2 to the {distinct} distinct customers after cleaning, minus 1)"
+        )
 
 
 def sweep_k(
@@ -94,7 +113,7 @@ def sweep_k(
     if not np.isfinite(X).all():
         raise ValueError("X contains NaN or infinite values; clean the features first")
     k_max = max(ks)
-    distinct = _count_distinct_rows(X, k_max)
+    distinct = count_distinct_rows(X, k_max)
     if distinct < k_max:
         raise ValueError(
             f"k={k_max} needs at least {k_max} distinct customers; "
@@ -103,7 +122,7 @@ def sweep_k(
 
     fit_idx = sample_indices(n, max_rows, (random_state, 1))
     X_fit = X[fit_idx]
-    if len(fit_idx) < n and _count_distinct_rows(X_fit, k_max) < k_max:
+    if len(fit_idx) < n and count_distinct_rows(X_fit, k_max) < k_max:
         X_fit = X  # a repetitive sample cannot hold k_max clusters; all rows can
     sil_idx = sample_indices(n, silhouette_sample, random_state)
     X_sil = X[sil_idx]

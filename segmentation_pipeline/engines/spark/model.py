@@ -39,7 +39,7 @@ import pandas as pd
 
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.k_evidence import choose_from_evidence, combine_evidence, evidence_settings, sample_evidence
-from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, KSelection
+from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, KSelection, check_k_against_rows, count_distinct_rows
 from segmentation_pipeline.core.modeling import cluster_scores, order_by_size, sample_indices, spread_from_cluster_stats
 from segmentation_pipeline.core.naming import profile_columns, profile_from_sums
 
@@ -323,12 +323,14 @@ def sweep_k(
     if n < 2:
         raise ValueError(f"need at least 2 customers to cluster; X has {n} row(s)")
     ks = [int(k) for k in config.k_candidates]
+    sample = sample or _silhouette_sample(X, n, config)
+    if len(sample.X) >= n:  # the driver sample is every row: the distinct count is exact and cheap
+        check_k_against_rows(config.k_range, config.k, count_distinct_rows(sample.X, max(ks) + 1))
     fraction = min(1.0, settings.sweep_max_rows / n)
     X_fit = (X.sample(False, fraction, seed + 1) if fraction < 1 else X).select(FEATURES_COL)
     X_fit = compact(X_fit, min(n, settings.sweep_max_rows)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         sweep_rows = X_fit.count()
-        sample = sample or _silhouette_sample(X, n, config)
         evaluator = ClusteringEvaluator(
             featuresCol=FEATURES_COL, predictionCol=PREDICTION_COL, metricName="silhouette",
             distanceMeasure="squaredEuclidean",
