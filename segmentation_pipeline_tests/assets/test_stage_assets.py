@@ -98,18 +98,26 @@ def test_raw_customers_reads_the_source_through_the_configured_engine(tmp_path, 
     assert "***" in out.metadata["source"].value or "sqlite" in out.metadata["source"].value
 
 
+def _no_features() -> Features:
+    return Features(preprocessor=None, component_names=[], explained_variance_ratio=np.array([]),  # type: ignore[arg-type]
+                    loadings=pd.DataFrame(), n_rows=0, n_fit=0, dtype="float32", X_eval=np.zeros((0, 2)),
+                    eval_fit_mask=np.zeros(0, dtype=bool))
+
+
+def _run_k_selection(selection: Any, features: Features, settings: SettingsResource) -> tuple[dg.ExecuteInProcessResult, CannedInputs]:
+    """The k_selection asset with the fake engine returning ``selection``."""
+    ENGINE.returns = {"sweep_k": selection}
+    ENGINE.calls.clear()
+    return _run(k_selection, {"settings": settings, "mlflow_tracking": MlflowResource(settings=settings),
+                              "compute": RecordingEngineResource(settings=settings)}, customer_features=features)
+
+
 def test_k_selection_reports_what_the_engine_chose(tmp_path, sqlite_url, local_mlflow_uri) -> None:
     metrics = pd.DataFrame({"k": [2, 3, 4], "inertia": [100.0, 40.0, 35.0], "silhouette": [0.5, 0.7, 0.6],
                             "davies_bouldin": [1.0, 0.6, 0.8], "calinski_harabasz": [10.0, 30.0, 20.0]})
     selection = choose_k(metrics.assign(silhouette_sample_size=100), tolerance=0.02)
-    ENGINE.returns = {"sweep_k": selection}
-    ENGINE.calls.clear()
-    settings = _settings(tmp_path, sqlite_url, local_mlflow_uri)
-    features = Features(preprocessor=None, component_names=[], explained_variance_ratio=np.array([]),  # type: ignore[arg-type]
-                        loadings=pd.DataFrame(), n_rows=0, n_fit=0, dtype="float32", X_eval=np.zeros((0, 2)),
-                        eval_fit_mask=np.zeros(0, dtype=bool))
-    result, io = _run(k_selection, {"settings": settings, "mlflow_tracking": MlflowResource(settings=settings),
-                                    "compute": RecordingEngineResource(settings=settings)}, customer_features=features)
+    features = _no_features()
+    result, io = _run_k_selection(selection, features, _settings(tmp_path, sqlite_url, local_mlflow_uri))
     assert [c[0] for c in ENGINE.calls] == ["sweep_k"] and ENGINE.calls[0][1][0] is features
     assert io.values["k_selection"].k == selection.k
     [materialization] = result.asset_materializations_for_node("k_selection")
@@ -127,13 +135,7 @@ def test_k_selection_shows_the_evidence_and_tags_weak_structure(tmp_path, sqlite
                               below_min_share=[False, False, True])[PUBLIC_COLUMNS]
     selection = dataclasses.replace(choose_k(metrics, tolerance=0.02), evidence=evidence, structure="weak",
                                     too_small=[4])
-    ENGINE.returns = {"sweep_k": selection}
-    settings = _settings(tmp_path, sqlite_url, local_mlflow_uri)
-    features = Features(preprocessor=None, component_names=[], explained_variance_ratio=np.array([]),  # type: ignore[arg-type]
-                        loadings=pd.DataFrame(), n_rows=0, n_fit=0, dtype="float32", X_eval=np.zeros((0, 2)),
-                        eval_fit_mask=np.zeros(0, dtype=bool))
-    result, _io = _run(k_selection, {"settings": settings, "mlflow_tracking": MlflowResource(settings=settings),
-                                     "compute": RecordingEngineResource(settings=settings)}, customer_features=features)
+    result, _io = _run_k_selection(selection, _no_features(), _settings(tmp_path, sqlite_url, local_mlflow_uri))
     [materialization] = result.asset_materializations_for_node("k_selection")
     meta = materialization.metadata
     assert meta["structure"].value == "weak"
