@@ -78,7 +78,7 @@ def test_pipeline_end_to_end_on_mariadb_and_mlflow_server(
     [
         ({"source.table": "no_such_table"}, "no_such_table"),
         ({"features": ["age", "annual_income", "lifetime_value"], "cleaning.ranges": {}}, "lifetime_value"),
-        ({"k_range": [2, 5000]}, "k="),
+        ({"k_range": [2, 5000]}, "k_range [2, 5000] is outside the allowed range [2, "),
     ],
     ids=["missing-table", "missing-column", "k-range-too-large"],
 )
