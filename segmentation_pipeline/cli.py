@@ -108,6 +108,8 @@ def summarise(result: Any, cfg: PipelineConfig, seconds: float) -> dict[str, Any
     return {
         "k": trained["k"],
         "k_reason": selection["reason"],
+        "structure": selection.get("structure"),
+        "k_evidence": selection.get("k_evidence"),
         "silhouette": metrics.get("silhouette"),
         "davies_bouldin": metrics.get("davies_bouldin"),
         "calinski_harabasz": metrics.get("calinski_harabasz"),
@@ -137,6 +139,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
           f"({summary['n_rejected']:,} rejected, {summary['n_outliers_segmented']:,} outliers flagged) "
           f"in {summary['seconds']} s")
     print(f"k = {summary['k']}: {summary['k_reason']}")
+    if summary.get("structure") not in (None, "clear"):
+        print(f"warning: segment structure is {summary['structure']}; other k may be about as good (see k_evidence)")
     print(f"quality: silhouette {summary['silhouette']:.3f}, Davies–Bouldin {summary['davies_bouldin']:.3f}, "
           f"Calinski–Harabasz {summary['calinski_harabasz']:.1f}")
     verdict = "promoted to champion" if summary["promoted"] else f"not promoted (champion stays v{summary['champion_version']})"

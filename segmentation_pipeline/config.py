@@ -159,6 +159,14 @@ class KSelectionConfig(_Model):
     sweep_max_rows: int = Field(
         200_000, ge=1000, description="rows sampled for the sweep fits; the final model uses all rows"
     )
+    eval_rows: int = Field(
+        10_000, ge=100, description="rows sampled for the gap, stability, smallest share and BIC evidence"
+    )
+    gap_references: int = Field(5, ge=1, description="reference draws B for the gap statistic")
+    stability_resamples: int = Field(5, ge=1, description="refits on 80% subsamples per k for stability")
+    min_stability: float = Field(
+        0.9, gt=0, le=1, description="a k whose refits agree less (mean ARI) is not chosen when a stabler k exists"
+    )
 
 
 class ModelConfig(_Model):
@@ -325,6 +333,9 @@ class PipelineConfig(_Model):
     features: list[str] = Field(min_length=1)
     k_range: tuple[int, int] = (2, 10)
     k: int | None = Field(None, ge=1)
+    min_segment_share: float = Field(
+        0.01, description="a candidate k whose smallest segment holds a smaller share is marked and not chosen"
+    )
     cleaning: CleaningConfig = CleaningConfig()
     transform: TransformConfig = TransformConfig()
     k_selection: KSelectionConfig = KSelectionConfig()
@@ -365,6 +376,13 @@ class PipelineConfig(_Model):
         low, high = value
         if low < 2 or high < low:
             raise ValueError(f"k_range {list(value)} must satisfy 2 <= low <= high")
+        return value
+
+    @field_validator("min_segment_share")
+    @classmethod
+    def _min_segment_share(cls, value: float) -> float:
+        if not 0 < value < 0.5:
+            raise ValueError(f"min_segment_share {value:g} must be in (0, 0.5)")
         return value
 
     @model_validator(mode="after")

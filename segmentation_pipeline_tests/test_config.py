@@ -43,6 +43,8 @@ def test_shipped_configs_load(monkeypatch):
     [
         (lambda r: r.update(k_range=[1, 5]), "k_range"),
         (lambda r: r.update(k_range=[6, 3]), "k_range"),
+        (lambda r: r.update(min_segment_share=0), r"min_segment_share 0 must be in \(0, 0.5\)"),
+        (lambda r: r.update(min_segment_share=0.5), r"min_segment_share 0.5 must be in \(0, 0.5\)"),
         (lambda r: r.update(features=[]), "features"),
         (lambda r: r.update(features=["age", "age"]), "listed twice"),
         (lambda r: r["source"].update(table="customers; DROP TABLE x"), "invalid source identifier"),

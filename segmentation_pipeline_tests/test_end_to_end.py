@@ -78,7 +78,7 @@ def test_pipeline_end_to_end_on_mariadb_and_mlflow_server(
     [
         ({"source.table": "no_such_table"}, "no_such_table"),
         ({"features": ["age", "annual_income", "lifetime_value"], "cleaning.ranges": {}}, "lifetime_value"),
-        ({"k_range": [2, 5000]}, "k="),
+        ({"k_range": [2, 5000]}, "k_range [2, 5000] is outside the allowed range [2, "),
     ],
     ids=["missing-table", "missing-column", "k-range-too-large"],
 )
@@ -104,5 +104,11 @@ def test_cli_json_summary_on_sqlite_default(tmp_path, local_mlflow_uri, capsys):
     for key in ("k", "silhouette", "n_input", "n_segmented", "n_rejected", "model_name", "model_version", "mlflow_run_id"):
         assert key in summary
     assert summary["n_input"] == 1500 == summary["n_segmented"] + summary["n_rejected"]
+    # the evidence for k: one object per candidate k, the structure grade and the deciding evidence
+    evidence = summary["k_evidence"]
+    assert [row["k"] for row in evidence] == list(range(2, 11))
+    assert set(evidence[0]) >= {"k", "inertia", "silhouette", "davies_bouldin", "calinski_harabasz", "gap",
+                                "gap_se", "stability", "smallest_share"}
+    assert summary["structure"] in {"clear", "weak", "none"} and f"k={summary['k']}" in summary["k_reason"]
     engine = create_db_engine(f"sqlite:///{tmp_path / 'customers.db'}")
     assert pd.read_sql("SELECT COUNT(*) AS n FROM customer_segments", engine)["n"].iloc[0] == summary["n_segmented"]

@@ -8,6 +8,8 @@ import mlflow
 from segmentation_pipeline.assets.metadata import image, jsonable, plain_metadata, table
 from segmentation_pipeline.core.drift import reference_sample
 from segmentation_pipeline.core.identity import migration_matrix, migration_plot
+from segmentation_pipeline.core.k_evidence import evidence_records
+from segmentation_pipeline.core.k_evidence_plots import evidence_plot
 from segmentation_pipeline.core.k_selection import KSelection
 from segmentation_pipeline.core.plots import elbow_plot, profile_plot, silhouette_plot
 from segmentation_pipeline.core.promotion import PromotionGate, evaluate_promotion
@@ -22,12 +24,16 @@ from segmentation_pipeline.resources import EngineResource, MlflowResource, Sett
 from segmentation_pipeline.storage import mlflow_registry as registry
 
 SWEEP_METRICS = ("inertia", "silhouette", "davies_bouldin", "calinski_harabasz")
+EVIDENCE_METRICS = ("gap", "gap_se", "stability", "smallest_share", "bic")
 
 
 @dg.asset(
     group_name="training",
     kinds={"scikitlearn", "mlflow"},
-    description="Sweep k: inertia, silhouette (sampled), Davies–Bouldin, Calinski–Harabasz; choose k by the knee/silhouette rule.",
+    description=(
+        "Sweep k and gather the evidence per k (inertia, silhouette, Davies–Bouldin, Calinski–Harabasz, gap, "
+        "stability, smallest share); choose k by the evidence rule and grade the structure clear / weak / none."
+    ),
 )
 def k_selection(
     context: dg.AssetExecutionContext,
@@ -47,28 +53,50 @@ def k_selection(
         "k sweep scores: "
         + ", ".join(f"k={r.k} silhouette={r.silhouette:.3f}" for r in selection.metrics.itertuples(index=False))
     )
+    structure = selection.structure or "unknown"
+    if structure != "clear":
+        context.log.warning(f"segment structure is {structure} at k={selection.k}: {selection.reason}")
     elbow = elbow_plot(selection.metrics, selection.k)
     silhouette = silhouette_plot(selection.metrics, selection.k)
+    evidence = selection.evidence
+    evidence_png = None if evidence is None else evidence_plot(
+        evidence.rename(columns={"smallest_share": "min_share"}), selection.k, f"structure: {structure}"
+    )
     with registry.training_run(mlflow_tracking.target(), context.run.run_id):
         for row in selection.metrics.itertuples(index=False):
             for metric in SWEEP_METRICS:
                 mlflow.log_metric(f"sweep_{metric}", float(getattr(row, metric)), step=int(row.k))
+        if evidence is not None:
+            for record in evidence_records(evidence):
+                for metric in EVIDENCE_METRICS:
+                    value = record[metric]
+                    if value is not None:
+                        mlflow.log_metric(f"evidence_{metric}", float(value), step=int(record["k"]))
+            registry.log_frame(evidence, "k_selection/evidence.csv")
         mlflow.log_metric("chosen_k", selection.k)
         mlflow.set_tag("k_reason", selection.reason)
+        mlflow.set_tag("k_structure", structure)
+        if structure != "clear":
+            mlflow.set_tag("k_structure_warning", f"segment structure is {structure}: {selection.reason}")
         registry.log_png(elbow, "k_selection/elbow.png")
         registry.log_png(silhouette, "k_selection/silhouette.png")
+        if evidence_png is not None:
+            registry.log_png(evidence_png, "k_selection/evidence.png")
         registry.log_frame(selection.metrics, "k_selection/metrics.csv")
-    return dg.Output(
-        selection,
-        metadata={
-            "k": dg.MetadataValue.int(selection.k),
-            "reason": dg.MetadataValue.text(selection.reason),
-            "silhouette_sample_size": dg.MetadataValue.int(int(selection.silhouette_sample_size)),
-            "metrics": table(selection.metrics),
-            "elbow": image(elbow, "elbow curve"),
-            "silhouette": image(silhouette, "silhouette curve"),
-        },
-    )
+    metadata = {
+        "k": dg.MetadataValue.int(selection.k),
+        "reason": dg.MetadataValue.text(selection.reason),
+        "structure": dg.MetadataValue.text(structure),
+        "silhouette_sample_size": dg.MetadataValue.int(int(selection.silhouette_sample_size)),
+        "metrics": table(selection.metrics),
+        "elbow": image(elbow, "elbow curve"),
+        "silhouette": image(silhouette, "silhouette curve"),
+    }
+    if evidence is not None and evidence_png is not None:
+        metadata["evidence"] = table(evidence)
+        metadata["k_evidence"] = dg.MetadataValue.json(evidence_records(evidence))
+        metadata["evidence_plot"] = image(evidence_png, "evidence per k")
+    return dg.Output(selection, metadata=metadata)
 
 
 @dg.asset(

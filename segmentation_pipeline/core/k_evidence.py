@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,14 +32,29 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
-from segmentation_pipeline.core.k_selection import choose_k, sweep_k
+from segmentation_pipeline.config import PipelineConfig
+from segmentation_pipeline.core.k_selection import (
+    METRIC_COLUMNS,
+    KSelection,
+    check_k_against_rows,
+    choose_k,
+    count_distinct_rows,
+    sample_note,
+    sweep_k,
+)
 from segmentation_pipeline.core.modeling import sample_indices
 
 __all__ = [
     "EVIDENCE_COLUMNS",
     "EvidenceSettings",
     "KChoice",
+    "PUBLIC_COLUMNS",
     "RULES",
+    "SAMPLE_COLUMNS",
+    "choose_from_evidence",
+    "combine_evidence",
+    "evidence_records",
+    "evidence_settings",
     "bic_rule",
     "ch_rule",
     "elbow_rule",
@@ -48,7 +63,10 @@ __all__ = [
     "grade_structure",
     "k_evidence",
     "product_rule",
+    "public_evidence",
     "reference_sample",
+    "sample_evidence",
+    "select_k",
     "silhouette_rule",
     "stability_rule",
     "today_rule",
@@ -81,7 +99,7 @@ class EvidenceSettings:
     max_rows: int = 200_000  # the product sweep's fit sample
     silhouette_rows: int = 10_000  # the product sweep's silhouette sample
     eval_rows: int = 10_000  # gap, stability, smallest share and BIC are computed on this many rows
-    n_references: int = 10  # B, reference draws for the gap statistic
+    n_references: int = 5  # B, reference draws for the gap statistic (5 keeps the 1M-row cost <= 2x the sweep)
     reference: Literal["pca", "box"] = "pca"
     n_resamples: int = 5  # stability refits per k
     resample_share: float = 0.8
@@ -147,30 +165,19 @@ def _stability(X: np.ndarray, labels: np.ndarray, k: int, settings: EvidenceSett
     return float(np.mean(scores))
 
 
-def k_evidence(X: np.ndarray, k_values: Sequence[int], settings: EvidenceSettings | None = None) -> pd.DataFrame:
-    """One row of evidence per k (k=1 always added: the gap needs it), columns :data:`EVIDENCE_COLUMNS`.
+SAMPLE_COLUMNS = ["k", "log_w", "gap", "gap_se", "stability", "min_share", "bic"]
 
-    inertia / silhouette / davies_bouldin / calinski_harabasz come from the product's own sweep
-    (:func:`sweep_k`), so :func:`today_rule` reproduces today's choice exactly. The other columns are
-    computed on a seeded sample of at most ``settings.eval_rows`` rows (module docstring). ``attrs``
-    record ``n_rows``, ``eval_rows`` and ``seconds`` per part (sweep, eval_fits, stability, bic, gap).
+
+def sample_evidence(S: np.ndarray, k_values: Sequence[int], settings: EvidenceSettings) -> pd.DataFrame:
+    """The evidence read on one bounded sample S (columns :data:`SAMPLE_COLUMNS`, k=1 always added):
+    log W_k, gap and its SE, resampling stability, smallest segment share, Gaussian-mixture BIC.
+
+    Written once for both engines: the local engine passes a seeded sample of its rows, the Spark
+    engine the seeded sample it already collects to the driver. ``attrs["seconds"]`` per part.
     """
-    settings = settings or EvidenceSettings()
-    X = np.asarray(X, dtype=np.float64)
+    S = np.asarray(S, dtype=np.float64)
     ks = sorted({1, *(int(k) for k in k_values)})
-    started = time.perf_counter()
-    swept = sweep_k(
-        X,
-        ks,
-        n_init=settings.n_init,
-        random_state=settings.random_state,
-        silhouette_sample=settings.silhouette_rows,
-        max_rows=settings.max_rows,
-    )
-    sweep_seconds = time.perf_counter() - started
-
-    seconds = {"sweep": sweep_seconds, "eval_fits": 0.0, "stability": 0.0, "bic": 0.0, "gap": 0.0}
-    S = X[sample_indices(len(X), settings.eval_rows, (settings.random_state, 3))]
+    seconds = {"eval_fits": 0.0, "stability": 0.0, "bic": 0.0, "gap": 0.0}
     log_w, stability, min_share, bic = [], [], [], []
     for k in ks:
         started = time.perf_counter()
@@ -196,11 +203,56 @@ def k_evidence(X: np.ndarray, k_values: Sequence[int], settings: EvidenceSetting
         random_state=settings.random_state, method=settings.reference,
     )
     seconds["gap"] = time.perf_counter() - started
-    table = swept.assign(
-        log_w=log_w, gap=gap, gap_se=gap_se, stability=stability, min_share=min_share, bic=bic
-    )[EVIDENCE_COLUMNS]
-    table.attrs.update(swept.attrs)
+    table = pd.DataFrame(
+        {"k": ks, "log_w": log_w, "gap": gap, "gap_se": gap_se, "stability": stability, "min_share": min_share,
+         "bic": bic}
+    )
     table.attrs.update({"eval_rows": len(S), "seconds": seconds})
+    return table
+
+
+def combine_evidence(metrics: pd.DataFrame, sampled: pd.DataFrame) -> pd.DataFrame:
+    """A sweep's metrics (any engine; extra columns such as Spark's ``silhouette_spark`` kept) joined
+    with :func:`sample_evidence` on k; a k the sweep did not fit (k=1 for Spark) has NaN metrics."""
+    table = metrics.merge(sampled, on="k", how="outer").sort_values("k").reset_index(drop=True)
+    extra = [c for c in table.columns if c not in EVIDENCE_COLUMNS]
+    table = table[[*EVIDENCE_COLUMNS, *extra]]
+    table.attrs.update(metrics.attrs)
+    table.attrs.update({"eval_rows": sampled.attrs["eval_rows"], "seconds": dict(sampled.attrs["seconds"])})
+    return table
+
+
+def k_evidence(
+    X: np.ndarray,
+    k_values: Sequence[int],
+    settings: EvidenceSettings | None = None,
+    progress: Callable[[int, dict], None] | None = None,
+) -> pd.DataFrame:
+    """One row of evidence per k (k=1 always added: the gap needs it), columns :data:`EVIDENCE_COLUMNS`.
+
+    inertia / silhouette / davies_bouldin / calinski_harabasz come from the product's own sweep
+    (:func:`sweep_k`), so :func:`today_rule` reproduces today's choice exactly. The other columns are
+    :func:`sample_evidence` on a seeded sample of at most ``settings.eval_rows`` rows (module
+    docstring). ``attrs`` record ``n_rows``, ``eval_rows`` and ``seconds`` per part (sweep,
+    eval_fits, stability, bic, gap).
+    """
+    settings = settings or EvidenceSettings()
+    X = np.asarray(X, dtype=np.float64)
+    ks = sorted({1, *(int(k) for k in k_values)})
+    started = time.perf_counter()
+    swept = sweep_k(
+        X,
+        ks,
+        n_init=settings.n_init,
+        random_state=settings.random_state,
+        silhouette_sample=settings.silhouette_rows,
+        max_rows=settings.max_rows,
+        progress=progress,
+    )
+    sweep_seconds = time.perf_counter() - started
+    S = X[sample_indices(len(X), settings.eval_rows, (settings.random_state, 3))]
+    table = combine_evidence(swept, sample_evidence(S, ks, settings))
+    table.attrs["seconds"] = {"sweep": sweep_seconds, **table.attrs["seconds"]}
     return table
 
 
@@ -363,8 +415,13 @@ def product_rule(
        Calinski-Harabasz (1974; keeps a small distinct group that the silhouette merges), lowest
        Gaussian-mixture BIC (Fraley & Raftery 2002; unequal spreads and elongated groups). Most
        votes win; a three-way split goes to the smallest k.
-    3. :func:`grade_structure` says clear / weak / none; k is still returned for "none" (the
-       product needs segments), but the segments are then a partition of a structureless table.
+    3. :func:`grade_structure` says clear / weak / none. When it is not clear at the voted k, the
+       three indices are reading overlapping groups (irrelevant noise columns flatten silhouette
+       and CH alike, and refits disagree), so the elbow-then-silhouette reading of
+       :func:`today_rule` decides instead, unless its k has a segment below ``min_segment_share``;
+       on the benchmark this keeps the rule never worse than today's on any shape.
+       k is still returned for "none" (the product needs segments), but the segments are then a
+       partition of a structureless table.
     """
     multi = _multi(evidence)
     too_small = [int(k) for k in multi.loc[multi["min_share"] < min_segment_share, "k"]]
@@ -387,7 +444,14 @@ def product_rule(
     k = int(min(counts[counts == counts.max()].index))
     voters = ", ".join(name for name, v in votes.items() if v == k)
     structure, why = grade_structure(evidence, k, min_stability)
-    reason = f"k={k}: {voters} ({counts.max()} of 3 votes, {scope}); structure {structure}: {why}"
+    decided = f"{voters} ({counts.max()} of 3 votes, {scope})"
+    if structure != "clear":
+        fallback, fallback_reason = today_rule(evidence)
+        if fallback != k and fallback not in too_small:
+            decided = f"{fallback_reason} (structure {structure} at the vote's k={k}, so the WCSS knee decides)"
+            k = fallback
+            structure, why = grade_structure(evidence, k, min_stability)
+    reason = f"k={k}: {decided}; structure {structure}: {why}"
     return KChoice(
         k=k, reason=reason, structure=structure, too_small=too_small, unstable=unstable, needs_review=needs_review
     )
@@ -403,3 +467,115 @@ RULES = {
     "vote": vote_rule,
     "bic": bic_rule,
 }
+
+
+# ------------------------------------------------------------------------------- the product's k
+
+PUBLIC_COLUMNS = [
+    "k",
+    "inertia",
+    "silhouette",
+    "davies_bouldin",
+    "calinski_harabasz",
+    "gap",
+    "gap_se",
+    "stability",
+    "smallest_share",
+    "bic",
+    "below_min_share",
+]
+"""The evidence shown to people (MLflow, Dagster, ``run --json``): one row per candidate k."""
+
+
+def evidence_settings(config: PipelineConfig) -> EvidenceSettings:
+    """The config's k-selection settings as :class:`EvidenceSettings` (the sweep keeps its own)."""
+    settings = config.k_selection
+    return EvidenceSettings(
+        n_init=settings.sweep_n_init,
+        random_state=config.model.random_state,
+        max_rows=settings.sweep_max_rows,
+        silhouette_rows=settings.silhouette_sample,
+        eval_rows=settings.eval_rows,
+        n_references=settings.gap_references,
+        n_resamples=settings.stability_resamples,
+    )
+
+
+def public_evidence(evidence: pd.DataFrame, candidates: Sequence[int], min_segment_share: float) -> pd.DataFrame:
+    """The candidate rows of ``evidence`` in :data:`PUBLIC_COLUMNS` (``min_share`` shown as
+    ``smallest_share``; ``below_min_share`` marks a k that is never chosen automatically)."""
+    table = evidence[evidence["k"].isin([int(k) for k in candidates])].rename(columns={"min_share": "smallest_share"})
+    table = table.assign(below_min_share=table["smallest_share"] < min_segment_share)
+    return table[PUBLIC_COLUMNS].sort_values("k").reset_index(drop=True)
+
+
+def evidence_records(table: pd.DataFrame) -> list[dict[str, object]]:
+    """JSON-ready rows (plain Python numbers, NaN as None) of a :func:`public_evidence` table."""
+    records: list[dict[str, object]] = []
+    for row in table.to_dict(orient="records"):
+        clean: dict[str, object] = {}
+        for key, value in row.items():
+            if isinstance(value, (bool, np.bool_)):
+                clean[str(key)] = bool(value)
+            elif isinstance(value, (int, np.integer)):
+                clean[str(key)] = int(value)
+            else:
+                number = float(value)
+                clean[str(key)] = number if np.isfinite(number) else None
+        records.append(clean)
+    return records
+
+
+def choose_from_evidence(metrics: pd.DataFrame, evidence: pd.DataFrame, config: PipelineConfig) -> KSelection:
+    """The product's k for either engine: :func:`product_rule` over ``evidence`` (a fixed ``config.k``
+    is kept, and still graded), with today's knee / best-silhouette reading of ``metrics`` (the
+    candidate sweep rows) kept for reference."""
+    settings = config.k_selection
+    candidates = config.k_candidates
+    today = choose_k(metrics, settings.silhouette_tolerance)
+    note = sample_note(metrics)
+    table = public_evidence(evidence, candidates, config.min_segment_share)
+    too_small = [int(k) for k in table.loc[table["below_min_share"], "k"]]
+    if config.k is not None:
+        structure, why = grade_structure(evidence, config.k, settings.min_stability)
+        k, fixed = config.k, True
+        reason = f"fixed by config: k={k}{note}; structure {structure}: {why}"
+    else:
+        choice = product_rule(
+            evidence[evidence["k"].isin([1, *candidates])], config.min_segment_share, settings.min_stability
+        )
+        k, fixed, structure = choice.k, False, choice.structure
+        reason = choice.reason + note
+    return KSelection(
+        k=int(k),
+        reason=reason,
+        metrics=today.metrics,
+        knee=today.knee,
+        best_silhouette_k=today.best_silhouette_k,
+        silhouette_sample_size=today.silhouette_sample_size,
+        fixed=fixed,
+        evidence=table,
+        structure=structure,
+        too_small=too_small,
+    )
+
+
+def select_k(
+    X: np.ndarray, config: PipelineConfig, progress: Callable[[int, dict], None] | None = None
+) -> KSelection:
+    """Sweep ``config.k_candidates`` on X (pass the fit rows, i.e. non-outliers), gather the
+    evidence (:func:`k_evidence`) and choose k by :func:`product_rule`. A fixed k is still scored.
+
+    ``progress`` is called per candidate k (not for the k=1 fit that only the gap needs).
+    """
+    candidates = set(config.k_candidates)
+    check_k_against_rows(config.k_range, config.k, count_distinct_rows(np.asarray(X), max(candidates) + 1))
+
+    def candidate_progress(k: int, row: dict) -> None:
+        if progress is not None and k in candidates:
+            progress(k, row)
+
+    evidence = k_evidence(X, config.k_candidates, evidence_settings(config), progress=candidate_progress)
+    metrics = evidence.loc[evidence["k"].isin(candidates), METRIC_COLUMNS].reset_index(drop=True)
+    metrics.attrs.update(evidence.attrs)
+    return choose_from_evidence(metrics, evidence, config)

@@ -21,16 +21,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from kneed import KneeLocator
 
-from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.modeling import fit_kmeans, sample_indices, silhouette_scores, spread_scores
 
-__all__ = ["KSelection", "METRIC_COLUMNS", "choose_k", "select_k", "sweep_k"]
+__all__ = ["KSelection", "METRIC_COLUMNS", "check_k_against_rows", "choose_k", "count_distinct_rows", "sample_note", "sweep_k"]
 
 METRIC_COLUMNS = ["k", "inertia", "silhouette", "davies_bouldin", "calinski_harabasz"]
 # Distinct rows are first counted on this many leading rows; the full count is only needed
@@ -49,18 +48,40 @@ class KSelection:
     best_silhouette_k: int
     silhouette_sample_size: int
     fixed: bool
+    evidence: pd.DataFrame | None = None  # per-k evidence (core.k_evidence.PUBLIC_COLUMNS), when computed
+    structure: str | None = None  # clear / weak / none (core.k_evidence.grade_structure)
+    too_small: list[int] = field(default_factory=list)  # k with a segment below min_segment_share
 
 
 def _n_distinct(X: np.ndarray) -> int:
     return int((~pd.DataFrame(X).duplicated()).sum())
 
 
-def _count_distinct_rows(X: np.ndarray, at_least: int) -> int:
+def count_distinct_rows(X: np.ndarray, at_least: int) -> int:
     """Number of distinct rows, computed on a prefix when that already proves ``at_least``."""
     prefix = _n_distinct(X[:_DISTINCT_PREFIX])
     if prefix >= at_least or len(X) <= _DISTINCT_PREFIX:
         return prefix
     return _n_distinct(X)
+
+
+def check_k_against_rows(k_range: tuple[int, int], k: int | None, distinct: int) -> None:
+    """Stop before the sweep when the data cannot hold the asked k: a fixed k needs at most as many
+    distinct customers as segments; a swept range needs k <= distinct - 1 (with k = distinct every
+    customer is its own segment and the silhouette is undefined). The error names the value and
+    the allowed range."""
+    if k is not None:
+        if k > distinct:
+            raise ValueError(
+                f"k={k} is larger than the {distinct} distinct customers after cleaning; allowed: 1 <= k <= {distinct}"
+            )
+        return
+    low, high = k_range
+    if high > distinct - 1:
+        raise ValueError(
+            f"k_range {[low, high]} is outside the allowed range [2, {distinct - 1}] "
+            f"(2 to the {distinct} distinct customers after cleaning, minus 1)"
+        )
 
 
 def sweep_k(
@@ -92,7 +113,7 @@ def sweep_k(
     if not np.isfinite(X).all():
         raise ValueError("X contains NaN or infinite values; clean the features first")
     k_max = max(ks)
-    distinct = _count_distinct_rows(X, k_max)
+    distinct = count_distinct_rows(X, k_max)
     if distinct < k_max:
         raise ValueError(
             f"k={k_max} needs at least {k_max} distinct customers; "
@@ -101,7 +122,7 @@ def sweep_k(
 
     fit_idx = sample_indices(n, max_rows, (random_state, 1))
     X_fit = X[fit_idx]
-    if len(fit_idx) < n and _count_distinct_rows(X_fit, k_max) < k_max:
+    if len(fit_idx) < n and count_distinct_rows(X_fit, k_max) < k_max:
         X_fit = X  # a repetitive sample cannot hold k_max clusters; all rows can
     sil_idx = sample_indices(n, silhouette_sample, random_state)
     X_sil = X[sil_idx]
@@ -137,7 +158,7 @@ def _knee(ks: np.ndarray, inertia: np.ndarray) -> int | None:
     return None if knee is None else int(knee)
 
 
-def _sample_note(metrics: pd.DataFrame) -> str:
+def sample_note(metrics: pd.DataFrame) -> str:
     size = metrics.attrs.get("silhouette_sample_size")
     n_rows = metrics.attrs.get("n_rows")
     if size is not None and n_rows is not None and size < n_rows:
@@ -158,7 +179,7 @@ def choose_k(metrics: pd.DataFrame, tolerance: float) -> KSelection:
         raise ValueError(f"metrics has repeated k values: {ks.tolist()}")
     silhouette = table["silhouette"].to_numpy(dtype=float)
     sample_size = int(metrics.attrs.get("silhouette_sample_size", 0))
-    note = _sample_note(metrics)
+    note = sample_note(metrics)
 
     def pick(k: int, reason: str, knee: int | None, best: int, fixed: bool = False) -> KSelection:
         return KSelection(
@@ -200,29 +221,3 @@ def choose_k(metrics: pd.DataFrame, tolerance: float) -> KSelection:
         f"{s_knee:.2f}, more than {tolerance:g} below"
     )
     return pick(best, reason, knee, best)
-
-
-def select_k(
-    X: np.ndarray,
-    config: PipelineConfig,
-    progress: Callable[[int, dict], None] | None = None,
-) -> KSelection:
-    """Sweep ``config.k_candidates`` on X (pass the fit rows, i.e. non-outliers) and choose k.
-
-    A k fixed in the config is still scored so its metrics are recorded.
-    """
-    settings = config.k_selection
-    metrics = sweep_k(
-        X,
-        config.k_candidates,
-        n_init=settings.sweep_n_init,
-        random_state=config.model.random_state,
-        silhouette_sample=settings.silhouette_sample,
-        max_rows=settings.sweep_max_rows,
-        progress=progress,
-    )
-    selection = choose_k(metrics, settings.silhouette_tolerance)
-    if config.k is not None:
-        selection.reason = f"fixed by config: k={config.k}" + _sample_note(metrics)
-        selection.fixed = True
-    return selection

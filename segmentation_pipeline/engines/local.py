@@ -16,7 +16,8 @@ from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.assigner import SegmentAssigner
 from segmentation_pipeline.core.cleaning import clean_customers, clean_owned_customers
 from segmentation_pipeline.core.features import build_features
-from segmentation_pipeline.core.k_selection import KSelection, select_k
+from segmentation_pipeline.core.k_evidence import select_k
+from segmentation_pipeline.core.k_selection import KSelection
 from segmentation_pipeline.core.modeling import canonical_relabel, fit_kmeans, quality_metrics
 from segmentation_pipeline.core.naming import profile_segments, segment_sums
 from segmentation_pipeline.core.rows import map_row_blocks

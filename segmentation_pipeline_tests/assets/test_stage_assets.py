@@ -3,6 +3,7 @@ where the point is what the asset does with the engine's records (not the comput
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from segmentation_pipeline.assets.segments import customer_segments
 from segmentation_pipeline.assets.training import k_selection
 from segmentation_pipeline.core.assigner import SegmentAssigner
 from segmentation_pipeline.core.demo_data import generate_customers
+from segmentation_pipeline.core.k_evidence import PUBLIC_COLUMNS
 from segmentation_pipeline.core.k_selection import choose_k
 from segmentation_pipeline.core.promotion import PromotionDecision
 from segmentation_pipeline.core.segment_model import PromotionOutcome, TrainedSegmentation
@@ -96,18 +98,26 @@ def test_raw_customers_reads_the_source_through_the_configured_engine(tmp_path, 
     assert "***" in out.metadata["source"].value or "sqlite" in out.metadata["source"].value
 
 
+def _no_features() -> Features:
+    return Features(preprocessor=None, component_names=[], explained_variance_ratio=np.array([]),  # type: ignore[arg-type]
+                    loadings=pd.DataFrame(), n_rows=0, n_fit=0, dtype="float32", X_eval=np.zeros((0, 2)),
+                    eval_fit_mask=np.zeros(0, dtype=bool))
+
+
+def _run_k_selection(selection: Any, features: Features, settings: SettingsResource) -> tuple[dg.ExecuteInProcessResult, CannedInputs]:
+    """The k_selection asset with the fake engine returning ``selection``."""
+    ENGINE.returns = {"sweep_k": selection}
+    ENGINE.calls.clear()
+    return _run(k_selection, {"settings": settings, "mlflow_tracking": MlflowResource(settings=settings),
+                              "compute": RecordingEngineResource(settings=settings)}, customer_features=features)
+
+
 def test_k_selection_reports_what_the_engine_chose(tmp_path, sqlite_url, local_mlflow_uri) -> None:
     metrics = pd.DataFrame({"k": [2, 3, 4], "inertia": [100.0, 40.0, 35.0], "silhouette": [0.5, 0.7, 0.6],
                             "davies_bouldin": [1.0, 0.6, 0.8], "calinski_harabasz": [10.0, 30.0, 20.0]})
     selection = choose_k(metrics.assign(silhouette_sample_size=100), tolerance=0.02)
-    ENGINE.returns = {"sweep_k": selection}
-    ENGINE.calls.clear()
-    settings = _settings(tmp_path, sqlite_url, local_mlflow_uri)
-    features = Features(preprocessor=None, component_names=[], explained_variance_ratio=np.array([]),  # type: ignore[arg-type]
-                        loadings=pd.DataFrame(), n_rows=0, n_fit=0, dtype="float32", X_eval=np.zeros((0, 2)),
-                        eval_fit_mask=np.zeros(0, dtype=bool))
-    result, io = _run(k_selection, {"settings": settings, "mlflow_tracking": MlflowResource(settings=settings),
-                                    "compute": RecordingEngineResource(settings=settings)}, customer_features=features)
+    features = _no_features()
+    result, io = _run_k_selection(selection, features, _settings(tmp_path, sqlite_url, local_mlflow_uri))
     assert [c[0] for c in ENGINE.calls] == ["sweep_k"] and ENGINE.calls[0][1][0] is features
     assert io.values["k_selection"].k == selection.k
     [materialization] = result.asset_materializations_for_node("k_selection")
@@ -115,6 +125,30 @@ def test_k_selection_reports_what_the_engine_chose(tmp_path, sqlite_url, local_m
     runs = mlflow.search_runs(experiment_names=["customer-segmentation"], output_format="list")
     assert runs and runs[0].data.metrics["chosen_k"] == selection.k
     assert runs[0].data.tags["k_reason"] == selection.reason
+
+
+def test_k_selection_shows_the_evidence_and_tags_weak_structure(tmp_path, sqlite_url, local_mlflow_uri) -> None:
+    metrics = pd.DataFrame({"k": [2, 3, 4], "inertia": [100.0, 40.0, 35.0], "silhouette": [0.3, 0.35, 0.33],
+                            "davies_bouldin": [1.0, 0.9, 1.1], "calinski_harabasz": [10.0, 30.0, 20.0]})
+    evidence = metrics.assign(gap=[0.5, 0.7, 0.72], gap_se=[0.02, 0.02, 0.03], stability=[0.95, 0.93, 0.7],
+                              smallest_share=[0.4, 0.2, 0.005], bic=[300.0, 250.0, 260.0],
+                              below_min_share=[False, False, True])[PUBLIC_COLUMNS]
+    selection = dataclasses.replace(choose_k(metrics, tolerance=0.02), evidence=evidence, structure="weak",
+                                    too_small=[4])
+    result, _io = _run_k_selection(selection, _no_features(), _settings(tmp_path, sqlite_url, local_mlflow_uri))
+    [materialization] = result.asset_materializations_for_node("k_selection")
+    meta = materialization.metadata
+    assert meta["structure"].value == "weak"
+    assert [row["k"] for row in meta["k_evidence"].value] == [2, 3, 4]
+    assert meta["k_evidence"].value[2]["below_min_share"] is True
+    assert "smallest_share" in meta["evidence"].value and "data:image/png;base64," in meta["evidence_plot"].value
+    [run] = mlflow.search_runs(experiment_names=["customer-segmentation"], output_format="list")
+    assert run.data.tags["k_structure"] == "weak" and "weak" in run.data.tags["k_structure_warning"]
+    assert run.data.metrics["evidence_stability"] == 0.7  # the last step logged (k=4)
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "evidence_gap")] == [2, 3, 4]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "k_selection")}
+    assert {"k_selection/evidence.csv", "k_selection/evidence.png"} <= artifacts
 
 
 def _assigner(names: dict[int, str]) -> SegmentAssigner:

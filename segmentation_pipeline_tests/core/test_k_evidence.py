@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,15 +12,19 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from segmentation_pipeline.config import PipelineConfig, load_config
 from segmentation_pipeline.core.k_evidence import (
     EVIDENCE_COLUMNS,
+    PUBLIC_COLUMNS,
     RULES,
     EvidenceSettings,
+    evidence_records,
     gap_rule,
     grade_structure,
     k_evidence,
     product_rule,
     reference_sample,
+    select_k,
     today_rule,
 )
 from segmentation_pipeline.core.k_evidence_plots import evidence_plot
@@ -197,3 +203,79 @@ def test_evidence_plot_is_a_png(easy) -> None:
     png = evidence_plot(evidence, k_true, title="planted k=4")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(png) > 10_000
+
+
+def _noise_column_evidence() -> pd.DataFrame:
+    """Evidence as read on a table with planted k=4 and irrelevant noise columns (the benchmark's
+    noise_columns, seed 1): every silhouette < 0.5, the indices prefer 3, the knee is at 4."""
+    return pd.DataFrame({
+        "k": [1, 2, 3, 4, 5, 6],
+        "inertia": [np.nan, 2000.0, 1700.0, 400.0, 380.0, 370.0],
+        "silhouette": [np.nan, 0.36, 0.381, 0.377, 0.33, 0.30],
+        "davies_bouldin": [np.nan, 1.2, 1.0, 1.0, 1.1, 1.2],
+        "calinski_harabasz": [np.nan, 1000.0, 1170.0, 1120.0, 950.0, 900.0],
+        "log_w": [0.0] * 6,
+        "gap": [0.82, 0.91, 1.08, 1.13, 1.14, 1.15],
+        "gap_se": [0.01] * 6,
+        "stability": [1.0, 0.7, 1.0, 1.0, 0.8, 0.8],
+        "min_share": [1.0, 0.25, 0.25, 0.25, 0.12, 0.1],
+        "bic": [27000.0, 20800.0, 16600.0, 16800.0, 16900.0, 17000.0],
+    })
+
+
+def test_when_structure_is_weak_the_knee_decides() -> None:
+    evidence = _noise_column_evidence()
+    assert today_rule(evidence)[0] == 4
+    choice = product_rule(evidence)
+    assert choice.k == 4, choice.reason
+    assert choice.structure == "weak"
+    assert "knee of WCSS at k=4" in choice.reason and "vote's k=3" in choice.reason
+
+
+def test_the_knee_fallback_never_takes_a_k_with_a_too_small_segment() -> None:
+    evidence = _noise_column_evidence()
+    evidence.loc[evidence["k"] == 4, "min_share"] = 0.005
+    choice = product_rule(evidence)
+    assert choice.k == 3 and 4 in choice.too_small, choice.reason
+
+
+def _config(**overrides: object) -> PipelineConfig:
+    base = {"features": ["x", "y", "z"], "cleaning.ranges": {}, "transform.log1p": [], "naming.value_feature": None,
+            "k_selection.silhouette_sample": 500, "k_selection.eval_rows": 500, "k_selection.gap_references": 3,
+            "k_selection.stability_resamples": 2, "k_range": [2, 6]}
+    return load_config("configs/default.yaml", overrides={**base, **overrides})
+
+
+def test_select_k_carries_the_evidence_structure_and_reason() -> None:
+    X, _ = make_blobs(n_samples=900, centers=4, n_features=3, cluster_std=0.6, center_box=(-12, 12), random_state=3)
+    progress: list[int] = []
+    selection = select_k(_scaled(X), _config(), progress=lambda k, _row: progress.append(k))
+    assert selection.k == 4, selection.reason
+    assert progress == [2, 3, 4, 5, 6]  # the k=1 fit the gap needs is not a candidate
+    assert selection.structure == "clear"
+    assert selection.evidence is not None
+    assert list(selection.evidence.columns) == PUBLIC_COLUMNS
+    assert selection.evidence["k"].tolist() == [2, 3, 4, 5, 6]
+    assert selection.metrics["k"].tolist() == [2, 3, 4, 5, 6]
+    assert "structure clear" in selection.reason
+    records = evidence_records(selection.evidence)
+    assert [r["k"] for r in records] == [2, 3, 4, 5, 6]
+    assert all(isinstance(r["gap"], float) and isinstance(r["below_min_share"], bool) for r in records)
+    json.dumps(records, allow_nan=False)
+
+
+def test_select_k_marks_small_segments_and_keeps_a_fixed_k() -> None:
+    X = _tiny_group_table(far=False)
+    selection = select_k(X, _config(min_segment_share=0.2))
+    marked = selection.evidence.loc[selection.evidence["below_min_share"], "k"].tolist()
+    assert marked == selection.too_small and 5 in marked
+    assert selection.k not in marked
+    fixed = select_k(X, _config(k=5))
+    assert fixed.k == 5 and fixed.fixed and fixed.reason.startswith("fixed by config: k=5")
+    assert fixed.evidence["k"].tolist() == [5] and fixed.structure in {"clear", "weak", "none"}
+
+
+def test_evidence_records_turn_nan_into_none() -> None:
+    table = pd.DataFrame([{c: (2 if c == "k" else False if c == "below_min_share" else np.nan) for c in PUBLIC_COLUMNS}])
+    [record] = evidence_records(table)
+    assert record["k"] == 2 and record["silhouette"] is None and record["below_min_share"] is False

@@ -11,7 +11,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from segmentation_pipeline.config import load_config
-from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, choose_k, select_k, sweep_k
+from segmentation_pipeline.core.k_evidence import select_k
+from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, check_k_against_rows, choose_k, sweep_k
 from segmentation_pipeline.core.plots import elbow_plot, metrics_plot, silhouette_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -162,3 +163,15 @@ def test_k_plots_are_png() -> None:
     for plot in (elbow_plot, silhouette_plot, metrics_plot):
         image = plot(metrics, 4)
         assert image.startswith(PNG_MAGIC) and len(image) > 5000
+
+
+def test_k_the_data_cannot_hold_stops_before_the_sweep_naming_the_allowed_range() -> None:
+    X = np.repeat(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [5.0, 5.0, 5.0], [9.0, 0.0, 9.0]]), 25, axis=0)
+    calls: list[int] = []
+    with pytest.raises(ValueError, match=r"k_range \[2, 10\] is outside the allowed range \[2, 3\]"):
+        select_k(X, _config(), progress=lambda k, _row: calls.append(k))
+    assert calls == []  # nothing was fitted
+    with pytest.raises(ValueError, match=r"k=6 is larger than the 4 distinct customers after cleaning; allowed: 1 <= k <= 4"):
+        select_k(X, _config(k=6))
+    check_k_against_rows((2, 3), None, 4)  # the largest range the data allows
+    check_k_against_rows((2, 10), 4, 4)  # a fixed k may use every distinct customer

@@ -10,7 +10,7 @@ from segmentation_pipeline.config import load_config
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.core.features import build_features
-from segmentation_pipeline.core.k_selection import select_k
+from segmentation_pipeline.core.k_evidence import select_k
 from segmentation_pipeline.core.modeling import fit_kmeans
 
 VIP = 5  # demo_data's planted label for the high-value group

@@ -24,7 +24,7 @@ from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.cleaning import clean_customers as local_clean
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.core.features import build_features
-from segmentation_pipeline.core.k_selection import select_k
+from segmentation_pipeline.core.k_evidence import select_k
 from segmentation_pipeline.core.modeling import canonical_relabel, fit_kmeans
 from segmentation_pipeline.engines.spark import SparkSettings, SparkUnavailableError, build_session
 from segmentation_pipeline.storage.connection import create_db_engine

@@ -194,6 +194,9 @@ def test_planted_segments_are_recovered(run: dict[str, Any], db: sa.Engine, conf
     frame, planted = demo
     assert run["selection"].k == 5
     assert run["swept"] == [4, 5, 6]
+    # the evidence and the rule are the core's, read on the driver sample
+    assert run["selection"].evidence["k"].tolist() == [4, 5, 6]
+    assert run["selection"].evidence["gap"].notna().all() and run["selection"].structure in {"clear", "weak", "none"}
     stored = read_table(db, config.output.segments_table, None, id_column="customer_id", chunk_size=100_000)
     assigned = stored.set_index("customer_id")["segment_id"]
     truth = pd.Series(planted, index=frame["customer_id"])

@@ -15,8 +15,9 @@ applied to every clean row:
   seeded sample of ``k_selection.silhouette_sample`` rows collected to the driver (Euclidean, the
   very definition the local engine's k rule was tuned on), and ``ClusteringEvaluator``'s
   silhouette on the same rows is recorded as ``silhouette_spark`` (Spark only offers squared
-  Euclidean, which reads systematically higher); k is then chosen by
-  :func:`core.k_selection.choose_k` itself;
+  Euclidean, which reads systematically higher); the gap, stability, smallest share and BIC come
+  from :func:`core.k_evidence.sample_evidence` on that driver sample, and k is chosen by
+  :func:`core.k_evidence.choose_from_evidence`, the local engine's rule itself;
 * cluster ids are canonical (size desc on the fit rows, then centroid), as in the local engine.
 
 Differences from the local engine: StandardScaler divides by the sample std (n-1) where sklearn
@@ -37,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from segmentation_pipeline.config import PipelineConfig
-from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, KSelection, choose_k
+from segmentation_pipeline.core.k_evidence import choose_from_evidence, combine_evidence, evidence_settings, sample_evidence
+from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, KSelection, check_k_against_rows, count_distinct_rows
 from segmentation_pipeline.core.modeling import cluster_scores, order_by_size, sample_indices, spread_from_cluster_stats
 from segmentation_pipeline.core.naming import profile_columns, profile_from_sums
 
@@ -307,9 +309,9 @@ def sweep_k(
 ) -> KSelection:
     """Sweep ``config.k_candidates`` on the rows of ``X`` (column FEATURES_COL) and choose k.
 
-    Same output as :func:`core.k_selection.select_k`: the metrics frame (METRIC_COLUMNS plus
-    ``silhouette_spark``, attrs ``n_rows``/``sweep_rows``/``silhouette_sample_size``), k chosen by
-    :func:`choose_k`, a fixed k reported as "fixed by config". ``spark_silhouette=False`` skips
+    Same output as :func:`core.k_evidence.select_k`: the metrics frame (METRIC_COLUMNS plus
+    ``silhouette_spark``, attrs ``n_rows``/``sweep_rows``/``silhouette_sample_size``), the evidence
+    table and structure, k chosen by :func:`choose_from_evidence`, a fixed k reported as "fixed by config". ``spark_silhouette=False`` skips
     ClusteringEvaluator (``silhouette_spark`` is then NaN; it never influences k).
     """
     from pyspark import StorageLevel
@@ -321,12 +323,14 @@ def sweep_k(
     if n < 2:
         raise ValueError(f"need at least 2 customers to cluster; X has {n} row(s)")
     ks = [int(k) for k in config.k_candidates]
+    sample = sample or _silhouette_sample(X, n, config)
+    if len(sample.X) >= n:  # the driver sample is every row: the distinct count is exact and cheap
+        check_k_against_rows(config.k_range, config.k, count_distinct_rows(sample.X, max(ks) + 1))
     fraction = min(1.0, settings.sweep_max_rows / n)
     X_fit = (X.sample(False, fraction, seed + 1) if fraction < 1 else X).select(FEATURES_COL)
     X_fit = compact(X_fit, min(n, settings.sweep_max_rows)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         sweep_rows = X_fit.count()
-        sample = sample or _silhouette_sample(X, n, config)
         evaluator = ClusteringEvaluator(
             featuresCol=FEATURES_COL, predictionCol=PREDICTION_COL, metricName="silhouette",
             distanceMeasure="squaredEuclidean",
@@ -348,12 +352,12 @@ def sweep_k(
         X_fit.unpersist()
     metrics = pd.DataFrame(rows, columns=[*METRIC_COLUMNS, "silhouette_spark"])
     metrics.attrs.update({"n_rows": n, "sweep_rows": int(sweep_rows), "silhouette_sample_size": len(sample.X)})
-    selection = choose_k(metrics, settings.silhouette_tolerance)
-    if config.k is not None:
-        note = selection.reason.removeprefix(f"only one candidate: k={config.k}")
-        selection.reason = f"fixed by config: k={config.k}" + note
-        selection.fixed = True
-    return selection
+    # the rest of the evidence (gap, stability, smallest share, BIC) and the rule itself: the core's,
+    # on the seeded driver sample already collected for the silhouette
+    evidence_config = evidence_settings(config)
+    S = sample.X[sample_indices(len(sample.X), evidence_config.eval_rows, (seed, 3))]
+    evidence = combine_evidence(metrics, sample_evidence(S, ks, evidence_config))
+    return choose_from_evidence(metrics, evidence, config)
 
 
 # --------------------------------------------------------------------------- quality, assignment
