@@ -118,6 +118,7 @@ def summarise(result: Any, cfg: PipelineConfig, seconds: float) -> dict[str, Any
         "database": cfg.database.safe_url(),
         "tables": meta["tables"],
         "segments": trained["segments"] if promotion["promoted"] else None,
+        "explanations": trained.get("explanations"),
         "seconds": round(seconds, 2),
     }
 
@@ -138,6 +139,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary["segments"]:
         frame = pd.DataFrame(summary["segments"])
         print("\n" + frame.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+    for row in summary.get("explanations") or []:
+        print(f"  segment {row['segment_id']} ({row['share_customers_pct']:.1f}% of customers): {row['explanation']}")
     print(f"\nwritten to {summary['database']}: {', '.join(str(t) for t in summary['tables'])}")
     print(f"MLflow run {summary['mlflow_run_id']} at {summary['mlflow_tracking_uri']}")
     print(f"Dagster run {summary['dagster_run_id']}")

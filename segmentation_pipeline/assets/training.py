@@ -7,8 +7,10 @@ import mlflow
 
 from segmentation_pipeline.assets.metadata import image, jsonable, plain_metadata, table
 from segmentation_pipeline.core.drift import reference_sample
+from segmentation_pipeline.core.explain import explain_model
 from segmentation_pipeline.core.identity import migration_matrix, migration_plot
 from segmentation_pipeline.core.k_selection import KSelection
+from segmentation_pipeline.core.naming import segment_tiers
 from segmentation_pipeline.core.plots import elbow_plot, profile_plot, silhouette_plot
 from segmentation_pipeline.core.promotion import PromotionGate, evaluate_promotion
 from segmentation_pipeline.core.segment_model import PromotionOutcome, TrainedSegmentation, build_segment_model
@@ -100,6 +102,11 @@ def segmentation_model(
         champion_eval_ids = engine.assign_eval(clean_customers, customer_features, clusters, champion)
         migration = migration_matrix(champion_eval_ids, eval_ids)
     population_ids = assigner.label_to_segment[clusters.population_labels]
+    explained = explain_model(
+        clusters.population, population_ids, clusters.categories, cfg.features, built.names,
+        value_feature=cfg.naming.value_feature,
+        tiers=segment_tiers(profile, cfg.naming.tiers, cfg.naming.value_feature),
+    )
     profile_png = profile_plot(profile, cfg.features, population=clusters.population, names=built.names)
     reference = reference_sample(clusters.population, population_ids, cfg.features, cfg.drift.sample,
                                  cfg.model.random_state)
@@ -109,6 +116,9 @@ def segmentation_model(
         mlflow.set_tag("engine", engine.name)
         registry.log_frame(profile, "segments/profile.csv")
         registry.log_png(profile_png, "segments/profile.png")
+        registry.log_frame(explained.summary, "segments/explanations.csv")
+        registry.log_frame(explained.effects, "segments/feature_effects.csv")
+        registry.log_frame(explained.categories, "segments/categorical_profiles.csv")
         if migration is not None:
             registry.log_frame(migration.reset_index(), "segments/migration_vs_champion.csv")
             registry.log_png(migration_plot(migration), "segments/migration_vs_champion.png")
@@ -128,10 +138,15 @@ def segmentation_model(
         champion_eval_ids=champion_eval_ids,
     )
     extra = {} if migration is None else {"migration_vs_champion": table(migration.reset_index())}
+    if len(explained.categories):
+        extra["categorical_profiles"] = table(explained.categories, max_rows=200, floatfmt=".3g")
     return dg.Output(trained, metadata=plain_metadata(
         model=f"{cfg.model.name} v{version}", mlflow_run_id=run_id, k=k_selection.k, metrics=clusters.metrics,
         profile=table(profile), segments=json.loads(profile.to_json(orient="records")),
-        profile_plot=image(profile_png, "segment profiles"), engine=engine.name, **extra,
+        profile_plot=image(profile_png, "segment profiles"), engine=engine.name,
+        explanations_table=table(explained.summary, floatfmt=".3g"),
+        feature_effects=table(explained.effects, max_rows=200, floatfmt=".3g"),
+        explanations=explained.records(), **extra,
     ))
 
 

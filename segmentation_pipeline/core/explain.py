@@ -20,6 +20,8 @@ of rows, and a pandas groupby would copy its columns first.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,8 @@ __all__ = [
     "EFFECT_THRESHOLD",
     "MAX_EXPLAINED_FEATURES",
     "MISSING_CATEGORY",
+    "SegmentExplanations",
+    "explain_model",
     "categorical_profile",
     "explain_segments",
     "feature_effects",
@@ -159,3 +163,46 @@ def categorical_profile(values: pd.Series, segment_ids: np.ndarray) -> pd.DataFr
         "share_pct": (100.0 * observed / row_totals).ravel(),
         "residual": residual.ravel(),
     })
+
+
+@dataclass
+class SegmentExplanations:
+    """The explanation tables of one model version (stored with it and shown with its run)."""
+
+    summary: pd.DataFrame  # one row per segment: shares, tier, sentence
+    effects: pd.DataFrame  # one row per (segment, feature)
+    categories: pd.DataFrame  # one row per (column, segment, category); empty without categoricals
+
+    def records(self) -> list[dict[str, Any]]:
+        """Per segment, plain data: the summary row, its feature effects and categorical shares."""
+        out = []
+        for row in self.summary.to_dict(orient="records"):
+            segment = row["segment_id"]
+            effects = self.effects[self.effects["segment_id"] == segment].drop(columns="segment_id")
+            categories = self.categories[self.categories["segment_id"] == segment].drop(columns="segment_id") \
+                if len(self.categories) else self.categories
+            out.append({**row, "features": effects.to_dict(orient="records"),
+                        "categories": categories.to_dict(orient="records")})
+        return out
+
+
+def explain_model(
+    population: pd.DataFrame,
+    segment_ids: np.ndarray,
+    categories: pd.DataFrame | None,
+    features: Sequence[str],
+    names: Mapping[int, str],
+    *,
+    value_feature: str | None = None,
+    tiers: Mapping[int, str] | None = None,
+) -> SegmentExplanations:
+    """Every explanation table for one clustering: features, shares and tiers, categorical profiles."""
+    summary, effects = explain_segments(
+        population, segment_ids, features, names, value_feature=value_feature, tiers=tiers
+    )
+    profiles = [categorical_profile(categories[c], segment_ids) for c in (categories if categories is not None else [])]
+    columns = ["column", "segment_id", "category", "count", "share_pct", "residual"]
+    return SegmentExplanations(
+        summary=summary, effects=effects,
+        categories=pd.concat(profiles, ignore_index=True) if profiles else pd.DataFrame(columns=columns),
+    )

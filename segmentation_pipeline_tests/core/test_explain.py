@@ -5,7 +5,13 @@ import pandas as pd
 import pytest
 from scipy.stats import chi2_contingency
 
-from segmentation_pipeline.core.explain import MISSING_CATEGORY, categorical_profile, explain_segments, feature_effects
+from segmentation_pipeline.core.explain import (
+    MISSING_CATEGORY,
+    categorical_profile,
+    explain_model,
+    explain_segments,
+    feature_effects,
+)
 
 # segment 0: incomes 10, 30; segment 1: incomes 50, 70, 90 -> average 50, population std sqrt(800)
 POPULATION = pd.DataFrame({
@@ -89,3 +95,14 @@ def test_missing_values_form_their_own_category():
     shares = profile.set_index(["segment_id", "category"])["share_pct"]
     assert shares[(0, MISSING_CATEGORY)] == pytest.approx(50.0)
     assert shares.groupby(level=0).sum().tolist() == pytest.approx([100.0, 100.0])
+
+
+def test_explain_model_bundles_the_tables_per_segment():
+    categories = pd.DataFrame({"channel": ["web", "web", "shop", "shop", "web"]})
+    explained = explain_model(POPULATION, IDS, categories, ["income"], {0: "Low", 1: "High"}, value_feature="income")
+    records = explained.records()
+    assert [r["segment_id"] for r in records] == [0, 1]
+    assert records[0]["features"][0]["segment_mean"] == pytest.approx(20.0)
+    shares = {c["category"]: c["share_pct"] for c in records[1]["categories"]}
+    assert shares == pytest.approx({"shop": 200 / 3, "web": 100 / 3})
+    assert explain_model(POPULATION, IDS, None, ["income"], {}).categories.empty
