@@ -1,0 +1,66 @@
+"""What a newcomer does after a run, through the real CLI: explanations, the segment table, an export."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+
+import pandas as pd
+import pytest
+
+from segmentation_pipeline.cli import main
+from segmentation_pipeline.storage.connection import create_db_engine
+from segmentation_pipeline_tests.helpers import write_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("usable")
+    database = f"sqlite:///{tmp_path / 'customers.db'}"
+    config = write_config(tmp_path, database, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["--config", str(config), "demo-data", "--rows", "1500"]) == 0
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        assert main(["--config", str(config), "run", "--json"]) == 0
+    summary = json.loads(printed.getvalue().strip().splitlines()[-1])
+    return tmp_path, config, database, summary
+
+
+def test_run_json_carries_the_explanations(trained):
+    _, _, database, summary = trained
+    explanations = summary["explanations"]
+    assert len(explanations) == summary["k"]
+    assert sum(e["share_customers_pct"] for e in explanations) == pytest.approx(100.0)
+    assert sum(e["share_annual_income_pct"] for e in explanations) == pytest.approx(100.0)
+    for segment in explanations:
+        assert segment["explanation"]
+        assert [f["feature"] for f in segment["features"]] == ["age", "annual_income", "spending_score"]
+        genders = {c["category"]: c for c in segment["categories"] if c["column"] == "gender"}
+        assert set(genders) <= {"Female", "Male", "Other"}
+        assert sum(c["share_pct"] for c in genders.values()) == pytest.approx(100.0)
+    # the customer counts are those of the written table
+    written = pd.read_sql("SELECT segment_id, COUNT(*) AS n FROM customer_segments GROUP BY segment_id",
+                          create_db_engine(database)).set_index("segment_id")["n"]
+    assert {e["segment_id"]: e["customers"] for e in explanations} == written.to_dict()
+
+
+def test_segments_and_export_after_a_run(trained, capsys):
+    tmp_path, config, database, _ = trained
+    assert main(["--config", str(config), "segments", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    output = tmp_path / "out" / "segments.csv"
+    assert main(["--config", str(config), "export", "--output", str(output)]) == 0
+    assert f"to {output}" in capsys.readouterr().out
+    exported = pd.read_csv(output, dtype={"is_outlier": str})
+    table = pd.read_sql("SELECT customer_id, segment_id FROM customer_segments", create_db_engine(database))
+    assert len(exported) == len(table) == sum(r["customers"] for r in rows)
+    assert exported["customer_id"].is_unique
+    assert sorted(exported["customer_id"]) == sorted(table["customer_id"])
+    first = rows[0]["segment_id"]
+    only = tmp_path / "out" / "one.parquet"
+    assert main(["--config", str(config), "export", "--output", str(only), "--segment", str(first)]) == 0
+    assert set(pd.read_parquet(only)["segment_id"]) == {first}
+    assert main(["--config", str(config), "segments"]) == 0
+    printed = capsys.readouterr().out
+    assert "segments" in printed and rows[0]["segment_name"] in printed
