@@ -13,9 +13,17 @@ from segmentation_pipeline.core.k_selection import KSelection
 from segmentation_pipeline.core.naming import segment_tiers
 from segmentation_pipeline.core.plots import elbow_plot, profile_plot, silhouette_plot
 from segmentation_pipeline.core.promotion import PromotionGate, evaluate_promotion
-from segmentation_pipeline.core.segment_model import PromotionOutcome, TrainedSegmentation, build_segment_model
+from segmentation_pipeline.core.segment_model import (
+    PromotionOutcome,
+    TrainedSegmentation,
+    build_segment_model,
+)
 from segmentation_pipeline.engines.base import Features
-from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
+from segmentation_pipeline.resources import (
+    EngineResource,
+    MlflowResource,
+    SettingsResource,
+)
 from segmentation_pipeline.storage import mlflow_registry as registry
 
 SWEEP_METRICS = ("inertia", "silhouette", "davies_bouldin", "calinski_harabasz")
@@ -90,9 +98,11 @@ def segmentation_model(
     champion = None
     if champion_version is not None:
         champion, _ = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
+    cleaning_report = registry.run_json(target, context.run.run_id, "cleaning/report.json") or {}
     built = build_segment_model(
         clusters.label_profile, clusters.population, clusters.canonical, customer_features.preprocessor,
         clusters.kmeans, cfg, champion, metadata={"engine": engine.name},
+        fences=cleaning_report.get("outliers", {}).get("fences"),
     )
     assigner, profile = built.assigner, built.profile
     eval_ids = assigner.label_to_segment.astype("int32")[clusters.eval_labels]

@@ -21,10 +21,12 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from segmentation_pipeline.core.assigner import SegmentAssigner
+from segmentation_pipeline.core.serving import score_rows
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,27 @@ class TrackingTarget:
 
 
 class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
-    """Raw feature columns in, ``segment_id`` and ``segment_name`` out (one or many customers)."""
+    """Raw feature columns in (numbers or text as the batch reads them); per row ``segment_id``,
+    ``segment_name``, ``is_outlier`` and ``error`` out (core.serving): a row the batch would
+    reject gets a null segment and its reason, and the other rows are still scored."""
 
     def __init__(self, assigner: SegmentAssigner) -> None:
         self.assigner = assigner
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return self.assigner.assign(frame).reset_index(drop=True)
+        return score_rows(self.assigner, frame)
+
+
+def serving_signature(assigner: SegmentAssigner, example: pd.DataFrame) -> ModelSignature:
+    """Inputs typed Any: MLflow's own enforcement would refuse "38,000" or a null for the whole
+    request, before the batch's rules could judge each row; outputs as the pyfunc returns them."""
+    inputs = Schema([ColSpec(AnyType(), name, required=False) for name in assigner.features])
+    outputs = Schema([
+        ColSpec("long", "segment_id", required=False), ColSpec("string", "segment_name", required=False),
+        ColSpec("boolean", "is_outlier"), ColSpec("string", "error", required=False),
+    ])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def _describe(target: TrackingTarget) -> str:
@@ -147,6 +162,17 @@ def log_frame(frame: pd.DataFrame, artifact_file: str) -> None:
     mlflow.log_text(frame.to_csv(index=False), artifact_file)
 
 
+def run_json(target: TrackingTarget, dagster_run_id: str, artifact_file: str) -> Any | None:
+    """A JSON artifact an earlier step of this Dagster run logged (None when it has none)."""
+    run_id = find_run(target, dagster_run_id)
+    if run_id is None:
+        return None
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_file}")
+    except (MlflowException, OSError):
+        return None
+
+
 def log_segmentation_model(
     assigner: SegmentAssigner,
     input_example: pd.DataFrame,
@@ -160,7 +186,7 @@ def log_segmentation_model(
         # segment_id is an integer by contract; the cloudpickled PythonModel is deliberate
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
         pyfunc_log.setLevel(logging.ERROR)
-        signature = infer_signature(example, assigner.assign(example).reset_index(drop=True))
+        signature = serving_signature(assigner, example)
         info = mlflow.pyfunc.log_model(
             name="segmentation_model",
             python_model=SegmentationPyfunc(assigner),
