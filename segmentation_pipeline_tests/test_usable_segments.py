@@ -15,12 +15,7 @@ import pytest
 
 from segmentation_pipeline.cli import main
 from segmentation_pipeline.storage.connection import create_db_engine
-from segmentation_pipeline_tests.helpers import (
-    free_port,
-    stop,
-    wait_for_http,
-    write_config,
-)
+from segmentation_pipeline_tests.helpers import free_port, stop, wait_for_http, write_config
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +110,31 @@ def test_served_model_scores_each_row_with_the_batch_rules(trained):
     assert huge_age["segment_id"] is None and huge_age["error"].startswith("out_of_range:age: age=500 ")
     assert text["segment_id"] is None and text["error"] == "non_numeric:age: age=abc is not numeric"
     assert rich["error"] is None and rich["is_outlier"] is True  # in range, beyond the training fences
+
+
+def test_mlflow_run_model_and_experiment_say_what_they_are(trained):
+    from mlflow.tracking import MlflowClient
+
+    tmp_path, config, _, summary = trained
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.run_name == f"train k={summary['k']} {_utc_day(run.info.start_time)}"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    model = client.get_registered_model(summary["model_name"])
+    assert "age, annual_income, spending_score" in model.description
+    version = client.get_model_version(summary["model_name"], summary["model_version"])
+    assert version.description.startswith(f"k={summary['k']} ")
+    assert "gate: promoted to champion" in version.description and "clean customers" in version.description
+    cumulative = client.get_metric_history(run.info.run_id, "pca_cumulative_explained_variance")
+    shares = client.get_metric_history(run.info.run_id, "pca_explained_variance_ratio")
+    assert len(cumulative) == len(shares) >= 1
+    assert max(m.value for m in cumulative) == pytest.approx(sum(m.value for m in shares))
+    total = run.data.metrics["pca_explained_variance_total"]
+    assert total == pytest.approx(max(m.value for m in cumulative)) and total >= 0.95
+
+
+def _utc_day(millis: int) -> str:
+    from datetime import datetime, timezone
+
+    return f"{datetime.fromtimestamp(millis / 1000, timezone.utc):%Y-%m-%d}"

@@ -1,6 +1,7 @@
 """Stages 4–5: the k sweep, the final model (registered as challenger), and promotion."""
 
 import json
+from datetime import datetime, timezone
 
 import dagster as dg
 import mlflow
@@ -13,17 +14,9 @@ from segmentation_pipeline.core.k_selection import KSelection
 from segmentation_pipeline.core.naming import segment_tiers
 from segmentation_pipeline.core.plots import elbow_plot, profile_plot, silhouette_plot
 from segmentation_pipeline.core.promotion import PromotionGate, evaluate_promotion
-from segmentation_pipeline.core.segment_model import (
-    PromotionOutcome,
-    TrainedSegmentation,
-    build_segment_model,
-)
+from segmentation_pipeline.core.segment_model import PromotionOutcome, TrainedSegmentation, build_segment_model
 from segmentation_pipeline.engines.base import Features
-from segmentation_pipeline.resources import (
-    EngineResource,
-    MlflowResource,
-    SettingsResource,
-)
+from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
 
 SWEEP_METRICS = ("inertia", "silhouette", "davies_bouldin", "calinski_harabasz")
@@ -122,6 +115,7 @@ def segmentation_model(
                                  cfg.model.random_state)
 
     with registry.training_run(target, context.run.run_id) as run_id:
+        registry.name_run(f"train k={k_selection.k} {datetime.now(timezone.utc):%Y-%m-%d}")
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in clusters.metrics.items()})
         mlflow.set_tag("engine", engine.name)
         registry.log_frame(profile, "segments/profile.csv")
@@ -135,6 +129,12 @@ def segmentation_model(
         registry.log_reference(reference)
         version = registry.log_segmentation_model(assigner, clusters.population, cfg.model.name)
     registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.challenger_alias, version)
+    registry.describe_model(
+        target.tracking_uri, cfg.model.name,
+        f"Customer segments by K-Means on {', '.join(cfg.features)} (source table {cfg.source.table}). "
+        f"Input: those columns per customer; output per row: segment_id, segment_name, is_outlier, error. "
+        f"Alias {cfg.model.alias!r} is the version the segments table follows.",
+    )
     registry.tag_version(
         target.tracking_uri, cfg.model.name, version,
         {"dagster_run_id": context.run.run_id, "k": str(k_selection.k), "k_reason": k_selection.reason,
@@ -190,6 +190,14 @@ def model_promotion(
         registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.alias, trained.model_version)
     tags = {**decision.as_tags(), "promotion.decision": "promoted" if decision.promote else "rejected"}
     registry.tag_version(target.tracking_uri, cfg.model.name, trained.model_version, tags)
+    gate = "promoted to champion" if decision.promote else f"not promoted (champion stays v{champion_version})"
+    registry.describe_model(
+        target.tracking_uri, cfg.model.name,
+        f"k={trained.k} ({trained.k_reason}); trained on {customer_features.n_fit:,} of "
+        f"{customer_features.n_rows:,} clean customers; silhouette {trained.metrics.get('silhouette', float('nan')):.3f}; "
+        f"gate: {gate}: {'; '.join(decision.reasons)}",
+        version=trained.model_version,
+    )
     with registry.training_run(target, context.run.run_id):
         mlflow.set_tags(tags)
         registry.log_json({"promote": decision.promote, "reasons": decision.reasons, "evidence": decision.evidence},

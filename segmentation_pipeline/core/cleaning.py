@@ -31,12 +31,7 @@ from segmentation_pipeline.core.cleaning_rules import (
     rule_code,
     too_large_to_scale_error,
 )
-from segmentation_pipeline.core.outliers import (
-    OutlierPolicyError,
-    OutlierResult,
-    detect_outliers,
-    flag_labels,
-)
+from segmentation_pipeline.core.outliers import OutlierPolicyError, OutlierResult, detect_outliers, flag_labels
 from segmentation_pipeline.core.parsing import parse_numbers
 from segmentation_pipeline.core.rows import ROW_BLOCK
 

@@ -31,6 +31,10 @@ from segmentation_pipeline.core.serving import score_rows
 log = logging.getLogger(__name__)
 
 DAGSTER_RUN_TAG = "dagster_run_id"
+#: MLflow's UI opens an experiment on its model-training pages (runs, metrics) rather than the
+#: GenAI ones (traces) when the experiment carries this kind.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT = "custom_model_development"
 PIP_REQUIREMENTS = ["scikit-learn", "pandas<3", "numpy", "segmentation-pipeline"]
 
 
@@ -100,9 +104,13 @@ def configure(target: TrackingTarget) -> str:
             location = target.artifact_location
             if location and "://" not in location:
                 location = Path(location).resolve().as_uri()
-            return client.create_experiment(target.experiment, artifact_location=location)
+            return client.create_experiment(
+                target.experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT}
+            )
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # created before it was tagged
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT)
         return experiment.experiment_id
     except MlflowException as exc:
         raise RegistryError(f"MLflow at {_describe(target)} refused experiment {target.experiment!r}: {exc}") from exc
@@ -136,6 +144,20 @@ def training_run(target: TrackingTarget, dagster_run_id: str, run_name: str | No
         raise
     else:
         mlflow.end_run()  # a later asset of the same Dagster run reopens it
+
+
+def name_run(run_name: str) -> None:
+    """Rename the active run once it is known what ran (the first step does not know k yet)."""
+    mlflow.set_tag("mlflow.runName", run_name)
+
+
+def describe_model(tracking_uri: str, model_name: str, description: str, version: str | None = None) -> None:
+    """The description the registry shows for the model, or for one of its versions."""
+    client = MlflowClient(tracking_uri)
+    if version is None:
+        client.update_registered_model(model_name, description=description)
+    else:
+        client.update_model_version(model_name, version, description=description)
 
 
 def log_params(params: dict[str, Any]) -> None:

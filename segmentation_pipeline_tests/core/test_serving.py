@@ -11,11 +11,7 @@ from segmentation_pipeline.core.assigner import SegmentAssigner
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.core.features import build_features
-from segmentation_pipeline.core.modeling import (
-    build_model_pipeline,
-    canonical_relabel,
-    fit_kmeans,
-)
+from segmentation_pipeline.core.modeling import build_model_pipeline, canonical_relabel, fit_kmeans
 from segmentation_pipeline.core.serving import outside_fences, row_errors, score_rows
 
 FEATURES = ["age", "annual_income", "spending_score"]

@@ -9,10 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from segmentation_pipeline.config import OutputConfig
-from segmentation_pipeline.core.segment_tables import (
-    build_rejects_table,
-    build_segments_table,
-)
+from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
 from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.storage.errors import SourceError
 from segmentation_pipeline.storage.export import export_segments, segment_summary
