@@ -74,7 +74,7 @@ def table_facts(row_count: int, columns: Mapping[str, str] | None = None) -> dic
 
 def frame_columns(frame: Any) -> dict[str, str]:
     """An engine table's columns and types, for :func:`table_facts`: a pandas frame's dtypes, a
-    Spark frame's ``(name, type)`` pairs, or just the names of anything else with ``columns``."""
+    distributed frame's ``(name, type)`` pairs, or just the names of anything else with ``columns``."""
     dtypes = getattr(frame, "dtypes", None)
     if isinstance(dtypes, pd.Series):
         return {str(c): str(t) for c, t in dtypes.items()}
