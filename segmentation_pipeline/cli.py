@@ -260,6 +260,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from segmentation_pipeline.storage import mlflow_registry as registry
+
+    cfg = load_config(args.config)
+    run_id = args.run or registry.version_run(cfg.mlflow.tracking_uri, cfg.model.name, cfg.model.alias)
+    path = registry.fetch_report(cfg.mlflow.tracking_uri, cfg.data_path, run_id)
+    print(path)
+    if args.open and not webbrowser.open(path.as_uri()):
+        print("no browser found here: open the file above in one", file=sys.stderr)
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -347,7 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only this segment id; repeat for several (default: every segment)")
     export.set_defaults(func=_cmd_export)
 
-    for p in (demo, csv, run, score, drift, segments, export):
+    report = command("report", "print the path of a training run's HTML segment report")
+    report.add_argument("--run", metavar="ID", help="MLflow run id (default: the run of the current champion)")
+    report.add_argument("--open", action="store_true", help="also open it in a browser, where one exists")
+    report.set_defaults(func=_cmd_report)
+
+    for p in (demo, csv, run, score, drift, segments, export, report):
         p.add_argument("--config", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
     return parser
 

@@ -138,3 +138,31 @@ def _utc_day(millis: int) -> str:
     from datetime import datetime, timezone
 
     return f"{datetime.fromtimestamp(millis / 1000, timezone.utc):%Y-%m-%d}"
+
+
+def test_report_opens_in_a_browser_and_shows_each_segment(trained, capsys):
+    from playwright.sync_api import sync_playwright
+
+    _, config, _, summary = trained
+    assert main(["--config", str(config), "report"]) == 0
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    assert path.endswith(f"segments-{summary['mlflow_run_id']}.html") and os.path.exists(path)
+    assert main(["--config", str(config), "report", "--run", summary["mlflow_run_id"]]) == 0
+    assert capsys.readouterr().out.strip() == path
+    os.remove(path)  # the MLflow artifact is the copy of record: fetched again when the file is gone
+    assert main(["--config", str(config), "report", "--run", summary["mlflow_run_id"]]) == 0
+    assert capsys.readouterr().out.strip() == path and os.path.exists(path)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"file://{path}")
+            for segment in summary["explanations"]:
+                card = page.locator(f"#segment-{segment['segment_id']}")
+                assert card.is_visible()
+                assert segment["segment_name"] in card.inner_text()
+                assert segment["explanation"] in card.inner_text()
+            assert page.locator("img[alt='segment profiles']").evaluate("img => img.naturalWidth") > 0
+            assert f"Why k = {summary['k']}" in page.inner_text("body")
+        finally:
+            browser.close()

@@ -14,6 +14,7 @@ from segmentation_pipeline.core.k_selection import KSelection
 from segmentation_pipeline.core.naming import segment_tiers
 from segmentation_pipeline.core.plots import elbow_plot, profile_plot, silhouette_plot
 from segmentation_pipeline.core.promotion import PromotionGate, evaluate_promotion
+from segmentation_pipeline.core.report import ReportInputs, segment_report
 from segmentation_pipeline.core.segment_model import PromotionOutcome, TrainedSegmentation, build_segment_model
 from segmentation_pipeline.engines.base import Features
 from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
@@ -128,6 +129,16 @@ def segmentation_model(
             registry.log_png(migration_plot(migration), "segments/migration_vs_champion.png")
         registry.log_reference(reference)
         version = registry.log_segmentation_model(assigner, clusters.population, cfg.model.name)
+        report_html = segment_report(ReportInputs(
+            title=f"{cfg.model.name} v{version}: {len(profile)} customer segments",
+            summary=explained.summary, effects=explained.effects, categories=explained.categories,
+            k=k_selection.k, k_reason=k_selection.reason, k_metrics=k_selection.metrics, migration=migration,
+            profile_png=profile_png,
+            facts={"model": f"{cfg.model.name} v{version}", "customers profiled": f"{len(clusters.population):,}",
+                   "MLflow run": run_id, "Dagster run": context.run.run_id,
+                   "previous champion": f"v{champion_version}" if champion_version else "none"},
+        ))
+        report_file = registry.write_report(report_html, cfg.data_path, run_id)
     registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.challenger_alias, version)
     registry.describe_model(
         target.tracking_uri, cfg.model.name,
@@ -156,7 +167,8 @@ def segmentation_model(
         profile_plot=image(profile_png, "segment profiles"), engine=engine.name,
         explanations_table=table(explained.summary, floatfmt=".3g"),
         feature_effects=table(explained.effects, max_rows=200, floatfmt=".3g"),
-        explanations=explained.records(), **extra,
+        explanations=explained.records(), report_path=dg.MetadataValue.path(str(report_file)),
+        report=dg.MetadataValue.url(report_file.as_uri()), **extra,
     ))
 
 

@@ -160,6 +160,47 @@ def describe_model(tracking_uri: str, model_name: str, description: str, version
         client.update_model_version(model_name, version, description=description)
 
 
+REPORT_ARTIFACT = "report/segments.html"
+
+
+def report_file(data_dir: Path, run_id: str) -> Path:
+    """Where a run's segment report is kept on disk (under ``data_dir``)."""
+    return data_dir / "reports" / f"segments-{run_id}.html"
+
+
+def write_report(page: str, data_dir: Path, run_id: str) -> Path:
+    """Write the run's HTML report under ``data_dir`` and log it to the active run; returns the file."""
+    path = report_file(data_dir, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    mlflow.log_text(page, REPORT_ARTIFACT)
+    return path
+
+
+def fetch_report(tracking_uri: str, data_dir: Path, run_id: str) -> Path:
+    """A run's report on disk: the local copy, else downloaded from the run's artifacts."""
+    path = report_file(data_dir, run_id)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        downloaded = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=REPORT_ARTIFACT, tracking_uri=tracking_uri, dst_path=str(path.parent)
+        )
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow run {run_id} has no segment report ({REPORT_ARTIFACT}): {exc}") from exc
+    Path(downloaded).replace(path)
+    return path
+
+
+def version_run(tracking_uri: str, model_name: str, alias: str) -> str:
+    """The MLflow run that produced the version under ``alias``."""
+    try:
+        return MlflowClient(tracking_uri).get_model_version_by_alias(model_name, alias).run_id
+    except MlflowException as exc:
+        raise RegistryError(f"no {model_name!r} version under alias {alias!r} yet: run the pipeline first") from exc
+
+
 def log_params(params: dict[str, Any]) -> None:
     """Log parameters that are not yet logged (MLflow refuses to change a logged value)."""
     run = mlflow.active_run()
