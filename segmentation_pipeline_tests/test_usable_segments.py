@@ -166,3 +166,26 @@ def test_report_opens_in_a_browser_and_shows_each_segment(trained, capsys):
             assert f"Why k = {summary['k']}" in page.inner_text("body")
         finally:
             browser.close()
+
+
+def test_segment_export_asset_writes_the_configured_file(trained):
+    import dagster as dg
+
+    from segmentation_pipeline.definitions import ASSETS, build_resources
+    from segmentation_pipeline.resources import SettingsResource
+
+    tmp_path, _, database, summary = trained
+
+    def export_run(config):
+        settings = SettingsResource(config_path=str(config))
+        return dg.materialize(ASSETS, selection=dg.AssetSelection.assets("segment_export"),
+                              resources=build_resources(settings, settings.load(), io_manager=dg.mem_io_manager))
+
+    plain = write_config(tmp_path, database, f"sqlite:///{tmp_path / 'mlflow.db'}", name="plain.yaml")
+    assert export_run(plain).asset_materializations_for_node("segment_export") == []
+    configured = write_config(tmp_path, database, f"sqlite:///{tmp_path / 'mlflow.db'}", name="export.yaml",
+                              **{"output.export": {"path": "exports/segments.parquet", "format": "parquet"}})
+    [event] = export_run(configured).asset_materializations_for_node("segment_export")
+    written = pd.read_parquet(tmp_path / "data" / "exports" / "segments.parquet")
+    assert event.metadata["dagster/row_count"].value == len(written) == summary["n_segmented"]
+    assert list(written.columns) == ["customer_id", "segment_id", "segment_name", "is_outlier"]
