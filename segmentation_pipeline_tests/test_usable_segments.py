@@ -5,9 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
-import urllib.request
 from contextlib import redirect_stdout
 
 import pandas as pd
@@ -15,7 +12,7 @@ import pytest
 
 from segmentation_pipeline.cli import main
 from segmentation_pipeline.storage.connection import create_db_engine
-from segmentation_pipeline_tests.helpers import free_port, stop, wait_for_http, write_config
+from segmentation_pipeline_tests.helpers import invoke, served_model, write_config
 
 
 @pytest.fixture(scope="module")
@@ -72,35 +69,16 @@ def test_segments_and_export_after_a_run(trained, capsys):
 
 def test_served_model_scores_each_row_with_the_batch_rules(trained):
     tmp_path, _, _, summary = trained
-    port = free_port()
-    venv_bin = os.path.dirname(sys.executable)  # `mlflow models serve` execs uvicorn from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen(
-        [os.path.join(venv_bin, "mlflow"), "models", "serve", "-m", f"models:/{summary['model_name']}@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    try:
-        if not wait_for_http(f"http://127.0.0.1:{port}/ping", server):
-            server.kill()
-            output = server.stdout.read().decode(errors="replace") if server.stdout else ""
-            pytest.fail(f"model server did not start: {output[-3000:]}")
-        rows = [
-            {"age": 24, "annual_income": 38000, "spending_score": 85},
-            {"age": 24, "annual_income": "38,000", "spending_score": 85},
-            {"age": None, "annual_income": 50000, "spending_score": 50},
-            {"age": 500, "annual_income": 40000, "spending_score": 50},
-            {"age": "abc", "annual_income": 40000, "spending_score": 50},
-            {"age": 40, "annual_income": 9_000_000, "spending_score": 50},
-        ]
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"dataframe_records": rows}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            predictions = json.loads(response.read())["predictions"]
-    finally:
-        stop(server)
+    rows = [
+        {"age": 24, "annual_income": 38000, "spending_score": 85},
+        {"age": 24, "annual_income": "38,000", "spending_score": 85},
+        {"age": None, "annual_income": 50000, "spending_score": 50},
+        {"age": 500, "annual_income": 40000, "spending_score": 50},
+        {"age": "abc", "annual_income": 40000, "spending_score": 50},
+        {"age": 40, "annual_income": 9_000_000, "spending_score": 50},
+    ]
+    with served_model(f"models:/{summary['model_name']}@champion", f"sqlite:///{tmp_path / 'mlflow.db'}") as url:
+        predictions = invoke(url, rows)
     assert len(predictions) == len(rows)
     good, thousands, null, huge_age, text, rich = predictions
     assert good["error"] is None and isinstance(good["segment_id"], int) and good["segment_name"]
