@@ -14,7 +14,7 @@ from segmentation_pipeline.core.k_selection import KSelection
 from segmentation_pipeline.core.naming import segment_tiers
 from segmentation_pipeline.core.plots import elbow_plot, profile_plot, silhouette_plot
 from segmentation_pipeline.core.promotion import PromotionGate, evaluate_promotion
-from segmentation_pipeline.core.report import ReportInputs, segment_report
+from segmentation_pipeline.core.report import ReportInputs, drift_sentence, segment_report
 from segmentation_pipeline.core.segment_model import PromotionOutcome, TrainedSegmentation, build_segment_model
 from segmentation_pipeline.engines.base import Features
 from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
@@ -129,6 +129,9 @@ def segmentation_model(
             registry.log_png(migration_plot(migration), "segments/migration_vs_champion.png")
         registry.log_reference(reference)
         version = registry.log_segmentation_model(assigner, clusters.population, cfg.model.name)
+        drift = context.instance.get_latest_materialization_event(dg.AssetKey("segment_drift"))
+        drift_facts = {} if drift is None or drift.asset_materialization is None else {
+            k: getattr(v, "value", v) for k, v in drift.asset_materialization.metadata.items()}
         report_html = segment_report(ReportInputs(
             title=f"{cfg.model.name} v{version}: {len(profile)} customer segments",
             summary=explained.summary, effects=explained.effects, categories=explained.categories,
@@ -137,6 +140,7 @@ def segmentation_model(
             facts={"model": f"{cfg.model.name} v{version}", "customers profiled": f"{len(clusters.population):,}",
                    "MLflow run": run_id, "Dagster run": context.run.run_id,
                    "previous champion": f"v{champion_version}" if champion_version else "none"},
+            drift=drift_sentence(drift_facts),
         ))
         report_file = registry.write_report(report_html, cfg.data_path, run_id)
     registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.challenger_alias, version)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-__all__ = ["ReportInputs", "segment_report"]
+__all__ = ["ReportInputs", "drift_sentence", "segment_report"]
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;line-height:1.4}
@@ -41,6 +41,18 @@ class ReportInputs:
     profile_png: bytes | None = None
     facts: dict[str, str] | None = None  # model, version, run ids, data size: shown as a list
     drift: str | None = None
+
+
+def drift_sentence(facts: dict[str, object]) -> str | None:
+    """The latest drift check in one line, from its recorded facts (None when there was none)."""
+    if not facts or "severity" not in facts:
+        return None
+    drifted = facts.get("drifted_features") or []
+    which = f"drifted: {', '.join(map(str, drifted))}" if drifted else "no feature drifted"
+    psi = facts.get("segment_psi")
+    shares = f"; segment-share PSI {float(psi):.3f}" if isinstance(psi, (int, float)) else ""
+    version = f" against champion v{facts['champion_version']}" if facts.get("champion_version") else ""
+    return f"severity {facts['severity']}{version}: {which}{shares}"
 
 
 def _table(frame: pd.DataFrame, float_format: str = "{:,.3g}") -> str:

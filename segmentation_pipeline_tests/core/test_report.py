@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from segmentation_pipeline.core.explain import explain_model
-from segmentation_pipeline.core.report import ReportInputs, segment_report
+from segmentation_pipeline.core.report import ReportInputs, drift_sentence, segment_report
 
 
 def test_report_is_self_contained_and_escapes_names():
@@ -25,3 +25,11 @@ def test_report_is_self_contained_and_escapes_names():
     assert "No previous champion" in page
     assert not re.search(r'(src|href)="(https?:)?//', page)  # no external resources
     assert 'src="data:image/png;base64,' in page
+
+
+def test_drift_sentence_from_the_checks_facts():
+    facts = {"severity": "warn", "drifted_features": ["annual_income", "age"], "segment_psi": 0.1234,
+             "champion_version": "3"}
+    assert drift_sentence(facts) == "severity warn against champion v3: drifted: annual_income, age; segment-share PSI 0.123"
+    assert drift_sentence({"severity": "ok", "drifted_features": []}) == "severity ok: no feature drifted"
+    assert drift_sentence({}) is None
