@@ -1,4 +1,8 @@
-"""``segmentation`` console script: demo data, CSV loading, and in-process runs of the jobs."""
+"""segmentation: customer segments from a database table, trained and published in-process.
+
+Typical first session: `segmentation demo-data`, `segmentation run`, `segmentation segments`,
+`segmentation export --output segments.csv`, `segmentation report --open`.
+"""
 
 from __future__ import annotations
 
@@ -128,6 +132,7 @@ def summarise(result: Any, cfg: PipelineConfig, seconds: float) -> dict[str, Any
         "database": cfg.database.safe_url(),
         "tables": meta["tables"],
         "segments": trained["segments"] if promotion["promoted"] else None,
+        "explanations": trained.get("explanations"),
         "seconds": round(seconds, 2),
     }
 
@@ -150,6 +155,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary["segments"]:
         frame = pd.DataFrame(summary["segments"])
         print("\n" + frame.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+    for row in summary.get("explanations") or []:
+        print(f"  segment {row['segment_id']} ({row['share_customers_pct']:.1f}% of customers): {row['explanation']}")
     print(f"\nwritten to {summary['database']}: {', '.join(str(t) for t in summary['tables'])}")
     print(f"MLflow run {summary['mlflow_run_id']} at {summary['mlflow_tracking_uri']}")
     print(f"Dagster run {summary['dagster_run_id']}")
@@ -234,10 +241,78 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
             return 0
         except Exception:  # noqa: BLE001 - missing table: generate it
             pass
+    replaced = _row_count(engine, cfg.source.table)
     frame, _ = generate_customers(args.rows, seed=args.seed, vip_share=args.vip_share)
     n = load_frame(engine, cfg.source.table, frame, if_exists="replace", primary_key=None)
-    print(f"wrote {n:,} demo customers to {cfg.database.safe_url()} table {cfg.source.table}")
+    before = "(new table)" if replaced is None else f"(replaced the previous {replaced:,} rows)"
+    print(f"wrote {n:,} demo customers to {cfg.database.safe_url()} table {cfg.source.table} {before}")
     return 0
+
+
+def _row_count(engine: Any, table: str) -> int | None:
+    """Rows in ``table``, None when it does not exist: demo-data says what it is about to replace."""
+    import sqlalchemy as sa
+
+    from segmentation_pipeline.storage.connection import quote_identifier, table_exists
+
+    if not table_exists(engine, table):
+        return None
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {quote_identifier(engine, table, 'table')}")).scalar_one())
+
+
+def _cmd_segments(args: argparse.Namespace) -> int:
+    from segmentation_pipeline.storage.connection import create_db_engine
+    from segmentation_pipeline.storage.export import segment_summary
+
+    cfg = load_config(args.config)
+    summary = segment_summary(create_db_engine(cfg.database.sqlalchemy_url()), cfg.output.segments_table,
+                              cfg.naming.tiers)
+    if args.json:
+        print(summary.to_json(orient="records", force_ascii=False))
+        return 0
+    total = int(summary["customers"].sum())
+    models = ", ".join(f"{n} v{v}" for n, v in summary[["model_name", "model_version"]].drop_duplicates().to_numpy())
+    print(f"{len(summary)} segments, {total:,} customers in {cfg.output.segments_table} (model {models})\n")
+    shown = summary.drop(columns=["model_name", "model_version"])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from segmentation_pipeline.storage.connection import create_db_engine
+    from segmentation_pipeline.storage.export import export_segments
+
+    cfg = load_config(args.config)
+    fmt = args.format or ("parquet" if args.output.lower().endswith(".parquet") else "csv")
+    n = export_segments(create_db_engine(cfg.database.sqlalchemy_url()), cfg.output.segments_table, args.output,
+                        fmt=fmt, segments=args.segment or (), tiers=cfg.naming.tiers)
+    which = f" of segments {', '.join(map(str, args.segment))}" if args.segment else ""
+    print(f"wrote {n:,} customers{which} to {args.output} ({fmt}, UTF-8)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from segmentation_pipeline.storage import mlflow_registry as registry
+
+    cfg = load_config(args.config)
+    run_id = args.run or registry.version_run(cfg.mlflow.tracking_uri, cfg.model.name, cfg.model.alias)
+    path = registry.fetch_report(cfg.mlflow.tracking_uri, cfg.data_path, run_id)
+    print(path)
+    if args.open and not webbrowser.open(path.as_uri()):
+        print("no browser found here: open the file above in one", file=sys.stderr)
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("segmentation-pipeline")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def _cmd_load_csv(args: argparse.Namespace) -> int:
@@ -270,41 +345,75 @@ def _cmd_load_csv(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions as written (plain text, line breaks kept) and each option's default shown.
+
+    An option whose default is None says in its own help what happens without it.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segmentation", description=__doc__)
+    parser = argparse.ArgumentParser(prog="segmentation", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--config", help="YAML config (default: $SEGMENTATION_CONFIG or configs/default.yaml)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--verbose", action="store_true", help="show stack traces here, not only in the log file")
     parser.add_argument("--log-file", help="where logs and stack traces go (default: $SEGMENTATION_LOG_FILE or "
                         "segmentation-cli.log in the temp folder)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo-data", help="fill the configured table with synthetic customers")
-    demo.add_argument("--rows", type=int, default=5000)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--vip-share", type=float, default=0.0)
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+
+    demo = command("demo-data", "replace the configured source table with synthetic customers")
+    demo.add_argument("--rows", type=int, default=5000, help="number of customers to generate")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (same seed, same customers)")
+    demo.add_argument("--vip-share", type=float, default=0.0, help="share of planted high-value customers (0-1)")
     demo.add_argument("--if-missing", action="store_true", help="do nothing when the table exists")
     demo.set_defaults(func=_cmd_demo_data)
 
-    csv = sub.add_parser("load-csv", help="load a customer CSV (comma/tab, CRLF, BOM) into a table")
-    csv.add_argument("path")
-    csv.add_argument("--table")
-    csv.add_argument("--rename", action="append", metavar="'Source Name=target'")
+    csv = command("load-csv", "load a customer CSV (comma/tab, CRLF, BOM) into a table")
+    csv.add_argument("path", help="the CSV file (comma or tab separated, UTF-8, a header row)")
+    csv.add_argument("--table", help="target table (default: the config's source table)")
+    csv.add_argument("--rename", action="append", metavar="'Source Name=target'",
+                     help="rename a column on the way in; repeat for several")
     csv.add_argument("--replace", action="store_true", help="replace the rows of an existing table")
     csv.set_defaults(func=_cmd_load_csv)
 
-    run = sub.add_parser("run", help="run the whole pipeline in-process and print a summary")
-    run.add_argument("--features", help="comma-separated feature columns (overrides the config)")
+    run = command("run", "run the whole pipeline in-process and print a summary")
+    run.add_argument("--features", help="comma-separated feature columns (default: the config's features)")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.set_defaults(func=_cmd_run)
 
-    score = sub.add_parser("score", help="assign segments with the champion model, no refit")
-    score.add_argument("--after-id", help="only customers with id greater than this")
+    score = command("score", "assign segments with the champion model, no refit")
+    score.add_argument("--after-id", help="only customers with id greater than this (default: all)")
     score.set_defaults(func=_cmd_score)
 
-    drift = sub.add_parser("drift", help="Evidently drift report vs the champion's reference")
+    drift = command("drift", "Evidently drift report vs the champion's reference")
     drift.set_defaults(func=_cmd_drift)
 
-    for p in (demo, csv, run, score, drift):
+    segments = command("segments", "print the published segments: size, share, outliers, model")
+    segments.add_argument("--json", action="store_true", help="print the table as JSON records")
+    segments.set_defaults(func=_cmd_segments)
+
+    export = command("export", "write the published segments to a CSV or Parquet file (UTF-8, streamed)")
+    export.add_argument("--output", required=True, metavar="FILE", help="file to write (replaced when it exists)")
+    export.add_argument("--format", choices=["csv", "parquet"],
+                        help="file format (default: parquet for a .parquet name, else csv)")
+    export.add_argument("--segment", type=int, action="append", metavar="ID",
+                        help="only this segment id; repeat for several (default: every segment)")
+    export.set_defaults(func=_cmd_export)
+
+    report = command("report", "print the path of a training run's HTML segment report")
+    report.add_argument("--run", metavar="ID", help="MLflow run id (default: the run of the current champion)")
+    report.add_argument("--open", action="store_true", help="also open it in a browser, where one exists")
+    report.set_defaults(func=_cmd_report)
+
+    for p in (demo, csv, run, score, drift, segments, export, report):
         p.add_argument("--config", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
         p.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
         p.add_argument("--log-file", help=argparse.SUPPRESS, default=argparse.SUPPRESS)

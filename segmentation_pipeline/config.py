@@ -190,10 +190,19 @@ class MlflowConfig(_Model):
     artifact_location: str | None = None
 
 
+class ExportConfig(_Model):
+    """A file of the published segments written after each write-back (the segment_export asset)."""
+
+    path: str = Field(description="file to write; relative paths are under data_dir")
+    format: Literal["csv", "parquet"] = "csv"
+    segments: list[int] = Field(default_factory=list, description="only these segment ids; empty: every segment")
+
+
 class OutputConfig(_Model):
     segments_table: str = "customer_segments"
     rejects_table: str = "customer_rejects"
     history_table: str = "segment_assignments"
+    export: ExportConfig | None = Field(None, description="write the segments to a file after each write-back")
 
     @field_validator("segments_table", "rejects_table", "history_table")
     @classmethod

@@ -12,6 +12,7 @@ import os
 import dagster as dg
 
 from segmentation_pipeline.assets.cleaning import clean_and_reject
+from segmentation_pipeline.assets.export import segment_export
 from segmentation_pipeline.assets.extraction import raw_customers
 from segmentation_pipeline.assets.features import customer_features
 from segmentation_pipeline.assets.monitoring import segment_drift
@@ -43,6 +44,7 @@ ASSETS = [
     segmentation_model,
     model_promotion,
     customer_segments,
+    segment_export,
     scored_customers,
     segment_drift,
 ]

@@ -8,6 +8,8 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,37 @@ def stop(process: "subprocess.Popen[bytes]") -> None:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@contextmanager
+def served_model(model_uri: str, tracking_uri: str) -> Iterator[str]:
+    """``mlflow models serve --env-manager local`` on a free loopback port; yields its base URL."""
+    import os
+    import sys
+
+    import pytest
+
+    port = free_port()
+    venv_bin = os.path.dirname(sys.executable)  # `mlflow models serve` execs uvicorn from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [os.path.join(venv_bin, "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        if not wait_for_http(f"http://127.0.0.1:{port}/ping", server):
+            server.kill()
+            output = server.stdout.read().decode(errors="replace") if server.stdout else ""
+            pytest.fail(f"model server did not start: {output[-3000:]}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(server)
+
+
+def invoke(base_url: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """POST ``dataframe_records`` to a served model; its predictions."""
+    request = urllib.request.Request(f"{base_url}/invocations", data=json.dumps({"dataframe_records": records}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())["predictions"]

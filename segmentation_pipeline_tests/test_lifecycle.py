@@ -5,11 +5,7 @@ Runs against the real MariaDB and a real ``mlflow server`` on loopback; nothing 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import urllib.request
 
 import pandas as pd
 import pytest
@@ -18,7 +14,7 @@ import sqlalchemy as sa
 from segmentation_pipeline.cli import _run_single_asset, run_pipeline
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.storage.bulk_load import load_frame
-from segmentation_pipeline_tests.helpers import free_port, mlflow_rest, stop, wait_for_http, write_config
+from segmentation_pipeline_tests.helpers import invoke, mlflow_rest, served_model, write_config
 
 pytestmark = [pytest.mark.mysql, pytest.mark.e2e]
 
@@ -108,32 +104,13 @@ def test_retrain_with_other_seed_keeps_segment_ids_and_worse_model_is_not_promot
 
 
 def test_served_champion_answers_invocations(trained, mlflow_server):
-    port = free_port()
     model = trained["summary"]["model_name"]
-    venv_bin = os.path.dirname(sys.executable)  # `mlflow models serve` execs uvicorn from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
-    mlflow_bin = os.path.join(venv_bin, "mlflow")
-    server = subprocess.Popen(
-        [mlflow_bin, "models", "serve", "-m", f"models:/{model}@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    try:
-        if not wait_for_http(f"http://127.0.0.1:{port}/ping", server):
-            server.kill()
-            output = server.stdout.read().decode(errors="replace") if server.stdout else ""
-            pytest.fail(f"model server did not start: {output[-3000:]}")
-        body = json.dumps({"dataframe_records": [
+    with served_model(f"models:/{model}@champion", mlflow_server) as url:
+        predictions = invoke(url, [
             {"age": 24, "annual_income": 38000, "spending_score": 85},
             {"age": 68, "annual_income": 30000, "spending_score": 15},
-        ]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            predictions = json.loads(response.read())["predictions"]
-        assert len(predictions) == 2
-        assert {"segment_id", "segment_name"} <= set(predictions[0])
-        assert predictions[0]["segment_id"] != predictions[1]["segment_id"]
-        assert predictions[0]["segment_name"] and isinstance(predictions[0]["segment_id"], int)
-    finally:
-        stop(server)
+        ])
+    assert len(predictions) == 2
+    assert {"segment_id", "segment_name"} <= set(predictions[0])
+    assert predictions[0]["segment_id"] != predictions[1]["segment_id"]
+    assert predictions[0]["segment_name"] and isinstance(predictions[0]["segment_id"], int)

@@ -3,7 +3,7 @@
 import dagster as dg
 import mlflow
 
-from segmentation_pipeline.assets.metadata import jsonable, plain_metadata, table
+from segmentation_pipeline.assets.metadata import frame_columns, jsonable, plain_metadata, table, table_facts
 from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
 
@@ -53,8 +53,7 @@ def clean_and_reject(
     yield dg.Output(
         result.clean,
         output_name="clean_customers",
-        metadata=plain_metadata(
-            row_count=len(result.clean),
+        metadata=table_facts(len(result.clean), frame_columns(result.clean)) | plain_metadata(
             n_input=report["n_input"],
             n_outliers=report["n_outliers"],
             outlier_method=str(outliers.get("method_used")),
@@ -67,8 +66,7 @@ def clean_and_reject(
     yield dg.Output(
         result.rejects,
         output_name="rejected_customers",
-        metadata=plain_metadata(
-            row_count=len(result.rejects),
+        metadata=table_facts(len(result.rejects), frame_columns(result.rejects)) | plain_metadata(
             by_reason=report.get("rejected_by_reason", {}),
             sample=table(result.rejects.head(20), max_rows=20),
         ),

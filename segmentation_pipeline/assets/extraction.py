@@ -4,7 +4,7 @@ from typing import Any
 
 import dagster as dg
 
-from segmentation_pipeline.assets.metadata import plain_metadata
+from segmentation_pipeline.assets.metadata import frame_columns, plain_metadata, table_facts
 from segmentation_pipeline.resources import DatabaseResource, EngineResource, SettingsResource
 
 
@@ -25,8 +25,8 @@ def raw_customers(
     extracted = compute.get().extract(cfg, database.engine(), progress=progress)
     return dg.Output(
         extracted.table,
-        metadata=plain_metadata(
-            row_count=extracted.row_count, source=extracted.source, columns=extracted.columns,
+        metadata=table_facts(extracted.row_count, frame_columns(extracted.table) or dict.fromkeys(extracted.columns, "")) | plain_metadata(
+            source=extracted.source, columns=extracted.columns,
             max_id=str(extracted.max_id), max_updated_at=str(extracted.max_updated_at), **extracted.details,
         ),
     )

@@ -5,7 +5,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from segmentation_pipeline.assets.metadata import plain_metadata, table
+from segmentation_pipeline.assets.metadata import plain_metadata, table, table_facts
 from segmentation_pipeline.engines.base import Features
 from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
@@ -31,14 +31,18 @@ def customer_features(
     )
     loadings = features.loadings.reset_index().rename(columns={"index": "feature"})
     with registry.training_run(mlflow_tracking.target(), context.run.run_id):
-        for i, value in enumerate(ratio, start=1):
+        # per component its own share and the running total: the last step of the cumulative one
+        # is what the variance target (transform.pca_components) is compared with
+        for i, (value, total) in enumerate(zip(ratio, np.cumsum(ratio), strict=True), start=1):
             mlflow.log_metric("pca_explained_variance_ratio", float(value), step=i)
+            mlflow.log_metric("pca_cumulative_explained_variance", float(total), step=i)
+        mlflow.log_metric("pca_explained_variance_total", float(np.sum(ratio)))
         mlflow.log_metric("pca_n_components", len(features.component_names))
         registry.log_frame(loadings, "features/pca_loadings.csv")
     return dg.Output(
         features,
-        metadata=plain_metadata(
-            row_count=features.n_rows, fit_rows=features.n_fit, n_components=len(features.component_names),
+        metadata=table_facts(features.n_rows) | plain_metadata(
+            fit_rows=features.n_fit, n_components=len(features.component_names),
             dtype=features.dtype, explained_variance=table(variance), loadings=table(loadings), **features.details,
         ),
     )

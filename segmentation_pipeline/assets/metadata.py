@@ -1,13 +1,24 @@
-"""Small helpers that turn core results into Dagster metadata people can look at."""
+"""Small helpers that turn core results into Dagster metadata people can look at.
+
+Table assets report their size and columns under Dagster's own keys (``dagster/row_count``,
+``dagster/column_schema``): the UI shows those in the asset's overview and plots the row count
+over time, which it does not do for a key of our own.
+"""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+
+from segmentation_pipeline.core.segment_tables import SEGMENT_COLUMNS
+
+ROW_COUNT = "dagster/row_count"
+COLUMN_SCHEMA = "dagster/column_schema"
 
 
 def image(png: bytes, alt: str) -> dg.MetadataValue:
@@ -50,3 +61,32 @@ def plain_metadata(**values: Any) -> dict[str, dg.MetadataValue]:
         else:
             out[key] = dg.MetadataValue.json(jsonable(value))
     return out
+
+
+def table_facts(row_count: int, columns: Mapping[str, str] | None = None) -> dict[str, dg.MetadataValue]:
+    """Dagster's row count and (when given: name -> type) column schema of a table asset."""
+    out: dict[str, dg.MetadataValue] = {ROW_COUNT: dg.MetadataValue.int(int(row_count))}
+    if columns is not None:
+        schema = dg.TableSchema(columns=[dg.TableColumn(name, str(kind)) for name, kind in columns.items()])
+        out[COLUMN_SCHEMA] = dg.MetadataValue.table_schema(schema)
+    return out
+
+
+def frame_columns(frame: Any) -> dict[str, str]:
+    """An engine table's columns and types, for :func:`table_facts`: a pandas frame's dtypes, a
+    distributed frame's ``(name, type)`` pairs, or just the names of anything else with ``columns``."""
+    dtypes = getattr(frame, "dtypes", None)
+    if isinstance(dtypes, pd.Series):
+        return {str(c): str(t) for c, t in dtypes.items()}
+    if isinstance(dtypes, list):
+        return {str(c): str(t) for c, t in dtypes}
+    return {str(c): "" for c in getattr(frame, "columns", [])}
+
+
+_SEGMENT_TYPES = {
+    "customer_id": "as in the source", "segment_id": "int64", "segment_name": "text", "is_outlier": "bool",
+    "outlier_reason": "text", "model_name": "text", "model_version": "text", "mlflow_run_id": "text",
+    "dagster_run_id": "text", "scored_at": "datetime (UTC)",
+}
+#: The columns of the published segments table (the write-back contract), with their types.
+SEGMENT_TABLE_COLUMNS = {c: _SEGMENT_TYPES[c] for c in SEGMENT_COLUMNS}

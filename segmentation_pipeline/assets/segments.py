@@ -5,7 +5,7 @@ import contextlib
 import dagster as dg
 import mlflow
 
-from segmentation_pipeline.assets.metadata import plain_metadata, table
+from segmentation_pipeline.assets.metadata import SEGMENT_TABLE_COLUMNS, plain_metadata, table, table_facts
 from segmentation_pipeline.core.segment_model import PromotionOutcome, TrainedSegmentation, published_choice
 from segmentation_pipeline.engines.base import Cleaned, RunIds
 from segmentation_pipeline.resources import DatabaseResource, EngineResource, MlflowResource, SettingsResource
@@ -55,8 +55,7 @@ def customer_segments(
         mlflow.log_metrics({"n_segmented": published.n_segmented, "n_rejected_written": published.n_rejected})
         mlflow.set_tag("segments_model_version", version)
     return dg.MaterializeResult(
-        metadata=plain_metadata(
-            row_count=published.n_segmented,
+        metadata=table_facts(published.n_segmented, SEGMENT_TABLE_COLUMNS) | plain_metadata(
             n_input=published.n_segmented + published.n_rejected,
             n_segmented=published.n_segmented,
             n_rejected=published.n_rejected,

@@ -1,18 +1,22 @@
 """Stages 4–5: the k sweep, the final model (registered as challenger), and promotion."""
 
 import json
+from datetime import datetime, timezone
 
 import dagster as dg
 import mlflow
 
 from segmentation_pipeline.assets.metadata import image, jsonable, plain_metadata, table
 from segmentation_pipeline.core.drift import reference_sample
+from segmentation_pipeline.core.explain import explain_model
 from segmentation_pipeline.core.identity import migration_matrix, migration_plot
 from segmentation_pipeline.core.k_evidence import evidence_records
 from segmentation_pipeline.core.k_evidence_plots import evidence_plot
 from segmentation_pipeline.core.k_selection import KSelection
+from segmentation_pipeline.core.naming import segment_tiers
 from segmentation_pipeline.core.plots import elbow_plot, profile_plot, silhouette_plot
 from segmentation_pipeline.core.promotion import PromotionGate, evaluate_promotion
+from segmentation_pipeline.core.report import ReportInputs, drift_sentence, segment_report
 from segmentation_pipeline.core.segment_model import (
     PromotionOutcome,
     TrainedSegmentation,
@@ -125,9 +129,11 @@ def segmentation_model(
     if change is not None:  # another feature space: neither its ids nor its labels compare
         context.log.warning(f"{change}; the champion is not compared (promotion.on_features_changed decides)")
         champion = None
+    cleaning_report = registry.run_json(target, context.run.run_id, "cleaning/report.json") or {}
     built = build_segment_model(
         clusters.label_profile, clusters.population, clusters.canonical, customer_features.preprocessor,
         clusters.kmeans, cfg, champion, metadata={"engine": engine.name},
+        fences=cleaning_report.get("outliers", {}).get("fences"),
     )
     assigner, profile = built.assigner, built.profile
     eval_ids = assigner.label_to_segment.astype("int32")[clusters.eval_labels]
@@ -137,21 +143,50 @@ def segmentation_model(
         champion_eval_ids = engine.assign_eval(clean_customers, customer_features, clusters, champion)
         migration = migration_matrix(champion_eval_ids, eval_ids)
     population_ids = assigner.label_to_segment[clusters.population_labels]
+    explained = explain_model(
+        clusters.population, population_ids, clusters.categories, cfg.features, built.names,
+        value_feature=cfg.naming.value_feature,
+        tiers=segment_tiers(profile, cfg.naming.tiers, cfg.naming.value_feature),
+    )
     profile_png = profile_plot(profile, cfg.features, population=clusters.population, names=built.names)
     reference = reference_sample(clusters.population, population_ids, cfg.features, cfg.drift.sample,
                                  cfg.model.random_state)
 
     with registry.training_run(target, context.run.run_id) as run_id:
+        registry.name_run(f"train k={k_selection.k} {datetime.now(timezone.utc):%Y-%m-%d}")
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in clusters.metrics.items()})
         mlflow.set_tag("engine", engine.name)
         registry.log_frame(profile, "segments/profile.csv")
         registry.log_png(profile_png, "segments/profile.png")
+        registry.log_frame(explained.summary, "segments/explanations.csv")
+        registry.log_frame(explained.effects, "segments/feature_effects.csv")
+        registry.log_frame(explained.categories, "segments/categorical_profiles.csv")
         if migration is not None:
             registry.log_frame(migration.reset_index(), "segments/migration_vs_champion.csv")
             registry.log_png(migration_plot(migration), "segments/migration_vs_champion.png")
         registry.log_reference(reference)
         version = registry.log_segmentation_model(assigner, clusters.population, cfg.model.name)
+        drift = context.instance.get_latest_materialization_event(dg.AssetKey("segment_drift"))
+        drift_facts = {} if drift is None or drift.asset_materialization is None else {
+            k: getattr(v, "value", v) for k, v in drift.asset_materialization.metadata.items()}
+        report_html = segment_report(ReportInputs(
+            title=f"{cfg.model.name} v{version}: {len(profile)} customer segments",
+            summary=explained.summary, effects=explained.effects, categories=explained.categories,
+            k=k_selection.k, k_reason=k_selection.reason, k_metrics=k_selection.metrics, migration=migration,
+            profile_png=profile_png,
+            facts={"model": f"{cfg.model.name} v{version}", "customers profiled": f"{len(clusters.population):,}",
+                   "MLflow run": run_id, "Dagster run": context.run.run_id,
+                   "previous champion": f"v{champion_version}" if champion_version else "none"},
+            drift=drift_sentence(drift_facts),
+        ))
+        report_file = registry.write_report(report_html, cfg.data_path, run_id)
     registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.challenger_alias, version)
+    registry.describe_model(
+        target.tracking_uri, cfg.model.name,
+        f"Customer segments by K-Means on {', '.join(cfg.features)} (source table {cfg.source.table}). "
+        f"Input: those columns per customer; output per row: segment_id, segment_name, is_outlier, error. "
+        f"Alias {cfg.model.alias!r} is the version the segments table follows.",
+    )
     registry.tag_version(
         target.tracking_uri, cfg.model.name, version,
         {"dagster_run_id": context.run.run_id, "k": str(k_selection.k), "k_reason": k_selection.reason,
@@ -165,10 +200,16 @@ def segmentation_model(
         champion_eval_ids=champion_eval_ids, model_change=change,
     )
     extra = {} if migration is None else {"migration_vs_champion": table(migration.reset_index())}
+    if len(explained.categories):
+        extra["categorical_profiles"] = table(explained.categories, max_rows=200, floatfmt=".3g")
     return dg.Output(trained, metadata=plain_metadata(
         model=f"{cfg.model.name} v{version}", mlflow_run_id=run_id, k=k_selection.k, metrics=clusters.metrics,
         profile=table(profile), segments=json.loads(profile.to_json(orient="records")),
-        profile_plot=image(profile_png, "segment profiles"), engine=engine.name, **extra,
+        profile_plot=image(profile_png, "segment profiles"), engine=engine.name,
+        explanations_table=table(explained.summary, floatfmt=".3g"),
+        feature_effects=table(explained.effects, max_rows=200, floatfmt=".3g"),
+        explanations=explained.records(), report_path=dg.MetadataValue.path(str(report_file)),
+        report=dg.MetadataValue.url(report_file.as_uri()), **extra,
     ))
 
 
@@ -201,6 +242,14 @@ def model_promotion(
     champion_version = trained.model_version if decision.promote else str(trained.previous_champion)
     tags = {**decision.as_tags(), "promotion.decision": "promoted" if decision.promote else "rejected"}
     registry.tag_version(target.tracking_uri, cfg.model.name, trained.model_version, tags)
+    gate = "promoted to champion" if decision.promote else f"not promoted (champion stays v{champion_version})"
+    registry.describe_model(
+        target.tracking_uri, cfg.model.name,
+        f"k={trained.k} ({trained.k_reason}); trained on {customer_features.n_fit:,} of "
+        f"{customer_features.n_rows:,} clean customers; silhouette {trained.metrics.get('silhouette', float('nan')):.3f}; "
+        f"gate: {gate}: {'; '.join(decision.reasons)}",
+        version=trained.model_version,
+    )
     with registry.training_run(target, context.run.run_id):
         mlflow.set_tags(tags)
         registry.log_json({"promote": decision.promote, "reasons": decision.reasons, "evidence": decision.evidence},

@@ -27,6 +27,10 @@ class SegmentAssigner:
     segment_names: dict[int, str]
     centroids_original: np.ndarray | None = None  # per stable segment, raw feature means
     metadata: dict[str, str] = field(default_factory=dict)
+    # the batch's rules for one row at a time (online scoring, core.serving): the configured
+    # ranges (cleaning.ranges) and the outlier fences of the training data, in feature units
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    fences: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def labels(self, frame: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.features if c not in frame.columns]

@@ -17,7 +17,6 @@ from pandera.errors import SchemaErrors
 
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.cleaning_rules import (
-    THOUSANDS_SEPARATOR,
     DataQualityError,
     ReasonKind,
     all_rejected_error,
@@ -33,6 +32,7 @@ from segmentation_pipeline.core.cleaning_rules import (
     too_large_to_scale_error,
 )
 from segmentation_pipeline.core.outliers import OutlierPolicyError, OutlierResult, detect_outliers, flag_labels
+from segmentation_pipeline.core.parsing import parse_numbers
 from segmentation_pipeline.core.rows import ROW_BLOCK
 
 __all__ = [
@@ -104,38 +104,21 @@ def _check_structure(raw: pd.DataFrame, config: PipelineConfig, table: str) -> N
 
 
 def _to_float(series: pd.Series, column: str, table: str, *, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 values with NaN for missing/unparsable, mask of unparsable) -- strings like
-    "12,000", " 42 " and "1e3" parse; the second pass only touches what the fast one could not.
+    """(float64 values with NaN for missing/unparsable, mask of unparsable) -- parsed by the rule
+    the served model shares (:func:`~segmentation_pipeline.core.parsing.parse_numbers`).
 
     Imputation and compaction write into the result, so it is a copy unless the caller owns
     ``series`` (``owned``): then a float64 column is used as it is."""
-    if pd.api.types.is_bool_dtype(series) or (
-        pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_complex_dtype(series)
-    ):
-        values = series.to_numpy(dtype=np.float64, na_value=np.nan, copy=not owned)
-        if not values.flags.writeable:
-            values = values.copy()
-        return values, np.zeros(len(series), dtype=bool)
     if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
         raise not_numeric_error(table, column, series.dropna().iloc[0], str(series.dtype))
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        series = series.astype(object)
-    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    unparsed = np.isnan(values) & series.notna().to_numpy()
-    non_numeric = np.zeros(len(series), dtype=bool)
-    if unparsed.any():
-        text = series[unparsed].astype(str).str.strip()
-        blank = (text == "").to_numpy()
-        second = pd.to_numeric(text.str.replace(THOUSANDS_SEPARATOR, "", regex=True), errors="coerce")
-        second = second.to_numpy(dtype=np.float64, na_value=np.nan)
-        where = np.flatnonzero(unparsed)
-        values[where] = second
-        non_numeric[where] = np.isnan(second) & ~blank
-        present = int((series.notna().to_numpy()).sum() - blank.sum())
+    parsed = parse_numbers(series, copy=not owned)
+    non_numeric = parsed.non_numeric
+    if non_numeric.any():
+        present = int(series.notna().to_numpy().sum() - parsed.blank.sum())
         if present and int(non_numeric.sum()) == present:
-            example = text[~blank].iloc[0]
+            example = str(series[non_numeric].iloc[0]).strip()
             raise not_numeric_error(table, column, example)
-    return values, non_numeric
+    return parsed.values, non_numeric
 
 
 #: Rows validated per pandera call: each check's boolean scratch is a block's, not the table's.

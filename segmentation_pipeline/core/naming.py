@@ -34,6 +34,7 @@ __all__ = [
     "profile_from_sums",
     "profile_segments",
     "segment_sums",
+    "segment_tiers",
     "segment_z_scores",
 ]
 
@@ -156,7 +157,8 @@ def _part(feature: str, z: float, high_threshold: float) -> str:
     return f"{'Above-average' if z > 0 else 'Below-average'} {_words(feature)}"
 
 
-def _tier_prefixes(profile: pd.DataFrame, tiers: list[str], value_feature: str | None) -> dict[int, str]:
+def segment_tiers(profile: pd.DataFrame, tiers: list[str], value_feature: str | None) -> dict[int, str]:
+    """Each segment's tier (``naming.tiers``) by mean ``value_feature``, best first; {} without tiers."""
     if not tiers:
         return {}
     if value_feature is None:
@@ -195,7 +197,7 @@ def name_segments(
         s: min(MAX_NAME_FEATURES, int((np.abs(z.loc[s].to_numpy()) >= high_threshold).sum()))
         for s in segments
     }
-    prefixes = _tier_prefixes(profile, tiers, value_feature)
+    prefixes = segment_tiers(profile, tiers, value_feature)
 
     def render(s: int) -> str:
         chosen = sorted(ranked[s][: used[s]], key=position.__getitem__)

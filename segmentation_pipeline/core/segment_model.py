@@ -84,8 +84,12 @@ def build_segment_model(
     cfg: PipelineConfig,
     champion: SegmentAssigner | None,
     metadata: dict[str, str] | None = None,
+    fences: dict[str, tuple[float, float]] | None = None,
 ) -> SegmentModel:
-    """Stable ids, profile, names and the assigner for a clustering (``label_profile`` keyed by raw label)."""
+    """Stable ids, profile, names and the assigner for a clustering (``label_profile`` keyed by raw label).
+
+    The assigner carries the configured ranges and the cleaning's outlier ``fences`` (feature
+    units) so that online scoring refuses and flags rows as the batch does (core.serving)."""
     features = list(cfg.features)
     by_label = label_profile.sort_values("segment_id", ignore_index=True)
     labels = [int(label) for label in by_label["segment_id"]]
@@ -106,6 +110,8 @@ def build_segment_model(
         segment_names={int(k): v for k, v in names.items()},
         centroids_original=profile[mean_columns(features)].to_numpy(dtype=np.float64),
         metadata={"next_segment_id": str(next_segment_id(label_to_segment, champion)), **(metadata or {})},
+        ranges={f: (r.min, r.max) for f, r in cfg.cleaning.ranges.items()},
+        fences={f: (float(lo), float(hi)) for f, (lo, hi) in (fences or {}).items()},
     )
     return SegmentModel(assigner=assigner, profile=profile, names={int(k): v for k, v in names.items()})
 

@@ -96,7 +96,10 @@ class Clusters:
     (``segment_id`` = label), over every clean row; ``population`` holds raw feature values of
     clean rows (all of them locally, a seeded sample on Spark) for naming z-scores, plots, the model's
     input example and the drift reference, ``population_labels`` their raw labels; ``eval_labels`` are
-    the raw labels of the evaluation rows (``Features.X_eval``).
+    the raw labels of the evaluation rows (``Features.X_eval``). ``categories`` holds the
+    configured categorical columns (``cleaning.categorical``) of the same rows as ``population``,
+    for the per-segment profiles of attributes not clustered on; None where the engine does not
+    provide them (Spark: it would need to collect those columns with its population sample).
     """
 
     kmeans: KMeans  # the fitted model in sklearn form (served; no per-row labels_)
@@ -107,6 +110,7 @@ class Clusters:
     eval_labels: np.ndarray
     metrics: dict[str, float]
     payload: Any = None
+    categories: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)

@@ -87,10 +87,12 @@ class LocalEngine:
         metrics["n_iter"] = float(kmeans.n_iter_)
         # read only now, after the fit: the feature values are not held while KMeans runs
         population = read_columns(clean, list(cfg.features))
+        categorical = [c for c in cfg.cleaning.categorical if c in clean.columns]
         return Clusters(
             kmeans=kmeans, canonical=canonical_relabel(kmeans),
             label_profile=profile_segments(population, labels, list(cfg.features), cfg.naming.value_feature),
             population=population, population_labels=labels, eval_labels=labels, metrics=metrics,
+            categories=read_columns(clean, categorical) if categorical else None,
         )
 
     def assign_eval(self, clean: Any, features: Features, clusters: Clusters, assigner: SegmentAssigner) -> np.ndarray:

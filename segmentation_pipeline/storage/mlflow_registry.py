@@ -23,14 +23,20 @@ from urllib.parse import urlsplit
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from segmentation_pipeline.core.assigner import SegmentAssigner
+from segmentation_pipeline.core.serving import score_rows
 
 log = logging.getLogger(__name__)
 
 DAGSTER_RUN_TAG = "dagster_run_id"
+#: MLflow's UI opens an experiment on its model-training pages (runs, metrics) rather than the
+#: GenAI ones (traces) when the experiment carries this kind.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT = "custom_model_development"
 PIP_REQUIREMENTS = ["scikit-learn", "pandas<3", "numpy", "segmentation-pipeline"]
 
 
@@ -46,14 +52,27 @@ class TrackingTarget:
 
 
 class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
-    """Raw feature columns in, ``segment_id`` and ``segment_name`` out (one or many customers)."""
+    """Raw feature columns in (numbers or text as the batch reads them); per row ``segment_id``,
+    ``segment_name``, ``is_outlier`` and ``error`` out (core.serving): a row the batch would
+    reject gets a null segment and its reason, and the other rows are still scored."""
 
     def __init__(self, assigner: SegmentAssigner) -> None:
         self.assigner = assigner
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return self.assigner.assign(frame).reset_index(drop=True)
+        return score_rows(self.assigner, frame)
+
+
+def serving_signature(assigner: SegmentAssigner, example: pd.DataFrame) -> ModelSignature:
+    """Inputs typed Any: MLflow's own enforcement would refuse "38,000" or a null for the whole
+    request, before the batch's rules could judge each row; outputs as the pyfunc returns them."""
+    inputs = Schema([ColSpec(AnyType(), name, required=False) for name in assigner.features])
+    outputs = Schema([
+        ColSpec("long", "segment_id", required=False), ColSpec("string", "segment_name", required=False),
+        ColSpec("boolean", "is_outlier"), ColSpec("string", "error", required=False),
+    ])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def _describe(target: TrackingTarget) -> str:
@@ -113,9 +132,13 @@ def configure(target: TrackingTarget) -> str:
             location = target.artifact_location
             if location and "://" not in location:
                 location = Path(location).resolve().as_uri()
-            return client.create_experiment(target.experiment, artifact_location=location)
+            return client.create_experiment(
+                target.experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT}
+            )
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # created before it was tagged
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT)
         return experiment.experiment_id
     except MlflowException as exc:
         raise RegistryError(f"MLflow at {_describe(target)} refused experiment {target.experiment!r}: {exc}") from exc
@@ -151,6 +174,61 @@ def training_run(target: TrackingTarget, dagster_run_id: str, run_name: str | No
         mlflow.end_run()  # a later asset of the same Dagster run reopens it
 
 
+def name_run(run_name: str) -> None:
+    """Rename the active run once it is known what ran (the first step does not know k yet)."""
+    mlflow.set_tag("mlflow.runName", run_name)
+
+
+def describe_model(tracking_uri: str, model_name: str, description: str, version: str | None = None) -> None:
+    """The description the registry shows for the model, or for one of its versions."""
+    client = MlflowClient(tracking_uri)
+    if version is None:
+        client.update_registered_model(model_name, description=description)
+    else:
+        client.update_model_version(model_name, version, description=description)
+
+
+REPORT_ARTIFACT = "report/segments.html"
+
+
+def report_file(data_dir: Path, run_id: str) -> Path:
+    """Where a run's segment report is kept on disk (under ``data_dir``)."""
+    return data_dir / "reports" / f"segments-{run_id}.html"
+
+
+def write_report(page: str, data_dir: Path, run_id: str) -> Path:
+    """Write the run's HTML report under ``data_dir`` and log it to the active run; returns the file."""
+    path = report_file(data_dir, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    mlflow.log_text(page, REPORT_ARTIFACT)
+    return path
+
+
+def fetch_report(tracking_uri: str, data_dir: Path, run_id: str) -> Path:
+    """A run's report on disk: the local copy, else downloaded from the run's artifacts."""
+    path = report_file(data_dir, run_id)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        downloaded = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=REPORT_ARTIFACT, tracking_uri=tracking_uri, dst_path=str(path.parent)
+        )
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow run {run_id} has no segment report ({REPORT_ARTIFACT}): {exc}") from exc
+    Path(downloaded).replace(path)
+    return path
+
+
+def version_run(tracking_uri: str, model_name: str, alias: str) -> str:
+    """The MLflow run that produced the version under ``alias``."""
+    try:
+        return MlflowClient(tracking_uri).get_model_version_by_alias(model_name, alias).run_id
+    except MlflowException as exc:
+        raise RegistryError(f"no {model_name!r} version under alias {alias!r} yet: run the pipeline first") from exc
+
+
 def log_params(params: dict[str, Any]) -> None:
     """Log parameters that are not yet logged (MLflow refuses to change a logged value)."""
     run = mlflow.active_run()
@@ -175,6 +253,17 @@ def log_frame(frame: pd.DataFrame, artifact_file: str) -> None:
     mlflow.log_text(frame.to_csv(index=False), artifact_file)
 
 
+def run_json(target: TrackingTarget, dagster_run_id: str, artifact_file: str) -> Any | None:
+    """A JSON artifact an earlier step of this Dagster run logged (None when it has none)."""
+    run_id = find_run(target, dagster_run_id)
+    if run_id is None:
+        return None
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_file}")
+    except (MlflowException, OSError):
+        return None
+
+
 def log_segmentation_model(
     assigner: SegmentAssigner,
     input_example: pd.DataFrame,
@@ -188,7 +277,7 @@ def log_segmentation_model(
         # segment_id is an integer by contract; the cloudpickled PythonModel is deliberate
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
         pyfunc_log.setLevel(logging.ERROR)
-        signature = infer_signature(example, assigner.assign(example).reset_index(drop=True))
+        signature = serving_signature(assigner, example)
         info = mlflow.pyfunc.log_model(
             name="segmentation_model",
             python_model=SegmentationPyfunc(assigner),

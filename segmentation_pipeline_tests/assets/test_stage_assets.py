@@ -93,7 +93,9 @@ def test_raw_customers_reads_the_source_through_the_configured_engine(tmp_path, 
     out = raw_customers(dg.build_asset_context(), settings=settings, database=DatabaseResource(settings=settings),
                         compute=LocalEngineResource(settings=settings))
     assert len(out.value) == len(frame)
-    assert out.metadata["row_count"].value == len(frame)
+    assert out.metadata["dagster/row_count"].value == len(frame)
+    schema = out.metadata["dagster/column_schema"].value
+    assert {"customer_id", "age", "annual_income", "spending_score"} <= {c.name for c in schema.columns}
     assert out.metadata["max_id"].value == str(frame["customer_id"].max())
     assert "***" in out.metadata["source"].value or "sqlite" in out.metadata["source"].value
 
@@ -182,5 +184,5 @@ def test_segments_follow_the_champion_when_the_challenger_loses(tmp_path, sqlite
     assert method == "publish"
     _, _, _, assigner, version, ids, _ = args
     assert assigner is old and version == "1" and ids.tolist() == [1, 1, 0]
-    assert materialization.metadata["n_input"].value == 4 and materialization.metadata["row_count"].value == 3
+    assert materialization.metadata["n_input"].value == 4 and materialization.metadata["dagster/row_count"].value == 3
     assert "v1" in materialization.metadata["model"].value
