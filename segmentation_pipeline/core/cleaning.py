@@ -202,7 +202,6 @@ def _failure_frame(
 
     ``ids`` is the id column by position; the failure cases' index holds positions.
     """
-    id_col = config.source.id_column
     unexpected = fc[fc["index"].isna() | ~fc["column"].isin(columns)]
     if len(unexpected):
         raise DataQualityError(
