@@ -62,6 +62,14 @@ def build_schedules(cfg: PipelineConfig) -> list[dg.ScheduleDefinition]:
             execution_timezone=auto.score.timezone,
             default_status=_status(auto.score.enabled),
         ),
+        dg.ScheduleDefinition(
+            name="daily_drift",
+            job=drift_job,
+            cron_schedule=auto.drift.cron,
+            execution_timezone=auto.drift.timezone,
+            default_status=_status(auto.drift.enabled),
+            description="Drift report against the champion's reference; a failed check makes drift_retrain_sensor retrain.",
+        ),
     ]
 
 

@@ -179,10 +179,16 @@ def log_segmentation_model(
 
 
 def alias_version(tracking_uri: str, model_name: str, alias: str) -> str | None:
+    """The version behind ``alias`` as a string, whichever store answers.
+
+    A SQLite (file) tracking store returns the version as an int, an HTTP server as a string;
+    everything past this boundary treats it as the registry's identifier, a string.
+    """
     try:
-        return MlflowClient(tracking_uri).get_model_version_by_alias(model_name, alias).version
+        version = MlflowClient(tracking_uri).get_model_version_by_alias(model_name, alias).version
     except MlflowException:
         return None
+    return str(version)
 
 
 def set_alias(tracking_uri: str, model_name: str, alias: str, version: str) -> None:
