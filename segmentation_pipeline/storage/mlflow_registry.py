@@ -29,7 +29,20 @@ from segmentation_pipeline.core.assigner import SegmentAssigner
 log = logging.getLogger(__name__)
 
 DAGSTER_RUN_TAG = "dagster_run_id"
-PIP_REQUIREMENTS = ["scikit-learn", "pandas<3", "numpy", "segmentation-pipeline"]
+#: Third-party distributions the pyfunc imports when it loads and predicts (MLflow adds itself).
+#: This project is never one of them: its code travels with the model (``code_paths``), and the
+#: name ``segmentation-pipeline`` on the package index belongs to someone else.
+MODEL_DEPENDENCIES = ("scikit-learn", "pandas", "numpy", "scipy")
+#: The package directory copied into the model (``code/segmentation_pipeline``), put on
+#: ``sys.path`` by MLflow when the model loads, so unpickling finds the classes it names.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def model_requirements() -> list[str]:
+    """Each dependency pinned to the version the model is trained with (what serving rebuilds)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in MODEL_DEPENDENCIES]
 
 
 class RegistryError(RuntimeError):
@@ -156,6 +169,10 @@ def log_segmentation_model(
     example = input_example.head(5)[assigner.features].astype("float64")  # head first: no copy of every row
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
     level = pyfunc_log.level
+    # MLflow would otherwise copy a uv.lock/pyproject.toml found in the working directory into the
+    # model: this project's own files, which name it as a package to install
+    uv_detect = os.environ.get("MLFLOW_UV_AUTO_DETECT")
+    os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
     try:
         # segment_id is an integer by contract; the cloudpickled PythonModel is deliberate
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
@@ -167,12 +184,17 @@ def log_segmentation_model(
             signature=signature,
             input_example=example,
             registered_model_name=registered_model_name,
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=model_requirements(),
+            code_paths=[str(PACKAGE_DIR)],
         )
     except MlflowException as exc:
         raise RegistryError(f"could not log/register model {registered_model_name!r}: {exc}") from exc
     finally:
         pyfunc_log.setLevel(level)
+        if uv_detect is None:
+            os.environ.pop("MLFLOW_UV_AUTO_DETECT", None)
+        else:
+            os.environ["MLFLOW_UV_AUTO_DETECT"] = uv_detect
     if info.registered_model_version is None:
         raise RegistryError(f"model {registered_model_name!r} was logged but not registered")
     return str(info.registered_model_version)
