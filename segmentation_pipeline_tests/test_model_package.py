@@ -5,8 +5,10 @@ not installed (the situation of `mlflow models serve` building the model's own e
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
@@ -72,3 +74,35 @@ def test_model_loads_and_scores_where_the_project_is_not_installed(model_dir: Pa
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["code"].startswith(str(model_dir / "code")), answer
     assert answer["row"]["segment_name"] and int(answer["row"]["segment_id"]) >= 0
+
+
+def test_served_from_its_own_logged_environment(model_dir: Path, tmp_path: Path):
+    """`mlflow models serve` as deployments run it: no --env-manager local, so it builds a
+    virtualenv from the model's requirements.txt (pyenv provides the Python; the first build
+    downloads the packages, later ones reuse ~/.mlflow/envs) and scores one customer over HTTP."""
+    from segmentation_pipeline_tests.helpers import free_port, stop, wait_for_http
+
+    port = free_port()
+    bin_dirs = [str(Path(sys.executable).parent), str(Path.home() / ".pyenv" / "bin"), "/usr/bin", "/bin"]
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    env["PATH"] = os.pathsep.join(bin_dirs)
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", str(model_dir),
+         "-h", "127.0.0.1", "-p", str(port)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        if not wait_for_http(f"http://127.0.0.1:{port}/ping", server, timeout_s=1200):
+            pytest.fail(f"model server did not start: {(tmp_path / 'serve.log').read_text()[-3000:]}")
+        body = json.dumps({"dataframe_records": [{"age": 24.0, "annual_income": 38000.0, "spending_score": 85.0}]})
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            [prediction] = json.loads(response.read())["predictions"]
+        assert prediction["segment_name"] and isinstance(prediction["segment_id"], int)
+        # it ran inside the environment MLflow built from the model's requirements, not this one
+        assert "/.mlflow/envs/" in (tmp_path / "serve.log").read_text()
+    finally:
+        stop(server)
+        log.close()
