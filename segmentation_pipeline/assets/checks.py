@@ -26,9 +26,18 @@ SEGMENT_SHARE_CHECK = "no_segment_below_min_share"
 
 
 def _reported(context: dg.AssetCheckExecutionContext, asset: str) -> dict[str, Any]:
-    """The metadata of the asset's latest materialization, as plain values."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
-    materialization = event.asset_materialization if event else None
+    """The asset's metadata from this run (concurrent runs share the instance and the asset keys),
+    else from its latest materialization (a check executed on its own), as plain values."""
+    key = dg.AssetKey(asset)
+    records = context.instance.get_records_for_run(
+        context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    ours = [r.asset_materialization for r in records if r.asset_key == key]
+    if ours and ours[-1] is not None:
+        materialization = ours[-1]
+    else:
+        event = context.instance.get_latest_materialization_event(key)
+        materialization = event.asset_materialization if event else None
     if materialization is None:
         raise dg.Failure(f"{asset} has not been materialized")
     return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
