@@ -21,7 +21,8 @@ if command -v uv >/dev/null 2>&1; then
   UV_PROJECT_ENVIRONMENT="$venv" uv sync --frozen --inexact --python "$(command -v "$python")" "${extras[@]}"
 else
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --progress-bar on --require-hashes -r "requirements/$target.txt"
+  # --no-deps: the export is the whole locked closure already, each pinned with its hashes
+  "$venv/bin/python" -m pip install --progress-bar on --no-deps --require-hashes -r "requirements/$target.txt"
   "$venv/bin/python" -m pip install --no-deps -e .
 fi
 echo "==> $venv ready for '$target' in $(( $(date +%s) - start )) s"
