@@ -2,29 +2,45 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export DAGSTER_HOME := $(CURDIR)/.dagster_home
+# One Dagster instance for `make ui`, `make run` and `.venv/bin/segmentation` (the CLI's own default).
+export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: setup run test ui mlflow-ui score drift bench clean stack-up stack-down stack-status compose-up compose-down
+.PHONY: setup setup-test services lock run test ui mlflow-ui score drift bench clean stack-up stack-down stack-status compose-up compose-down
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
+# What running needs (no pyspark, no playwright), from uv.lock; progress and timing on screen.
+$(VENV)/.installed-run: pyproject.toml uv.lock requirements/run.txt
+	PYTHON=$(PYTHON) scripts/install.sh run
 	touch $@
 
-setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+# The test extras on top (pytest, playwright, pyspark).
+$(VENV)/.installed-test: pyproject.toml uv.lock requirements/test.txt
+	PYTHON=$(PYTHON) scripts/install.sh test
+	touch $@
+
+setup: $(VENV)/.installed-run $(DAGSTER_HOME)/dagster.yaml
+setup-test: $(VENV)/.installed-test $(DAGSTER_HOME)/dagster.yaml
 
 $(DAGSTER_HOME)/dagster.yaml: configs/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp configs/dagster.yaml $@
+
+## services: start (and install, when missing) MariaDB, PostgreSQL, chromium, the JDBC jar, Java
+services:
+	scripts/test_services.sh
+
+## lock: re-resolve uv.lock and the pip fallback files exported from it (needs uv)
+lock:
+	uv lock
+	uv export --frozen --no-emit-project --no-dev --format requirements-txt -o requirements/run.txt
+	uv export --frozen --no-emit-project --no-dev --extra dev --extra spark --format requirements-txt -o requirements/test.txt
 
 ## run: set up, seed demo data on first run, run the whole pipeline on the embedded default
 run: setup
 	$(BIN)/segmentation demo-data --if-missing
 	$(BIN)/segmentation run
 
-## test: the whole test suite (MariaDB on 127.0.0.1:3306; tests start their own MLflow server)
-test: setup
+## test: the whole test suite, after installing and starting everything it needs
+test: setup-test services
 	$(BIN)/python -m pytest
 
 ## ui: the Dagster UI with the daemon (schedules and sensors) at http://127.0.0.1:3000

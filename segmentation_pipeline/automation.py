@@ -8,7 +8,7 @@ import dagster as dg
 
 from segmentation_pipeline.assets.monitoring import segment_drift
 from segmentation_pipeline.assets.scoring import scored_customers
-from segmentation_pipeline.config import PipelineConfig
+from segmentation_pipeline.config import PipelineConfig, ScheduleConfig
 from segmentation_pipeline.resources import DatabaseResource, SettingsResource
 from segmentation_pipeline.storage.source import high_water_mark
 from segmentation_pipeline.storage.segment_store import record_run_failure
@@ -45,23 +45,22 @@ def _sensor_status(enabled: bool) -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if enabled else dg.DefaultSensorStatus.STOPPED
 
 
+def _schedule(name: str, job: Any, when: ScheduleConfig, description: str) -> dg.ScheduleDefinition:
+    """A schedule of ``job`` at the cron and timezone the config gives, on or off as configured."""
+    return dg.ScheduleDefinition(
+        name=name, job=job, cron_schedule=when.cron, execution_timezone=when.timezone,
+        default_status=_status(when.enabled), description=description,
+    )
+
+
 def build_schedules(cfg: PipelineConfig) -> list[dg.ScheduleDefinition]:
     auto = cfg.automation
     return [
-        dg.ScheduleDefinition(
-            name="weekly_retrain",
-            job=segmentation_job,
-            cron_schedule=auto.retrain.cron,
-            execution_timezone=auto.retrain.timezone,
-            default_status=_status(auto.retrain.enabled),
-        ),
-        dg.ScheduleDefinition(
-            name="daily_scoring",
-            job=score_job,
-            cron_schedule=auto.score.cron,
-            execution_timezone=auto.score.timezone,
-            default_status=_status(auto.score.enabled),
-        ),
+        _schedule("weekly_retrain", segmentation_job, auto.retrain, "Full retrain (automation.retrain)."),
+        _schedule("daily_scoring", score_job, auto.score, "The champion scores every customer (automation.score)."),
+        _schedule("daily_drift", drift_job, auto.drift,
+                  "Drift report against the champion's reference (automation.drift); a failed check makes "
+                  "drift_retrain_sensor request a retrain."),
     ]
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from segmentation_pipeline.config import ConfigError, PipelineConfig, load_config
+from segmentation_pipeline.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load_config
 
 
 def _overrides_for_features(cfg_path: str | None, features: list[str]) -> dict[str, Any]:
@@ -48,10 +49,26 @@ def _overrides_for_features(cfg_path: str | None, features: list[str]) -> dict[s
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": os.environ.get("SEGMENTATION_LOG_LEVEL", "INFO")}}}}
 
 
-def _instance():
+#: The instance settings a fresh Dagster home starts from (run limits, pools), as `make ui` uses.
+INSTANCE_SETTINGS = DEFAULT_CONFIG.with_name("dagster.yaml")
+
+
+def dagster_home(config_path: str | None = None) -> Path:
+    """``$DAGSTER_HOME``, else ``<data_dir>/dagster_home``: the one instance the CLI and ``make ui`` share."""
+    home = os.environ.get("DAGSTER_HOME")
+    return Path(home) if home else (load_config(config_path).data_path / "dagster_home").resolve()
+
+
+def _instance(config_path: str | None = None):
+    """A persistent instance, so every CLI run is listed in the UI with its logs (never a throwaway one)."""
     import dagster as dg
 
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    home = dagster_home(config_path)
+    home.mkdir(parents=True, exist_ok=True)
+    settings = home / "dagster.yaml"
+    if not settings.exists() and INSTANCE_SETTINGS.exists():
+        shutil.copyfile(INSTANCE_SETTINGS, settings)
+    return dg.DagsterInstance.from_config(str(home))
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -93,7 +110,7 @@ def run_pipeline(config_path: str | None = None, features: list[str] | None = No
     overrides_json = json.dumps(_overrides_for_features(config_path, features) if features else {})
     cfg = SettingsResource(config_path=config_path, overrides_json=overrides_json).load()  # fail fast on config
     started = time.perf_counter()
-    result = run_training(_instance(), config_path, overrides_json, run_config=QUIET_LOGS, tags={"trigger": "cli"})
+    result = run_training(_instance(config_path), config_path, overrides_json, run_config=QUIET_LOGS, tags={"trigger": "cli"})
     return summarise(result, cfg, time.perf_counter() - started)
 
 
@@ -207,7 +224,7 @@ def _run_single_asset(config_path: str | None, asset_name: str, run_config: dict
         ASSETS,
         selection=dg.AssetSelection.assets(asset_name),
         resources=build_resources(settings, cfg, io_manager=dg.mem_io_manager),
-        instance=_instance(),
+        instance=_instance(config_path),
         run_config={**QUIET_LOGS, **(run_config or {})},
     )
     [event] = result.asset_materializations_for_node(asset_name)

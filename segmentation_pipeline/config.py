@@ -240,6 +240,15 @@ class DriftConfig(_Model):
         return self
 
 
+class ChecksConfig(_Model):
+    """Asset-check limits on a training run (``assets.checks``)."""
+
+    max_rejected_share: float = Field(
+        0.5, ge=0, le=1, description="more rejected rows than this share of the input stops the write-back"
+    )
+    min_segment_share: float = Field(0.01, ge=0, le=1, description="a smaller segment is reported as a warning")
+
+
 class ScheduleConfig(_Model):
     cron: str
     timezone: str = "UTC"
@@ -254,6 +263,7 @@ class SensorConfig(_Model):
 class AutomationConfig(_Model):
     retrain: ScheduleConfig = ScheduleConfig(cron="0 3 * * 1")
     score: ScheduleConfig = ScheduleConfig(cron="0 4 * * *")
+    drift: ScheduleConfig = ScheduleConfig(cron="0 5 * * *")  # daily, after scoring
     new_customers_sensor: SensorConfig = SensorConfig()
     drift_sensor: SensorConfig = SensorConfig(interval_s=300)
 
@@ -355,6 +365,7 @@ class PipelineConfig(_Model):
     promotion: PromotionConfig = PromotionConfig()
     drift: DriftConfig = DriftConfig()
     automation: AutomationConfig = AutomationConfig()
+    checks: ChecksConfig = ChecksConfig()
     data_dir: str = "data"
     engine: Literal["local", "spark"] = Field("local", description="local: pandas/scikit-learn; spark: Spark MLlib")
     spark: SparkSettings = Field(default_factory=SparkSettings, description="used when engine is spark")

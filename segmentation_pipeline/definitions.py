@@ -11,6 +11,7 @@ import os
 
 import dagster as dg
 
+from segmentation_pipeline.assets.checks import CHECKS
 from segmentation_pipeline.assets.cleaning import clean_and_reject
 from segmentation_pipeline.assets.export import segment_export
 from segmentation_pipeline.assets.extraction import raw_customers
@@ -18,6 +19,7 @@ from segmentation_pipeline.assets.features import customer_features
 from segmentation_pipeline.assets.monitoring import segment_drift
 from segmentation_pipeline.assets.scoring import scored_customers
 from segmentation_pipeline.assets.segments import customer_segments
+from segmentation_pipeline.assets.sources import customers_source_spec
 from segmentation_pipeline.assets.training import k_selection, model_promotion, segmentation_model
 from segmentation_pipeline.automation import (
     build_schedules,
@@ -67,7 +69,8 @@ def build_definitions(config_path: str | None = None) -> dg.Definitions:
     settings = SettingsResource(config_path=config_path)
     cfg = settings.load()
     return dg.Definitions(
-        assets=ASSETS,
+        assets=[customers_source_spec(cfg), *ASSETS],
+        asset_checks=CHECKS,
         jobs=[segmentation_job, score_job, drift_job],
         schedules=build_schedules(cfg),
         sensors=build_sensors(cfg),

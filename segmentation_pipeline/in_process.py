@@ -173,6 +173,7 @@ def consumers_of(assets: Sequence[dg.AssetsDefinition], selected: set[dg.AssetKe
 
 def training_job(config_path: str | None, overrides_json: str = "{}") -> dg.JobDefinition:
     """The reconstructor ``execute_job`` calls: the training groups, in-process, releasing values."""
+    from segmentation_pipeline.assets.checks import CHECKS
     from segmentation_pipeline.automation import TRAINING_GROUPS
     from segmentation_pipeline.definitions import ASSETS, build_resources
     from segmentation_pipeline.resources import SettingsResource
@@ -196,7 +197,7 @@ def training_job(config_path: str | None, overrides_json: str = "{}") -> dg.JobD
         description="values in memory, each released after its last consumer; tables as Parquet in a run scratch dir",
     )
     job = dg.define_asset_job(JOB_NAME, selection=selection, executor_def=dg.in_process_executor)
-    defs = dg.Definitions(assets=ASSETS, jobs=[job], resources=build_resources(settings, cfg, io_manager=io_manager))
+    defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[job], resources=build_resources(settings, cfg, io_manager=io_manager))
     return defs.resolve_job_def(JOB_NAME)
 
 

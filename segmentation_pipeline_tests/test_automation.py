@@ -142,3 +142,38 @@ def test_run_failure_sensor_records_the_failure_for_operators(tmp_path):
     assert rows["run_id"].tolist() == [result.run_id]
     assert rows["job_name"].tolist() == ["doomed"]
     assert "explode" in rows["message"].iloc[0]
+
+
+def test_drift_runs_on_its_own_schedule_from_config(tmp_path):
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["automation"]["drift"] = {"cron": "15 6 * * *", "timezone": "UTC", "enabled": True}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    schedules = {s.name: s for s in build_schedules(load_config(path))}
+    assert schedules["daily_drift"].job_name == "drift_job"
+    assert schedules["daily_drift"].cron_schedule == "15 6 * * *"
+    assert schedules["daily_drift"].default_status == dg.DefaultScheduleStatus.RUNNING
+    # the shipped default runs drift daily, after the daily scoring
+    default = {s.name: s for s in build_schedules(load_config())}
+    assert default["daily_drift"].cron_schedule == "0 5 * * *"
+    assert default["daily_scoring"].cron_schedule == "0 4 * * *"
+
+
+def test_lineage_connects_source_training_scoring_and_drift():
+    from segmentation_pipeline.definitions import defs as load_definitions
+
+    defs = load_definitions()
+    graph = defs.resolve_asset_graph()
+    source = dg.AssetKey("source_customers")
+    assert graph.get(source).is_external
+    for key in ("raw_customers", "scored_customers", "segment_drift"):
+        assert source in graph.get(dg.AssetKey(key)).parent_keys, key
+    for key in ("scored_customers", "segment_drift"):
+        assert dg.AssetKey("model_promotion") in graph.get(dg.AssetKey(key)).parent_keys, key
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    assert {("clean_customers", "every_row_accounted_for"), ("rejected_customers", "rejected_share_within_ceiling"),
+            ("segmentation_model", "no_segment_below_min_share"), ("segment_drift", "drift_within_thresholds")} <= checks
+    from segmentation_pipeline.assets.checks import CHECKS
+
+    blocking = {spec.name for check in CHECKS for spec in check.check_specs if spec.blocking}
+    assert blocking == {"every_row_accounted_for", "rejected_share_within_ceiling"}

@@ -5,6 +5,7 @@ from typing import Any
 import dagster as dg
 
 from segmentation_pipeline.assets.metadata import frame_columns, plain_metadata, table_facts
+from segmentation_pipeline.assets.sources import CUSTOMERS_SOURCE
 from segmentation_pipeline.resources import DatabaseResource, EngineResource, SettingsResource
 
 
@@ -12,6 +13,7 @@ from segmentation_pipeline.resources import DatabaseResource, EngineResource, Se
     group_name="extraction",
     kinds={"sql"},
     pool="customer_db",
+    deps=[CUSTOMERS_SOURCE],
     description="The configured customer table, read in keyset-paginated chunks (or planned as a partitioned read).",
 )
 def raw_customers(

@@ -1,12 +1,12 @@
 """Drift of features and segment shares against the data the champion was trained on."""
 
 
-from pathlib import Path
 
 import dagster as dg
 import mlflow
 
 from segmentation_pipeline.assets.metadata import image, jsonable, table
+from segmentation_pipeline.assets.sources import CUSTOMERS_SOURCE
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.core.drift import DriftThresholds, compute_drift, drift_plot
 from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource
@@ -20,6 +20,8 @@ DRIFT_CHECK = "drift_within_thresholds"
     group_name="monitoring",
     kinds={"evidently", "mlflow"},
     pool="customer_db",
+    # what it reads: the source table and the champion (named by the promotion gate)
+    deps=[CUSTOMERS_SOURCE, "model_promotion"],
     check_specs=[dg.AssetCheckSpec(DRIFT_CHECK, asset="segment_drift", description="Evidently feature drift and segment-share PSI within configured thresholds")],
     description="Evidently report: current customers vs the champion's training reference.",
 )
@@ -42,19 +44,7 @@ def segment_drift(
         reference, current, cfg.features, segment_column="segment_id", thresholds=thresholds,
         sample=cfg.drift.sample, random_state=cfg.model.random_state,
     )
-    report_dir = cfg.data_path / "drift_reports"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    html_path = report_dir / f"drift_{context.run.run_id}.html"
-    html_path.write_text(result.html)
     png = drift_plot(result)
-    with registry.training_run(target, context.run.run_id, run_name=f"drift-{context.run.run_id[:8]}") as run_id:
-        mlflow.set_tag("kind", "drift")
-        mlflow.set_tag("champion_version", version)
-        mlflow.log_metrics({"drift_share_drifted": result.share_drifted,
-                            "drift_segment_psi": float(result.segment_psi or 0.0)})
-        mlflow.log_artifact(str(html_path), "drift")
-        registry.log_json(jsonable(result.summary), "drift/summary.json")
-        registry.log_png(png, "drift/drift.png")
     passed = result.severity == "ok"
     severity = dg.AssetCheckSeverity.ERROR if result.severity == "error" else dg.AssetCheckSeverity.WARN
     summary_md = {
@@ -63,15 +53,36 @@ def segment_drift(
         "share_drifted": dg.MetadataValue.float(float(result.share_drifted)),
         "segment_psi": dg.MetadataValue.float(float(result.segment_psi or 0.0)),
     }
+    details = {
+        "champion_version": dg.MetadataValue.text(version),
+        "segment_shares": table(result.segment_shares),
+        "feature_scores": dg.MetadataValue.json(jsonable(result.feature_scores)),
+        "plot": image(png, "drift"),
+    }
+    # Everything above only reads. The report file and the MLflow run are written last, and a
+    # failure while writing them removes the file and marks the MLflow run FAILED: no half result.
+    report_dir = cfg.data_path / "drift_reports"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    html_path = (report_dir / f"drift_{context.run.run_id}.html").resolve()
+    try:
+        html_path.write_text(result.html)
+        with registry.training_run(target, context.run.run_id, run_name=f"drift-{context.run.run_id[:8]}") as run_id:
+            mlflow.set_tag("kind", "drift")
+            mlflow.set_tag("champion_version", version)
+            mlflow.log_metrics({"drift_share_drifted": result.share_drifted,
+                                "drift_segment_psi": float(result.segment_psi or 0.0)})
+            mlflow.log_artifact(str(html_path), "drift")
+            registry.log_json(jsonable(result.summary), "drift/summary.json")
+            registry.log_png(png, "drift/drift.png")
+    except BaseException:
+        html_path.unlink(missing_ok=True)
+        raise
     return dg.MaterializeResult(
         metadata={
             **summary_md,
-            "champion_version": dg.MetadataValue.text(version),
-            "report_path": dg.MetadataValue.path(str(Path(html_path).resolve())),
+            **details,
+            "report_path": dg.MetadataValue.path(str(html_path)),
             "mlflow_run_id": dg.MetadataValue.text(run_id),
-            "segment_shares": table(result.segment_shares),
-            "feature_scores": dg.MetadataValue.json(jsonable(result.feature_scores)),
-            "plot": image(png, "drift"),
         },
         check_results=[
             dg.AssetCheckResult(check_name=DRIFT_CHECK, passed=passed, severity=severity, metadata=summary_md)

@@ -4,6 +4,7 @@
 import dagster as dg
 
 from segmentation_pipeline.assets.metadata import jsonable
+from segmentation_pipeline.assets.sources import CUSTOMERS_SOURCE
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
 from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource
@@ -23,6 +24,8 @@ class ScoreConfig(dg.Config):
     group_name="scoring",
     kinds={"mlflow", "sql"},
     pool="customer_db",
+    # what it reads: the source table and the champion (named by the promotion gate)
+    deps=[CUSTOMERS_SOURCE, "model_promotion"],
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     description="Assign segments with models:/<name>@champion (no refit) and upsert them atomically.",
 )

@@ -37,7 +37,20 @@ DAGSTER_RUN_TAG = "dagster_run_id"
 #: GenAI ones (traces) when the experiment carries this kind.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_EXPERIMENT = "custom_model_development"
-PIP_REQUIREMENTS = ["scikit-learn", "pandas<3", "numpy", "segmentation-pipeline"]
+#: Third-party distributions the pyfunc imports when it loads and predicts (MLflow adds itself).
+#: This project is never one of them: its code travels with the model (``code_paths``), and the
+#: name ``segmentation-pipeline`` on the package index belongs to someone else.
+MODEL_DEPENDENCIES = ("scikit-learn", "pandas", "numpy", "scipy")
+#: The package directory copied into the model (``code/segmentation_pipeline``), put on
+#: ``sys.path`` by MLflow when the model loads, so unpickling finds the classes it names.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def model_requirements() -> list[str]:
+    """Each dependency pinned to the version the model is trained with (what serving rebuilds)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in MODEL_DEPENDENCIES]
 
 
 class RegistryError(RuntimeError):
@@ -273,6 +286,10 @@ def log_segmentation_model(
     example = input_example.head(5)[assigner.features].astype("float64")  # head first: no copy of every row
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
     level = pyfunc_log.level
+    # MLflow would otherwise copy a uv.lock/pyproject.toml found in the working directory into the
+    # model: this project's own files, which name it as a package to install
+    uv_detect = os.environ.get("MLFLOW_UV_AUTO_DETECT")
+    os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
     try:
         # segment_id is an integer by contract; the cloudpickled PythonModel is deliberate
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
@@ -284,23 +301,34 @@ def log_segmentation_model(
             signature=signature,
             input_example=example,
             registered_model_name=registered_model_name,
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=model_requirements(),
+            code_paths=[str(PACKAGE_DIR)],
         )
     except MlflowException as exc:
         raise RegistryError(f"could not log/register model {registered_model_name!r}: {exc}") from exc
     finally:
         pyfunc_log.setLevel(level)
+        if uv_detect is None:
+            os.environ.pop("MLFLOW_UV_AUTO_DETECT", None)
+        else:
+            os.environ["MLFLOW_UV_AUTO_DETECT"] = uv_detect
     if info.registered_model_version is None:
         raise RegistryError(f"model {registered_model_name!r} was logged but not registered")
     return str(info.registered_model_version)
 
 
 def alias_version(tracking_uri: str, model_name: str, alias: str) -> str | None:
+    """The version behind ``alias`` as a string, whichever store answers.
+
+    A SQLite (file) tracking store returns the version as an int, an HTTP server as a string;
+    everything past this boundary treats it as the registry's identifier, a string.
+    """
     check_reachable(tracking_uri)
     try:
-        return MlflowClient(tracking_uri).get_model_version_by_alias(model_name, alias).version
+        version = MlflowClient(tracking_uri).get_model_version_by_alias(model_name, alias).version
     except MlflowException:
         return None
+    return str(version)
 
 
 def set_alias(tracking_uri: str, model_name: str, alias: str, version: str) -> None:

@@ -3,8 +3,9 @@
 The test holds the pipeline's own database lock until both processes are queued on it (seen in
 ``information_schema.PROCESSLIST``), then lets go: they race for it exactly at the write-back.
 The lock must serialise them: both succeed, one waits while the other writes, the final table
-is exactly one run's output, and the history keeps both runs. ``DAGSTER_HOME`` is removed from
-the processes' environment, so Dagster's own run/pool limits cannot be what serialises them.
+is exactly one run's output, and the history keeps both runs. Each process gets its own empty
+``DAGSTER_HOME`` (not the shared instance under ``data_dir``), so Dagster's own run/pool limits
+cannot be what serialises them.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ def test_training_and_scoring_processes_racing_for_the_write_back_are_serialised
             "train": [sys.executable, "-m", "segmentation_pipeline.cli", "--config", str(config), "run", "--json"],
             "score": [sys.executable, "-m", "segmentation_pipeline.cli", "--config", str(config), "score"],
         }
-        processes = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        homes = {name: tmp_path / f"dagster_home_{name}" for name in commands}
+        for home in homes.values():
+            home.mkdir()
+        processes = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                            env={**env, "DAGSTER_HOME": str(homes[name])})
                      for name, cmd in commands.items()}
         deadline = time.monotonic() + 240
         while len(_waiting(watcher, key)) < 2:  # both have done all their work up to the write-back
