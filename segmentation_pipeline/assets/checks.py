@@ -12,6 +12,7 @@ from typing import Any
 
 import dagster as dg
 
+from segmentation_pipeline.assets.metadata import ROW_COUNT
 from segmentation_pipeline.core.quality_checks import (
     CheckOutcome,
     rejected_share_within,
@@ -55,7 +56,7 @@ def _result(outcome: CheckOutcome, severity: dg.AssetCheckSeverity, **metadata: 
 )
 def every_row_accounted_for(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     clean, rejected = _reported(context, "clean_customers"), _reported(context, "rejected_customers")
-    n_input, n_clean, n_rejected = int(clean["n_input"]), int(clean["row_count"]), int(rejected["row_count"])
+    n_input, n_clean, n_rejected = int(clean["n_input"]), int(clean[ROW_COUNT]), int(rejected[ROW_COUNT])
     outcome = rows_accounted_for(n_input, n_clean, n_rejected)
     return _result(outcome, dg.AssetCheckSeverity.ERROR, n_input=n_input, n_clean=n_clean, n_rejected=n_rejected)
 
@@ -69,7 +70,7 @@ def rejected_share_within_ceiling(
 ) -> dg.AssetCheckResult:
     ceiling = settings.load().checks.max_rejected_share
     n_input = int(_reported(context, "clean_customers")["n_input"])
-    n_rejected = int(_reported(context, "rejected_customers")["row_count"])
+    n_rejected = int(_reported(context, "rejected_customers")[ROW_COUNT])
     outcome = rejected_share_within(n_input, n_rejected, ceiling)
     return _result(outcome, dg.AssetCheckSeverity.ERROR, n_input=n_input, n_rejected=n_rejected, ceiling=ceiling)
 
