@@ -288,7 +288,7 @@ def log_segmentation_model(
     level = pyfunc_log.level
     # MLflow would otherwise copy a uv.lock/pyproject.toml found in the working directory into the
     # model: this project's own files, which name it as a package to install
-    uv_detect = os.environ.get("MLFLOW_UV_AUTO_DETECT")
+    uv_detect = os.environ.pop("MLFLOW_UV_AUTO_DETECT", None)  # forced off, then put back as it was
     os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
     try:
         # segment_id is an integer by contract; the cloudpickled PythonModel is deliberate
