@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from segmentation_pipeline.cli import build_parser, main
@@ -21,13 +23,15 @@ def test_version(capsys):
 def test_every_option_has_help_and_shows_its_default(command):
     parser = build_parser()
     sub = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices[command]
-    for action in sub._actions:
-        if action.dest in {"help", "config"}:
-            continue
+    # the global options (--config, --verbose, --log-file) are repeated hidden on each command
+    shown = [a for a in sub._actions if a.dest != "help" and a.help != argparse.SUPPRESS]
+    hidden = {a.dest for a in sub._actions if a.help == argparse.SUPPRESS}
+    assert hidden == {"config", "verbose", "log_file"}, hidden
+    for action in shown:
         assert action.help, f"{command} {action.option_strings} has no help"
     text = sub.format_help()
-    for action in sub._actions:
-        if action.default not in (None, False) and action.dest not in {"help", "config"}:
+    for action in shown:
+        if action.default not in (None, False):
             assert f"(default: {action.default})" in text, (command, action.dest)
 
 
