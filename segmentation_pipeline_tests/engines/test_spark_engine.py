@@ -351,7 +351,8 @@ def test_same_k_rule_and_segments_as_the_local_engine(spark_run: dict[str, Any],
     assert {"inertia", "silhouette", "davies_bouldin", "calinski_harabasz", "silhouette_spark"} <= set(metrics.columns)
     assert metrics["silhouette_spark"].notna().all()  # ClusteringEvaluator ran on the sample
     assert training.k == local_run["selection"].k == 5
-    assert training.selection.reason.startswith(("knee of WCSS", "best silhouette"))
+    # the evidence rule names the chosen k and the deciding evidence first (core/k_evidence.py)
+    assert training.selection.reason.startswith(f"k={training.k}: "), training.selection.reason
     assert training.features.n_components == 3 or 0.95 < training.features.explained_variance_ratio.sum()
     spark_segments = spark_run["assigned"]["segment_id"]
     local_segments = local_run["segments"]

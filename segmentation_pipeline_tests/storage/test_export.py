@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -36,12 +39,26 @@ def _publish(engine: sa.Engine, ids: list, segment_ids: np.ndarray) -> pd.DataFr
 
 
 @pytest.fixture(params=["sqlite", "mysql"])
-def db(request, tmp_path) -> sa.Engine:
+def db(request, tmp_path) -> Iterator[sa.Engine]:
+    """An empty database of its own: the export publishes under the default table names, which
+    the other tests of the session's shared MySQL database also use."""
     if request.param == "sqlite":
-        return create_db_engine(f"sqlite:///{tmp_path / 'segments.db'}")
+        yield create_db_engine(f"sqlite:///{tmp_path / 'segments.db'}")
+        return
     request.applymarker(pytest.mark.mysql)
-    url = request.getfixturevalue("mysql_database_url")
-    return create_db_engine(url)
+    server = request.getfixturevalue("mysql_server_url")
+    name = f"segexport_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    engine = create_db_engine(sa.engine.make_url(server).set(database=name))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
 
 
 @pytest.mark.parametrize("ids", [TEXT_IDS, list(range(10**12, 10**12 + 8))], ids=["text", "integer"])
