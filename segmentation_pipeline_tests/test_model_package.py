@@ -25,9 +25,11 @@ pytestmark = pytest.mark.e2e
 
 # Runs in a fresh interpreter: hide every installed copy of this project, then load the model.
 LOAD_WITHOUT_PROJECT = r"""
-import importlib.util, json, sys
+import importlib.util, json, os, sys
 sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-sys.path = [p for p in sys.path if p and not any(root in p for root in json.loads(sys.argv[2]))]
+roots = {os.path.realpath(root) for root in json.loads(sys.argv[2])}
+# the checkout itself goes; its .venv's site-packages (where mlflow lives in CI) stays
+sys.path = [p for p in sys.path if p and os.path.realpath(p) not in roots]
 assert importlib.util.find_spec("segmentation_pipeline") is None, "project still importable"
 import mlflow.pyfunc, pandas as pd
 model = mlflow.pyfunc.load_model(sys.argv[1])
