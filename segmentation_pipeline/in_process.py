@@ -17,6 +17,7 @@ import ctypes
 import gc
 import os
 import shutil
+import socket
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -201,6 +202,43 @@ def training_job(config_path: str | None, overrides_json: str = "{}") -> dg.JobD
     return defs.resolve_job_def(JOB_NAME)
 
 
+#: Tags that let a later run tell whether this run's process is still alive.
+PID_TAG = "segmentation/pid"
+HOST_TAG = "segmentation/host"
+
+
+def process_tags() -> dict[str, str]:
+    """This process's id and host, for :func:`fail_abandoned_runs`."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def fail_abandoned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark as failed the in-process runs on this host whose process is gone (killed, machine crash).
+
+    A run executed in the CLI's own process has no run launcher to notice its death, so without
+    this a ``kill -9`` leaves it STARTED in the UI for ever. A live process (or a reused pid) is
+    left alone: the check errs towards leaving a run as it is.
+    """
+    host = socket.gethostname()
+    runs = instance.get_runs(filters=dg.RunsFilter(
+        statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING], tags={HOST_TAG: host},
+    ))
+    failed = []
+    for run in runs:
+        try:
+            pid = int(run.tags.get(PID_TAG, ""))
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        instance.report_run_failed(
+            run, message=f"the process that ran it (pid {pid} on {host}) is gone: killed or crashed before "
+                         "the run ended. The previous segments stay published; re-run to publish new ones.",
+        )
+        failed.append(run.run_id)
+    return failed
+
+
 def run_training(
     instance: dg.DagsterInstance,
     config_path: str | None,
@@ -211,13 +249,14 @@ def run_training(
 ) -> dg.JobExecutionResult:
     """Run the training job in this process; raises the step's error when a step fails."""
     map_large_allocations()
+    fail_abandoned_runs(instance)
     job = dg.build_reconstructable_job(
         __name__, training_job.__name__, reconstructable_args=(config_path, overrides_json)
     )
     gc.collect()
     gc.freeze()  # the interpreter's modules are never garbage: the per-step collections skip them
     try:
-        return dg.execute_job(job, instance=instance, run_config=dict(run_config or {}), tags=dict(tags or {}),
-                              raise_on_error=True)
+        return dg.execute_job(job, instance=instance, run_config=dict(run_config or {}),
+                              tags={**(tags or {}), **process_tags()}, raise_on_error=True)
     finally:
         gc.unfreeze()

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from kneed import KneeLocator
 
 from segmentation_pipeline.core.modeling import fit_kmeans, sample_indices, silhouette_scores, spread_scores
 
@@ -154,6 +153,8 @@ def _knee(ks: np.ndarray, inertia: np.ndarray) -> int | None:
         return None  # two points have no elbow
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from kneed import KneeLocator  # imports matplotlib.pyplot: only when a knee is sought
+
         knee = KneeLocator(ks, inertia, curve="convex", direction="decreasing").knee
     return None if knee is None else int(knee)
 
