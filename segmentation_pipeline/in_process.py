@@ -29,7 +29,8 @@ import pandas as pd
 
 from segmentation_pipeline.storage.tables import write_table
 
-JOB_NAME = "segmentation_in_process"
+#: The code location's training job: CLI runs are listed under it in the UI, beside the runs it launched.
+JOB_NAME = "segmentation_job"
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -175,7 +176,7 @@ def consumers_of(assets: Sequence[dg.AssetsDefinition], selected: set[dg.AssetKe
 def training_job(config_path: str | None, overrides_json: str = "{}") -> dg.JobDefinition:
     """The reconstructor ``execute_job`` calls: the training groups, in-process, releasing values."""
     from segmentation_pipeline.assets.checks import CHECKS
-    from segmentation_pipeline.automation import TRAINING_GROUPS
+    from segmentation_pipeline.automation import TRAINING_GROUPS, segmentation_job
     from segmentation_pipeline.definitions import ASSETS, build_resources
     from segmentation_pipeline.resources import SettingsResource
 
@@ -197,7 +198,8 @@ def training_job(config_path: str | None, overrides_json: str = "{}") -> dg.JobD
         resource_fn=io_manager_fn,
         description="values in memory, each released after its last consumer; tables as Parquet in a run scratch dir",
     )
-    job = dg.define_asset_job(JOB_NAME, selection=selection, executor_def=dg.in_process_executor)
+    job = dg.define_asset_job(JOB_NAME, selection=selection, executor_def=dg.in_process_executor,
+                              tags=segmentation_job.tags, description=segmentation_job.description)
     defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[job], resources=build_resources(settings, cfg, io_manager=io_manager))
     return defs.resolve_job_def(JOB_NAME)
 

@@ -9,6 +9,7 @@ import textwrap
 
 import dagster as dg
 
+from segmentation_pipeline.automation import segmentation_job
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.in_process import PID_TAG, fail_abandoned_runs
 from segmentation_pipeline.storage.bulk_load import load_frame
@@ -39,6 +40,7 @@ def test_killed_cli_run_is_marked_failed_by_the_next_one(tmp_path, monkeypatch, 
     instance = dg.DagsterInstance.from_config(str(home))
     [run] = instance.get_runs()
     assert run.status == dg.DagsterRunStatus.STARTED  # nobody was left to say otherwise
+    assert run.job_name == segmentation_job.name  # listed in the UI under the code location's job
     assert run.tags[PID_TAG] != str(os.getpid())
 
     # a live run (this process) is left alone; the dead one is failed with a message that says why
