@@ -1,7 +1,6 @@
 """Stage 3: log1p on skewed columns, scaling and PCA, fitted on non-outlier rows only."""
 
 import dagster as dg
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -33,11 +32,12 @@ def customer_features(
     with registry.training_run(mlflow_tracking.target(), context.run.run_id):
         # per component its own share and the running total: the last step of the cumulative one
         # is what the variance target (transform.pca_components) is compared with
+        points = []
         for i, (value, total) in enumerate(zip(ratio, np.cumsum(ratio), strict=True), start=1):
-            mlflow.log_metric("pca_explained_variance_ratio", float(value), step=i)
-            mlflow.log_metric("pca_cumulative_explained_variance", float(total), step=i)
-        mlflow.log_metric("pca_explained_variance_total", float(np.sum(ratio)))
-        mlflow.log_metric("pca_n_components", len(features.component_names))
+            points += [("pca_explained_variance_ratio", float(value), i),
+                       ("pca_cumulative_explained_variance", float(total), i)]
+        registry.log_metric_steps(points, pca_explained_variance_total=float(np.sum(ratio)),
+                                  pca_n_components=len(features.component_names))
         registry.log_frame(loadings, "features/pca_loadings.csv")
     return dg.Output(
         features,

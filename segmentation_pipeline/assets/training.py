@@ -67,17 +67,14 @@ def k_selection(
         evidence.rename(columns={"smallest_share": "min_share"}), selection.k, f"structure: {structure}"
     )
     with registry.training_run(mlflow_tracking.target(), context.run.run_id):
-        for row in selection.metrics.itertuples(index=False):
-            for metric in SWEEP_METRICS:
-                mlflow.log_metric(f"sweep_{metric}", float(getattr(row, metric)), step=int(row.k))
+        points = [(f"sweep_{metric}", float(getattr(row, metric)), int(row.k))
+                  for row in selection.metrics.itertuples(index=False) for metric in SWEEP_METRICS]
         if evidence is not None:
-            for record in evidence_records(evidence):
-                for metric in EVIDENCE_METRICS:
-                    value = record[metric]
-                    if value is not None:
-                        mlflow.log_metric(f"evidence_{metric}", float(value), step=int(record["k"]))
+            points += [(f"evidence_{metric}", float(record[metric]), int(record["k"]))
+                       for record in evidence_records(evidence) for metric in EVIDENCE_METRICS
+                       if record[metric] is not None]
             registry.log_frame(evidence, "k_selection/evidence.csv")
-        mlflow.log_metric("chosen_k", selection.k)
+        registry.log_metric_steps(points, chosen_k=selection.k)
         mlflow.set_tag("k_reason", selection.reason)
         mlflow.set_tag("k_structure", structure)
         if structure != "clear":

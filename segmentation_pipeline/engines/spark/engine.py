@@ -145,7 +145,11 @@ class SparkEngine:
         label_profile = model.profile_segments(
             model.assign_segments(clean.frame, payload.fitted, fitted), cfg.features, cfg.naming.value_feature
         )
-        population = model.population_sample(clean.frame, cfg.features, POPULATION_SAMPLE, cfg.model.random_state)
+        categorical = [c for c in cfg.cleaning.categorical if c in clean.frame.columns]
+        sample = model.population_sample(
+            clean.frame, [*cfg.features, *categorical], POPULATION_SAMPLE, cfg.model.random_state
+        )
+        population = sample[list(cfg.features)]
         served = build_model_pipeline(features.preprocessor, kmeans)  # what serving will answer
 
         def labels(frame: pd.DataFrame) -> np.ndarray:
@@ -159,6 +163,7 @@ class SparkEngine:
             population_labels=labels(population),
             eval_labels=labels(payload.sample),
             metrics=model.quality_metrics(payload.X_fit, fitted, cfg, n_rows=features.n_fit),
+            categories=sample[categorical] if categorical else None,
         )
 
     def assign_eval(self, clean: Any, features: Features, clusters: Clusters, assigner: SegmentAssigner) -> np.ndarray:
