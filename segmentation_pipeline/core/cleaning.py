@@ -34,6 +34,7 @@ from segmentation_pipeline.core.cleaning_rules import (
 from segmentation_pipeline.core.outliers import OutlierPolicyError, OutlierResult, detect_outliers, flag_labels
 from segmentation_pipeline.core.parsing import parse_numbers
 from segmentation_pipeline.core.rows import ROW_BLOCK
+from segmentation_pipeline.core.skew import resolve_log1p
 
 __all__ = [
     "FINITE_CHECK",
@@ -388,7 +389,10 @@ def _clean(source: _RawTable, config: PipelineConfig, table: str | None, *, allo
             values[: len(valid_pos)] = values[valid_pos]
             numeric[feature] = values[: len(valid_pos)]
     frame = pd.DataFrame({f: numeric[f] for f in features}, copy=False)
-    _check_scalable(frame, set(config.transform.log1p), table)
+    # the run's one log1p decision (transform.log1p: auto), on the valid rows: the outlier fences
+    # below already live on its log scale, and every later stage is handed this choice
+    config, transform_facts = resolve_log1p(config, frame)
+    _check_scalable(frame, set(config.transform.log1p_columns), table)
     try:
         found = (
             detect_outliers(frame, config)
@@ -447,6 +451,7 @@ def _clean(source: _RawTable, config: PipelineConfig, table: str | None, *, allo
         "n_imputed": int(imputed.any(axis=1).sum()),
         "imputed_by_feature": {f: int(imputed[:, j].sum()) for j, f in enumerate(features)},
         "outliers": found.report,
+        "transform": transform_facts,
     }
     return CleaningResult(clean=clean, rejects=rejects, report=report)
 
