@@ -102,8 +102,20 @@ class Range(_Model):
 
 
 class CategoricalRule(_Model):
-    allowed: list[str]
+    """Allowed values of a column not clustered on. Ints and strings may be mixed: values are
+    compared on their canonical text (``core.cleaning_rules.category_text``), so an integer-coded
+    column (channel 1/2) matches ``[1, 2]`` and ``["1", "2"]``, read as int, text or float."""
+
+    allowed: list[int | str]
     required: bool = False
+
+    @field_validator("allowed", mode="before")
+    @classmethod
+    def _no_bool_or_fraction(cls, value: Any) -> Any:
+        for item in value if isinstance(value, list) else []:
+            if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
+                raise ValueError(f"allowed value {item!r} must be an integer or a string (quote it)")
+        return value
 
 
 class OutlierConfig(_Model):

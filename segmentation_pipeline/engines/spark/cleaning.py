@@ -33,10 +33,12 @@ import pandas as pd
 
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.cleaning_rules import (
+    EXACT_INTEGER_FLOAT,
     THOUSANDS_SEPARATOR,
     DataQualityError,
     ReasonKind,
     all_rejected_error,
+    allowed_texts,
     check_structure,
     checked_columns,
     detail_parts,
@@ -162,6 +164,19 @@ def _repr_text(column: "Column") -> "Column":
     """``repr(str)`` for ordinary strings: single quotes, backslashes doubled."""
     F = _F()
     return F.concat(F.lit("'"), F.regexp_replace(column.cast("string"), r"\\", r"\\\\"), F.lit("'"))
+
+
+def _category_text(column: "Column", data_type: Any) -> "Column":
+    """core's ``category_text`` as a Spark expression: integers as their digits, floats holding an
+    integer as that integer ("1", not "1.0"), other values as text."""
+    from pyspark.sql import types as T
+
+    F = _F()
+    if isinstance(data_type, T.FloatType | T.DoubleType | T.DecimalType):
+        number = column.cast("double")
+        integral = (F.floor(number) == number) & (F.abs(number) < F.lit(float(EXACT_INTEGER_FLOAT)))
+        return F.when(integral, number.cast("long").cast("string")).otherwise(number.cast("string"))
+    return column.cast("string")
 
 
 def _is_numeric_type(data_type: Any) -> bool:
@@ -327,7 +342,7 @@ def _rules(
         column = F.col(name)
         if allowed.required:
             rule(ReasonKind.MISSING, name, column.isNull())
-        invalid = column.isNotNull() & ~column.cast("string").isin(list(allowed.allowed))
+        invalid = column.isNotNull() & ~_category_text(column, types[name]).isin(allowed_texts(allowed))
         rule(ReasonKind.INVALID_CATEGORY, name, invalid, column.cast("string"))
     return sorted(rules, key=lambda item: item[0])
 
