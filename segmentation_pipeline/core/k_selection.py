@@ -104,9 +104,12 @@ def check_k_against_clean_rows(
 ) -> None:
     """:func:`check_k_against_rows` right after cleaning, on the raw feature values of the fit rows
     (``fit_mask``), before any feature or sweep work. Only the first fit rows are read when they
-    already hold enough distinct customers; the whole table only when they do not."""
+    already hold enough distinct customers; the whole table only when they do not. Fewer than two
+    fit rows are left to the feature step's own error (nothing at all can be fitted)."""
     need = distinct_rows_needed(k_range, k)
     positions = np.flatnonzero(fit_mask)
+    if len(positions) < 2:
+        return
 
     def distinct(rows: np.ndarray) -> int:
         frame = pd.DataFrame({name: values[rows] for name, values in columns.items()}, copy=False)

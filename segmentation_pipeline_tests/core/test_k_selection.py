@@ -194,3 +194,5 @@ def test_distinct_clean_rows_are_counted_past_a_repetitive_prefix_and_outliers_d
         check_k_against_clean_rows({"x": x, "y": np.zeros(n)}, fit, (2, 3), None)
     with pytest.raises(ValueError, match=r"k=4 is larger than the 3 distinct customers"):
         check_k_against_clean_rows({"x": x, "y": np.zeros(n)}, fit, (2, 10), 4)
+    # a single fit row: left to the feature step's "need at least 2 rows" (nothing can be fitted)
+    check_k_against_clean_rows({"x": np.zeros(1)}, np.ones(1, dtype=bool), (2, 10), None)

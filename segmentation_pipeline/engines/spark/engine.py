@@ -102,15 +102,18 @@ class SparkEngine:
         """The Spark SQL cleaning; ``clean``/``rejects`` come back as counted SparkFrames."""
         result = cleaning.clean_customers(_frame(raw, "raw table").frame, cfg)
         report = result.report
-        # before any feature or sweep work: the data cannot hold the asked k (one capped distinct job)
-        need = distinct_rows_needed(cfg.k_range, cfg.k)
-        fit_rows = result.clean.where("NOT is_outlier").select(*cfg.features)
-        try:
-            check_k_against_rows(cfg.k_range, cfg.k, fit_rows.distinct().limit(need).count())
-        except ValueError:
-            result.clean.unpersist()
-            result.rejects.unpersist()
-            raise
+        # before any feature or sweep work: the data cannot hold the asked k (one capped distinct
+        # job); fewer than two fit rows are the feature step's own error (nothing can be fitted)
+        if report["n_fit"] >= 2:
+            fit_rows = result.clean.where("NOT is_outlier").select(*cfg.features)
+            try:
+                check_k_against_rows(
+                    cfg.k_range, cfg.k, fit_rows.distinct().limit(distinct_rows_needed(cfg.k_range, cfg.k)).count()
+                )
+            except ValueError:
+                result.clean.unpersist()
+                result.rejects.unpersist()
+                raise
         return Cleaned(
             clean=SparkFrame(result.clean, report["n_clean"]),
             rejects=SparkFrame(result.rejects, report["n_rejected"]),
