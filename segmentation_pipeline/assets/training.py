@@ -9,6 +9,7 @@ import mlflow
 from segmentation_pipeline.assets.metadata import image, jsonable, plain_metadata, table
 from segmentation_pipeline.core.drift import reference_sample
 from segmentation_pipeline.core.explain import explain_model
+from segmentation_pipeline.core.features import logged_columns
 from segmentation_pipeline.core.identity import migration_matrix, migration_plot
 from segmentation_pipeline.core.k_evidence import evidence_records
 from segmentation_pipeline.core.k_evidence_plots import evidence_plot
@@ -23,6 +24,7 @@ from segmentation_pipeline.core.segment_model import (
     build_segment_model,
     model_change,
 )
+from segmentation_pipeline.core.skew import with_log1p
 from segmentation_pipeline.engines.base import Features
 from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
@@ -114,7 +116,9 @@ def segmentation_model(
     customer_features: Features,
     k_selection: KSelection,
 ) -> dg.Output[TrainedSegmentation]:
-    cfg = settings.load()
+    # the log1p columns the fitted preprocessor applies: the run's one choice (transform.log1p: auto)
+    log1p = logged_columns(customer_features.preprocessor)
+    cfg = with_log1p(settings.load(), log1p)
     target = mlflow_tracking.target()
     engine = compute.get()
     clusters = engine.fit_clusters(clean_customers, customer_features, k_selection.k, cfg)
@@ -187,7 +191,7 @@ def segmentation_model(
     registry.tag_version(
         target.tracking_uri, cfg.model.name, version,
         {"dagster_run_id": context.run.run_id, "k": str(k_selection.k), "k_reason": k_selection.reason,
-         "engine": engine.name},
+         "engine": engine.name, "log1p_columns": ",".join(log1p)},
     )
     context.log.info(f"registered {cfg.model.name} v{version} ({engine.name} engine) as {cfg.model.challenger_alias!r}")
     trained = TrainedSegmentation(
