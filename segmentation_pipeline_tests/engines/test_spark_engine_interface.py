@@ -125,7 +125,7 @@ def run(spark: Any, db: sa.Engine, config: PipelineConfig, demo: Any) -> dict[st
     clusters = engine.fit_clusters(cleaned.clean, features, selection.k, config)
     # a first model, as the asset builds it: canonical ids, any names
     assigner = SegmentAssigner(
-        pipeline=build_model_pipeline(features.preprocessor, clusters.kmeans),
+        pipeline=build_model_pipeline(features.preprocessor, clusters.model),
         features=list(config.features),
         label_to_segment=clusters.canonical,
         segment_names={int(s): f"S{int(s)}" for s in clusters.canonical},
@@ -219,7 +219,7 @@ def test_records_have_the_contract_shapes(run: dict[str, Any], config: PipelineC
     assert len(clusters.eval_labels) == len(run["eval_ids"]) == n_eval == features.details["driver_sample_rows"]
     # a first model's ids are its canonical labels, so the assigner gives the evaluation rows their own labels
     assert (run["eval_ids"] == clusters.canonical[clusters.eval_labels]).all()
-    assert list(clusters.canonical) == list(range(k)) and clusters.kmeans.n_clusters == k
+    assert list(clusters.canonical) == list(range(k)) and clusters.model.n_clusters == k
     assert len(clusters.population) == len(clusters.population_labels) == cleaned.report["n_clean"]
     assert set(np.unique(clusters.population_labels)) == set(range(k))
     # the profile is core.naming.profile_segments' record, over every clean row
@@ -246,7 +246,7 @@ def test_spread_scores_over_every_fit_row_match_core(run: dict[str, Any]) -> Non
     rows = features.payload.X_fit.select(vector_to_array(FEATURES_COL).alias("x")).toPandas()
     X = np.asarray(rows["x"].tolist(), dtype=np.float64)
     assert len(X) == features.n_fit
-    centers = np.asarray(clusters.kmeans.cluster_centers_, dtype=np.float64)
+    centers = np.asarray(clusters.model.cluster_centers_, dtype=np.float64)
     labels = ((X[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
     expected = spread_scores(X, labels)
     for key in ("davies_bouldin", "calinski_harabasz"):

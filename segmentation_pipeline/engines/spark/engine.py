@@ -152,7 +152,7 @@ class SparkEngine:
             return served.predict(frame[list(cfg.features)].astype("float64")).astype(np.int64)
 
         return Clusters(
-            kmeans=kmeans,
+            model=kmeans,
             canonical=np.arange(k, dtype=np.int64),
             label_profile=label_profile,
             population=population,
