@@ -36,6 +36,10 @@ CHEAP = {
     "promotion.bootstrap_rounds": 2,
 }
 
+# bisecting KMeans cannot undo an early split: on the demo table (two of its groups close in one
+# feature) it reaches ~0.76 at the planted k, where the others reach >= 0.9
+MIN_ARI = {"bisecting_kmeans": 0.7}
+
 
 def _segments(db: sa.Engine) -> pd.DataFrame:
     query = "SELECT customer_id, segment_id, segment_name, model_version FROM customer_segments"
@@ -74,7 +78,8 @@ def test_algorithm_through_registry_gate_score_drift_serving_and_retrain(
     segments = _segments(db)
     truth = pd.Series(planted, index=frame["customer_id"]).loc[segments["customer_id"]].to_numpy()
     found = truth >= 0
-    assert adjusted_rand_score(truth[found], segments["segment_id"].to_numpy()[found]) >= 0.8, summary["k_reason"]
+    recovered = adjusted_rand_score(truth[found], segments["segment_id"].to_numpy()[found])
+    assert recovered >= MIN_ARI.get(algorithm, 0.9), (recovered, summary["k_reason"])
 
     # serving: the registered pyfunc answers what was written back, with the algorithm's own model
     mlflow.set_tracking_uri(local_mlflow_uri)
@@ -142,5 +147,6 @@ def test_an_unknown_algorithm_stops_before_any_work(tmp_path, sqlite_url, local_
 def test_the_spark_engine_refuses_an_algorithm_it_cannot_fit_before_starting(
     tmp_path, sqlite_url, local_mlflow_uri, capsys
 ) -> None:
-    error = _bad_run(tmp_path, sqlite_url, local_mlflow_uri, capsys, engine="spark", **{"model.algorithm": "gmm"})
-    assert "model.algorithm 'gmm' is not supported by engine 'spark'; engine 'spark' supports: kmeans" in error
+    error = _bad_run(tmp_path, sqlite_url, local_mlflow_uri, capsys, engine="spark",
+                     **{"model.algorithm": "bisecting_kmeans"})
+    assert "model.algorithm 'bisecting_kmeans' is not supported by engine 'spark'; engine 'spark' supports: kmeans, gmm" in error

@@ -138,21 +138,22 @@ class SparkEngine:
         )
 
     def fit_clusters(self, clean: Any, features: Features, k: int, cfg: PipelineConfig) -> Clusters:
-        """The final MLlib KMeans on every fit row; profile over every clean row, aggregated in Spark."""
+        """The final MLlib KMeans (or Gaussian mixture, ``model.algorithm: gmm``) on every fit row;
+        profile over every clean row, aggregated in Spark."""
         clean, payload = _frame(clean, "clean table"), _payload(features)
-        fitted = model.fit_kmeans(payload.X_fit, k, cfg, n_init=cfg.spark.kmeans_n_init)
-        kmeans = export.to_sklearn_kmeans(fitted, cfg)
+        fitted = model.fit_model(payload.X_fit, k, cfg, n_init=cfg.spark.kmeans_n_init)
+        estimator = export.to_sklearn_model(fitted, cfg)
         label_profile = model.profile_segments(
             model.assign_segments(clean.frame, payload.fitted, fitted), cfg.features, cfg.naming.value_feature
         )
         population = model.population_sample(clean.frame, cfg.features, POPULATION_SAMPLE, cfg.model.random_state)
-        served = build_model_pipeline(features.preprocessor, kmeans)  # what serving will answer
+        served = build_model_pipeline(features.preprocessor, estimator)  # what serving will answer
 
         def labels(frame: pd.DataFrame) -> np.ndarray:
             return served.predict(frame[list(cfg.features)].astype("float64")).astype(np.int64)
 
         return Clusters(
-            model=kmeans,
+            model=estimator,
             canonical=np.arange(k, dtype=np.int64),
             label_profile=label_profile,
             population=population,
