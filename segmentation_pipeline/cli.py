@@ -134,6 +134,7 @@ def summarise(result: Any, cfg: PipelineConfig, seconds: float) -> dict[str, Any
         "k_reason": selection["reason"],
         "structure": selection.get("structure"),
         "k_evidence": selection.get("k_evidence"),
+        "algorithm": trained.get("algorithm", cfg.model.algorithm),
         "silhouette": metrics.get("silhouette"),
         "davies_bouldin": metrics.get("davies_bouldin"),
         "calinski_harabasz": metrics.get("calinski_harabasz"),

@@ -16,6 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.engine import URL, make_url
 
+from segmentation_pipeline.core.algorithms import (
+    ALGORITHM_NAMES,
+    DEFAULT_ALGORITHM,
+    check_algorithm,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -212,11 +217,19 @@ class KSelectionConfig(_Model):
 
 class ModelConfig(_Model):
     name: str = "customer_segmentation"
+    algorithm: str = Field(
+        DEFAULT_ALGORITHM, description=f"clustering algorithm: {', '.join(ALGORITHM_NAMES)} (core.algorithms)"
+    )
     n_init: int = Field(10, ge=1)
     max_iter: int = Field(300, ge=10)
     random_state: int = 42
     alias: str = "champion"
     challenger_alias: str = "challenger"
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm(cls, value: str) -> str:
+        return check_algorithm(value)
 
 
 class NamingConfig(_Model):

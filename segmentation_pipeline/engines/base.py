@@ -23,7 +23,6 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sklearn.cluster import KMeans
 from sklearn.pipeline import Pipeline
 
 from segmentation_pipeline.config import PipelineConfig
@@ -102,7 +101,7 @@ class Clusters:
     population sample, so the shares are estimates from it); None when none is configured.
     """
 
-    kmeans: KMeans  # the fitted model in sklearn form (served; no per-row labels_)
+    model: Any  # the fitted estimator in sklearn form (core.algorithms; served, assigns by its own predict)
     canonical: np.ndarray  # raw label -> segment id for a first model (deterministic order)
     label_profile: pd.DataFrame
     population: pd.DataFrame
