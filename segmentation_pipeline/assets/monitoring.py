@@ -9,6 +9,8 @@ from segmentation_pipeline.assets.metadata import image, jsonable, table
 from segmentation_pipeline.assets.sources import CUSTOMERS_SOURCE
 from segmentation_pipeline.core.cleaning import clean_customers
 from segmentation_pipeline.core.drift import DriftThresholds, compute_drift, drift_plot
+from segmentation_pipeline.core.features import logged_columns
+from segmentation_pipeline.core.skew import with_log1p
 from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
 from segmentation_pipeline.storage.source import read_customers
@@ -37,7 +39,9 @@ def segment_drift(
     assigner, version = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
     reference = registry.load_reference(target.tracking_uri, cfg.model.name, version)
     raw = read_customers(engine, cfg)
-    current = clean_customers(raw, cfg, table=cfg.source.table).clean
+    # cleaned (and fenced) on the champion's log1p columns, not a new transform.log1p: auto decision
+    trained = with_log1p(cfg, logged_columns(assigner.pipeline.named_steps["preprocess"]))
+    current = clean_customers(raw, trained, table=cfg.source.table).clean
     current = current.assign(segment_id=assigner.assign(current)["segment_id"].to_numpy())
     thresholds = DriftThresholds(**cfg.drift.model_dump(exclude={"sample"}))
     result = compute_drift(

@@ -7,7 +7,9 @@ from segmentation_pipeline.assets.metadata import jsonable
 from segmentation_pipeline.assets.retries import WRITE_RETRY, retry_only_transient
 from segmentation_pipeline.assets.sources import CUSTOMERS_SOURCE
 from segmentation_pipeline.core.cleaning import clean_customers
+from segmentation_pipeline.core.features import logged_columns
 from segmentation_pipeline.core.segment_tables import build_rejects_table, build_segments_table
+from segmentation_pipeline.core.skew import with_log1p
 from segmentation_pipeline.resources import DatabaseResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
 from segmentation_pipeline.storage.segment_store import publish_segments, upsert_segments
@@ -57,8 +59,11 @@ def scored_customers(
         no_fences = cfg.cleaning.model_copy(
             update={"outliers": cfg.cleaning.outliers.model_copy(update={"enabled": False})}
         )
+        # the log1p columns the champion was trained with, not a new transform.log1p: auto decision
+        trained = with_log1p(cfg, logged_columns(assigner.pipeline.named_steps["preprocess"]))
         result = clean_customers(
-            raw, cfg.model_copy(update={"cleaning": no_fences}), table=cfg.source.table, allow_all_rejected=incremental
+            raw, trained.model_copy(update={"cleaning": no_fences}), table=cfg.source.table,
+            allow_all_rejected=incremental,
         )
         segment_ids = assigner.assign(result.clean)["segment_id"].to_numpy() if len(result.clean) else []
         run_ids = {"mlflow_run_id": "", "dagster_run_id": context.run.run_id}

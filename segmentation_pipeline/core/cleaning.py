@@ -125,8 +125,10 @@ def _allowed_check(texts: list[str]) -> pa.Check:
     """``isin`` on the canonical text, so 1, "1" and 1.0 match an allowed 1 (missing values pass:
     ``required`` decides about those)."""
     allowed = set(texts)
-    return pa.Check(lambda series: _category_texts(series).isin(allowed), name="isin", ignore_na=True,
-                    statistics={"allowed_values": list(texts)})  # shown in the schema and its errors
+    return pa.Check(
+        lambda series: _category_texts(series).isin(allowed), name="isin", ignore_na=True,
+        statistics={"allowed_values": list(texts)},
+    )
 
 
 def _check_structure(raw: pd.DataFrame, config: PipelineConfig, table: str) -> None:
