@@ -10,6 +10,7 @@ from segmentation_pipeline.assets.metadata import image, jsonable, plain_metadat
 from segmentation_pipeline.core.algorithms import ALGORITHMS
 from segmentation_pipeline.core.drift import reference_sample
 from segmentation_pipeline.core.explain import explain_model
+from segmentation_pipeline.core.features import logged_columns
 from segmentation_pipeline.core.identity import migration_matrix, migration_plot
 from segmentation_pipeline.core.k_evidence import evidence_records
 from segmentation_pipeline.core.k_evidence_plots import evidence_plot
@@ -24,6 +25,7 @@ from segmentation_pipeline.core.segment_model import (
     build_segment_model,
     model_change,
 )
+from segmentation_pipeline.core.skew import with_log1p
 from segmentation_pipeline.engines.base import Features
 from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
@@ -68,17 +70,14 @@ def k_selection(
         evidence.rename(columns={"smallest_share": "min_share"}), selection.k, f"structure: {structure}"
     )
     with registry.training_run(mlflow_tracking.target(), context.run.run_id):
-        for row in selection.metrics.itertuples(index=False):
-            for metric in SWEEP_METRICS:
-                mlflow.log_metric(f"sweep_{metric}", float(getattr(row, metric)), step=int(row.k))
+        points = [(f"sweep_{metric}", float(getattr(row, metric)), int(row.k))
+                  for row in selection.metrics.itertuples(index=False) for metric in SWEEP_METRICS]
         if evidence is not None:
-            for record in evidence_records(evidence):
-                for metric in EVIDENCE_METRICS:
-                    value = record[metric]
-                    if value is not None:
-                        mlflow.log_metric(f"evidence_{metric}", float(value), step=int(record["k"]))
+            points += [(f"evidence_{metric}", float(record[metric]), int(record["k"]))
+                       for record in evidence_records(evidence) for metric in EVIDENCE_METRICS
+                       if record[metric] is not None]
             registry.log_frame(evidence, "k_selection/evidence.csv")
-        mlflow.log_metric("chosen_k", selection.k)
+        registry.log_metric_steps(points, chosen_k=selection.k)
         mlflow.set_tag("k_reason", selection.reason)
         mlflow.set_tag("k_structure", structure)
         if structure != "clear":
@@ -118,7 +117,9 @@ def segmentation_model(
     customer_features: Features,
     k_selection: KSelection,
 ) -> dg.Output[TrainedSegmentation]:
-    cfg = settings.load()
+    # the log1p columns the fitted preprocessor applies: the run's one choice (transform.log1p: auto)
+    log1p = logged_columns(customer_features.preprocessor)
+    cfg = with_log1p(settings.load(), log1p)
     target = mlflow_tracking.target()
     engine = compute.get()
     clusters = engine.fit_clusters(clean_customers, customer_features, k_selection.k, cfg)
@@ -193,7 +194,7 @@ def segmentation_model(
     registry.tag_version(
         target.tracking_uri, cfg.model.name, version,
         {"dagster_run_id": context.run.run_id, "k": str(k_selection.k), "k_reason": k_selection.reason,
-         "engine": engine.name, "algorithm": cfg.model.algorithm},
+         "engine": engine.name, "algorithm": cfg.model.algorithm, "log1p_columns": ",".join(log1p)},
     )
     context.log.info(f"registered {cfg.model.name} v{version} ({cfg.model.algorithm}, {engine.name} engine) as {cfg.model.challenger_alias!r}")
     trained = TrainedSegmentation(

@@ -27,7 +27,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from kneed import KneeLocator
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
@@ -278,6 +277,8 @@ def elbow_rule(evidence: pd.DataFrame) -> tuple[int, str]:
     table = _multi(evidence)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from kneed import KneeLocator  # imports matplotlib.pyplot: only when a knee is sought
+
         knee = KneeLocator(table["k"], table["inertia"], curve="convex", direction="decreasing").knee
     if knee is None:
         return int(table["k"].iloc[0]), "no knee in WCSS; smallest k"

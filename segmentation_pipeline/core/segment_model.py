@@ -103,7 +103,7 @@ def build_segment_model(
     naming = cfg.naming
     names = name_segments(
         profile, population, features, high_threshold=naming.high_threshold, tiers=naming.tiers,
-        value_feature=naming.value_feature, log_features=cfg.transform.log1p,
+        value_feature=naming.value_feature, log_features=cfg.transform.log1p_columns,
     )
     profile.insert(1, "segment_name", profile["segment_id"].map(names))
     assigner = SegmentAssigner(

@@ -97,8 +97,8 @@ class Clusters:
     input example and the drift reference, ``population_labels`` their raw labels; ``eval_labels`` are
     the raw labels of the evaluation rows (``Features.X_eval``). ``categories`` holds the
     configured categorical columns (``cleaning.categorical``) of the same rows as ``population``,
-    for the per-segment profiles of attributes not clustered on; None where the engine does not
-    provide them (Spark: it would need to collect those columns with its population sample).
+    for the per-segment profiles of attributes not clustered on (on Spark: collected with the
+    population sample, so the shares are estimates from it); None when none is configured.
     """
 
     model: Any  # the fitted estimator in sklearn form (core.algorithms; served, assigns by its own predict)

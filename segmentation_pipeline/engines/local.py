@@ -17,7 +17,7 @@ from segmentation_pipeline.core.assigner import SegmentAssigner
 from segmentation_pipeline.core.cleaning import clean_customers, clean_owned_customers
 from segmentation_pipeline.core.features import build_features
 from segmentation_pipeline.core.k_evidence import select_k
-from segmentation_pipeline.core.k_selection import KSelection
+from segmentation_pipeline.core.k_selection import KSelection, check_k_against_clean_rows
 from segmentation_pipeline.core.modeling import canonical_mapping, fit_clustering, fit_metrics, quality_metrics
 from segmentation_pipeline.core.naming import profile_segments, segment_sums
 from segmentation_pipeline.core.rows import map_row_blocks
@@ -56,6 +56,11 @@ class LocalEngine:
         # a private copy read from a hand-off file is handed over and consumed column by column
         clean = clean_owned_customers if owns_rows(raw) else clean_customers
         result = clean(read_columns(raw), cfg, table=cfg.source.table)
+        frame = result.clean
+        check_k_against_clean_rows(  # before any feature or sweep work: the data cannot hold the asked k
+            {f: frame[f].to_numpy() for f in cfg.features}, ~frame["is_outlier"].to_numpy(dtype=bool),
+            cfg.k_range, cfg.k,
+        )
         return Cleaned(clean=result.clean, rejects=result.rejects, report=result.report)
 
     def fit_features(self, clean: Any, cfg: PipelineConfig) -> Features:

@@ -235,6 +235,10 @@ def test_records_have_the_contract_shapes(run: dict[str, Any], config: PipelineC
     core_keys = set(quality_metrics(features.X_eval, clusters.eval_labels, sample=100, random_state=0))
     assert set(clusters.metrics) == core_keys | {"inertia", "n_iter"}
     assert clusters.metrics["n_clusters"] == k and clusters.metrics["silhouette"] > 0.5
+    # the configured categorical columns come with the population rows, for the attribute profiles
+    assert clusters.categories is not None and list(clusters.categories.columns) == ["gender"]
+    assert len(clusters.categories) == len(clusters.population)
+    assert set(clusters.categories["gender"].dropna()) <= {"Female", "Male", "Other"}
 
 
 def test_spread_scores_over_every_fit_row_match_core(run: dict[str, Any]) -> None:

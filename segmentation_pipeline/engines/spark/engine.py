@@ -24,7 +24,7 @@ from segmentation_pipeline.core.segment_tables import check_row_accounting
 from segmentation_pipeline.storage.source import customer_columns
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.assigner import SegmentAssigner
-from segmentation_pipeline.core.k_selection import KSelection
+from segmentation_pipeline.core.k_selection import KSelection, check_k_against_rows, distinct_rows_needed
 from segmentation_pipeline.core.modeling import build_model_pipeline
 from segmentation_pipeline.engines.base import Cleaned, Clusters, Extracted, Features, Progress, Published, RunIds
 from segmentation_pipeline.engines.spark import cleaning, export, extract, model, writeback
@@ -102,6 +102,18 @@ class SparkEngine:
         """The Spark SQL cleaning; ``clean``/``rejects`` come back as counted SparkFrames."""
         result = cleaning.clean_customers(_frame(raw, "raw table").frame, cfg)
         report = result.report
+        # before any feature or sweep work: the data cannot hold the asked k (one capped distinct
+        # job); fewer than two fit rows are the feature step's own error (nothing can be fitted)
+        if report["n_fit"] >= 2:
+            fit_rows = result.clean.where("NOT is_outlier").select(*cfg.features)
+            try:
+                check_k_against_rows(
+                    cfg.k_range, cfg.k, fit_rows.distinct().limit(distinct_rows_needed(cfg.k_range, cfg.k)).count()
+                )
+            except ValueError:
+                result.clean.unpersist()
+                result.rejects.unpersist()
+                raise
         return Cleaned(
             clean=SparkFrame(result.clean, report["n_clean"]),
             rejects=SparkFrame(result.rejects, report["n_rejected"]),
@@ -145,7 +157,11 @@ class SparkEngine:
         label_profile = model.profile_segments(
             model.assign_segments(clean.frame, payload.fitted, fitted), cfg.features, cfg.naming.value_feature
         )
-        population = model.population_sample(clean.frame, cfg.features, POPULATION_SAMPLE, cfg.model.random_state)
+        categorical = [c for c in cfg.cleaning.categorical if c in clean.frame.columns]
+        sample = model.population_sample(
+            clean.frame, [*cfg.features, *categorical], POPULATION_SAMPLE, cfg.model.random_state
+        )
+        population = sample[list(cfg.features)]
         served = build_model_pipeline(features.preprocessor, kmeans)  # what serving will answer
 
         def labels(frame: pd.DataFrame) -> np.ndarray:
@@ -159,6 +175,7 @@ class SparkEngine:
             population_labels=labels(population),
             eval_labels=labels(payload.sample),
             metrics=model.quality_metrics(payload.X_fit, fitted, cfg, n_rows=features.n_fit),
+            categories=sample[categorical] if categorical else None,
         )
 
     def assign_eval(self, clean: Any, features: Features, clusters: Clusters, assigner: SegmentAssigner) -> np.ndarray:

@@ -46,7 +46,8 @@ def to_sklearn_preprocessor(features: SparkFeatures, config: PipelineConfig) -> 
     """The local engine's preprocessor with Spark's fitted scaler and PCA numbers."""
     if list(features.features) != list(config.features):
         raise ValueError(f"Spark features {features.features} do not match config.features {config.features}")
-    transform = config.transform.model_copy(update={"pca_components": features.n_components})
+    # the columns the fitted stages log: the run's resolved choice, whatever the config says
+    transform = config.transform.model_copy(update={"pca_components": features.n_components, "log1p": list(features.log1p)})
     preprocessor = build_preprocessor(config.model_copy(update={"transform": transform}))
     n_features = len(features.features)
     # Fit once on throwaway positive rows so every step has its sklearn fitted state (feature

@@ -137,8 +137,8 @@ def fit_features(
     from pyspark.ml.feature import PCA, SQLTransformer, StandardScaler, VectorAssembler
 
     features = list(config.features)
-    log_columns = [f for f in features if f in set(config.transform.log1p)]
-    unknown = sorted(set(config.transform.log1p) - set(features))
+    log_columns = [f for f in features if f in set(config.transform.log1p_columns)]
+    unknown = sorted(set(config.transform.log1p_columns) - set(features))
     if unknown:
         raise ValueError(f"transform.log1p names columns that are not features: {unknown}")
     missing = [f for f in features if f not in clean.columns]
