@@ -276,27 +276,3 @@ def test_features_travel_as_a_spark_handoff(
     np.testing.assert_array_equal(loaded.preprocessor.transform(sample), features.preprocessor.transform(sample))
     with pytest.raises(TypeError, match="not fitted by the Spark engine"):
         engine.sweep_k(Features(**{**vars(features), "payload": None}), config)
-
-
-def test_gmm_fits_with_mllib_and_profiles_with_the_served_mixture(run: dict[str, Any], config: PipelineConfig) -> None:
-    """``model.algorithm: gmm`` on the same features: MLlib's mixture, exported to the served
-    sklearn GaussianMixture; the profile aggregated in Spark counts exactly the served model's
-    labels of every clean row."""
-    from sklearn.mixture import GaussianMixture
-
-    gmm_config = config.model_copy(update={"model": config.model.model_copy(update={"algorithm": "gmm"})})
-    engine, features, cleaned = run["engine"], run["features"], run["cleaned"]
-    k = 5
-    clusters = engine.fit_clusters(cleaned.clean, features, k, gmm_config)
-    assert isinstance(clusters.model, GaussianMixture) and clusters.model.means_.shape[0] == k
-    assert list(clusters.canonical) == list(range(k))
-    served = build_model_pipeline(features.preprocessor, clusters.model)
-    assert list(served.named_steps) == ["preprocess", "gmm"]
-    # every clean row is in the population here (4,000 < POPULATION_SAMPLE)
-    assert len(clusters.population) == cleaned.report["n_clean"]
-    counts = np.bincount(clusters.population_labels, minlength=k)
-    np.testing.assert_array_equal(clusters.label_profile["count"], counts)  # profiled with the served model
-    # the planted segments are recovered on the evaluation rows, and the metrics have no WCSS
-    assert "inertia" not in clusters.metrics and clusters.metrics["n_clusters"] == k
-    kmeans_ids = run["eval_ids"]  # the KMeans model's ids on the same rows (>= 0.9 ARI vs planted above)
-    assert adjusted_rand_score(kmeans_ids, clusters.eval_labels) >= 0.9

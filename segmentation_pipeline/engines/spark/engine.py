@@ -150,33 +150,25 @@ class SparkEngine:
         )
 
     def fit_clusters(self, clean: Any, features: Features, k: int, cfg: PipelineConfig) -> Clusters:
-        """The final MLlib KMeans (or Gaussian mixture, ``model.algorithm: gmm``) on every fit row;
-        profile over every clean row, aggregated in Spark."""
+        """The final MLlib KMeans on every fit row; profile over every clean row, aggregated in Spark."""
         clean, payload = _frame(clean, "clean table"), _payload(features)
-        fitted = model.fit_model(payload.X_fit, k, cfg, n_init=cfg.spark.kmeans_n_init)
-        estimator = export.to_sklearn_model(fitted, cfg)
-        served = build_model_pipeline(features.preprocessor, estimator)  # what serving will answer
-        if fitted.algorithm == "gmm":
-            # MLlib floors each weighted density (EPSILON) before its argmax, so on far-out rows its
-            # labels can differ from the served mixture's posterior: profile with the served model
-            first = SegmentAssigner(
-                pipeline=served, features=list(cfg.features), label_to_segment=np.arange(k), segment_names={}
-            )
-            assigned = assign_with(clean.frame, first, list(cfg.features))
-        else:
-            assigned = model.assign_segments(clean.frame, payload.fitted, fitted)
-        label_profile = model.profile_segments(assigned, cfg.features, cfg.naming.value_feature)
+        fitted = model.fit_kmeans(payload.X_fit, k, cfg, n_init=cfg.spark.kmeans_n_init)
+        kmeans = export.to_sklearn_kmeans(fitted, cfg)
+        label_profile = model.profile_segments(
+            model.assign_segments(clean.frame, payload.fitted, fitted), cfg.features, cfg.naming.value_feature
+        )
         categorical = [c for c in cfg.cleaning.categorical if c in clean.frame.columns]
         sample = model.population_sample(
             clean.frame, [*cfg.features, *categorical], POPULATION_SAMPLE, cfg.model.random_state
         )
         population = sample[list(cfg.features)]
+        served = build_model_pipeline(features.preprocessor, kmeans)  # what serving will answer
 
         def labels(frame: pd.DataFrame) -> np.ndarray:
             return served.predict(frame[list(cfg.features)].astype("float64")).astype(np.int64)
 
         return Clusters(
-            model=estimator,
+            model=kmeans,
             canonical=np.arange(k, dtype=np.int64),
             label_profile=label_profile,
             population=population,
