@@ -14,17 +14,19 @@ import dagster as dg
 from segmentation_pipeline.assets.checks import CHECKS
 from segmentation_pipeline.assets.cleaning import clean_and_reject
 from segmentation_pipeline.assets.export import segment_export
-from segmentation_pipeline.assets.extraction import raw_customers
+from segmentation_pipeline.assets.extraction import build_raw_customers, raw_customers
 from segmentation_pipeline.assets.features import customer_features
 from segmentation_pipeline.assets.monitoring import segment_drift
+from segmentation_pipeline.assets.orders import ORDER_FEATURES, order_features
 from segmentation_pipeline.assets.scoring import scored_customers
 from segmentation_pipeline.assets.segments import customer_segments
-from segmentation_pipeline.assets.sources import customers_source_spec
+from segmentation_pipeline.assets.sources import source_specs
 from segmentation_pipeline.assets.training import k_selection, model_promotion, segmentation_model
 from segmentation_pipeline.automation import (
     build_schedules,
     build_sensors,
     drift_job,
+    orders_score_job,
     score_job,
     segmentation_job,
 )
@@ -52,6 +54,14 @@ ASSETS = [
 ]
 
 
+def assets_for(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
+    """The materialisable assets of this config: with ``source.kind: transactions`` the order
+    features come first and the extraction reads after them; otherwise exactly :data:`ASSETS`."""
+    if cfg.transactions is None:
+        return list(ASSETS)
+    return [order_features, build_raw_customers([ORDER_FEATURES]), *(a for a in ASSETS if a is not raw_customers)]
+
+
 def build_resources(settings: SettingsResource, cfg: PipelineConfig, io_manager: object | None = None) -> dict:
     """Every resource the assets take; the compute engine is the one ``cfg.engine`` names."""
     compute = engine_resource(settings, cfg)  # starts a JVM only under engine: spark
@@ -68,10 +78,11 @@ def build_resources(settings: SettingsResource, cfg: PipelineConfig, io_manager:
 def build_definitions(config_path: str | None = None) -> dg.Definitions:
     settings = SettingsResource(config_path=config_path)
     cfg = settings.load()
+    jobs = [segmentation_job, score_job, drift_job, *([orders_score_job] if cfg.transactions is not None else [])]
     return dg.Definitions(
-        assets=[customers_source_spec(cfg), *ASSETS],
+        assets=[*source_specs(cfg), *assets_for(cfg)],
         asset_checks=CHECKS,
-        jobs=[segmentation_job, score_job, drift_job],
+        jobs=jobs,
         schedules=build_schedules(cfg),
         sensors=build_sensors(cfg),
         resources=build_resources(settings, cfg),

@@ -1,0 +1,284 @@
+"""Per-customer features from an orders table, aggregated on the database server.
+
+Why on the server: order lines outnumber customers by one or two orders of magnitude and live in
+the database already, so one ``GROUP BY`` there returns one row per customer and the lines never
+travel. The query groups every line by (customer, exclusion reason): counted lines form one
+group per customer, excluded lines one group per reason, so a single scan yields the features
+and the excluded-line counts. Times are compared as numbers (SQLite ``julianday``, MySQL/MariaDB
+``TO_SECONDS``) so both dialects share the statement; day differences are taken from the
+per-customer extremes afterwards. Both engines use this step: the data is in the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from segmentation_pipeline.config import TransactionsConfig
+from segmentation_pipeline.core.rfm import (
+    EXCLUDED_LINE_REASONS,
+    FEATURE_COLUMNS,
+    RFM_COLUMNS,
+    add_rfm,
+)
+from segmentation_pipeline.storage.bulk_load import write_table_atomic
+from segmentation_pipeline.storage.connection import (
+    check_columns,
+    is_mysql,
+    masked_url,
+    reflect_columns,
+)
+from segmentation_pipeline.storage.errors import SourceError
+
+__all__ = [
+    "OrderFeatures",
+    "aggregate_statement",
+    "build_order_features",
+    "compute_order_features",
+    "orders_high_water_mark",
+]
+
+_JULIAN_UNIX_EPOCH = 2440587.5  # julianday('1970-01-01 00:00:00')
+_TO_SECONDS_UNIX_EPOCH = 62167219200  # TO_SECONDS('1970-01-01 00:00:00')
+
+
+@dataclass(frozen=True)
+class OrderFeatures:
+    """One row per customer with at least one counted line, and what was left out and why."""
+
+    frame: pd.DataFrame
+    as_of: dt.datetime
+    excluded_lines: dict[str, int]
+    n_lines: int
+    query_seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_non_positive(self) -> int:
+        return int((self.frame["monetary"] <= 0).sum())
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """A dialect's numeric time: ``unit`` numbers per day and the number of the Unix epoch."""
+
+    per_day: float
+    epoch: float
+
+    def number(self, moment: dt.datetime) -> float:
+        return self.epoch + (moment - dt.datetime(1970, 1, 1)).total_seconds() * self.per_day / 86400
+
+    def moment(self, number: float) -> dt.datetime:
+        return dt.datetime(1970, 1, 1) + dt.timedelta(days=(float(number) - self.epoch) / self.per_day)
+
+
+def _clock(engine: sa.Engine) -> _Clock:
+    return _Clock(86400.0, _TO_SECONDS_UNIX_EPOCH) if is_mysql(engine) else _Clock(1.0, _JULIAN_UNIX_EPOCH)
+
+
+def _time_number(engine: sa.Engine, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """NULL when the value is missing or does not parse as a date/time."""
+    if is_mysql(engine):
+        return sa.func.to_seconds(column)
+    return sa.func.julianday(column)
+
+
+def _numeric(engine: sa.Engine, table: str, types: dict[str, Any], column: str) -> None:
+    """A money or quantity column must be numeric: a text column would sum to garbage."""
+    kind = types[column]
+    if isinstance(kind, (sa.types.Numeric, sa.types.Float, sa.types.Integer)):
+        return
+    with engine.connect() as conn:
+        example = conn.execute(
+            sa.select(sa.column(column)).select_from(sa.table(table)).where(sa.column(column).is_not(None)).limit(1)
+        ).scalar()
+    raise SourceError(
+        f"table {table!r}: column {column!r} is not numeric ({kind}), e.g. {example!r} ({masked_url(engine)})"
+    )
+
+
+def _orders_table(engine: sa.Engine, orders: TransactionsConfig) -> tuple[sa.TableClause, dict[str, Any]]:
+    types = {c["name"]: c["type"] for c in reflect_columns(engine, orders.table)}
+    money = [orders.amount] if orders.amount else [orders.quantity, orders.unit_price]
+    wanted = [orders.customer_id, orders.order_id, orders.timestamp, *[c for c in money if c]]
+    check_columns(engine, orders.table, list(types), wanted)
+    for column in money:
+        if column:
+            _numeric(engine, orders.table, types, column)
+    return sa.table(orders.table, *(sa.column(c, types[c]) for c in wanted)), types
+
+
+def aggregate_statement(
+    engine: sa.Engine, orders: TransactionsConfig, table: sa.TableClause, as_of: float, start: float | None
+) -> sa.Select[Any]:
+    """The one pushed-down aggregate: per (customer or NULL, exclusion reason), extremes and sums.
+
+    ``as_of``/``start`` are numeric times of the dialect's clock.
+    """
+    c = table.c
+    stamp = _time_number(engine, c[orders.timestamp])
+    amount = (
+        c[orders.amount] if orders.amount else c[orders.quantity] * c[orders.unit_price]  # type: ignore[index]
+    )
+    whens = [
+        (c[orders.customer_id].is_(None), "missing_customer_id"),
+        (stamp.is_(None), "unparseable_timestamp"),
+        (stamp > as_of, "after_as_of"),
+    ]
+    if start is not None:
+        whens.append((stamp < start, "before_lookback"))
+    reason = sa.case(*whens, else_=sa.null())
+    lines = sa.select(
+        sa.case((reason.is_(None), c[orders.customer_id]), else_=sa.null()).label("cid"),
+        reason.label("reason"),
+        c[orders.order_id].label("oid"),
+        stamp.label("t"),
+        sa.cast(amount, sa.Float).label("amt") if not is_mysql(engine) else amount.label("amt"),
+    ).subquery("lines")
+    line = lines.c
+    bought = line.amt > 0
+    purchase_t = sa.case((bought, line.t), else_=sa.null())
+    return sa.select(
+        line.cid.label("customer_id"),
+        line.reason.label("reason"),
+        sa.func.count().label("n_lines"),
+        sa.func.count(sa.distinct(sa.case((bought, line.oid), else_=sa.null()))).label("frequency"),
+        sa.func.sum(line.amt).label("monetary"),
+        sa.func.sum(sa.case((bought, line.amt), else_=0)).label("gross"),
+        sa.func.sum(sa.case((line.amt < 0, -line.amt), else_=0)).label("returned"),
+        sa.func.min(line.t).label("first_t"),
+        sa.func.max(line.t).label("last_t"),
+        sa.func.min(purchase_t).label("first_purchase_t"),
+        sa.func.max(purchase_t).label("last_purchase_t"),
+    ).group_by(line.cid, line.reason)
+
+
+def _bounds(engine: sa.Engine, orders: TransactionsConfig, table: sa.TableClause) -> tuple[int, float | None]:
+    """Line count and latest parseable time, for the default as_of (one aggregate)."""
+    stamp = _time_number(engine, table.c[orders.timestamp])
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(sa.func.count(), sa.func.max(stamp)).select_from(table)).one()
+    return int(row[0]), None if row[1] is None else float(row[1])
+
+
+def _plain(value: Any) -> Any:
+    return float(value) if isinstance(value, decimal.Decimal) else value
+
+
+def _features(groups: pd.DataFrame, as_of_number: float, per_day: float) -> pd.DataFrame:
+    """Per-customer features from the grouped extremes and sums (one row per customer)."""
+    g = groups
+    days = lambda later, earlier: (later - earlier) / per_day
+    frequency = g["frequency"].astype("int64")
+    monetary = g["monetary"].astype("float64")
+    last = g["last_purchase_t"].astype("float64").fillna(g["last_t"].astype("float64"))
+    first = g["first_t"].astype("float64")
+    span = days(g["last_purchase_t"].astype("float64"), g["first_purchase_t"].astype("float64"))
+    gross = g["gross"].astype("float64")
+    return pd.DataFrame(
+        {
+            "customer_id": g["customer_id"].to_numpy(),
+            "recency_days": days(as_of_number, last).round(6).to_numpy(),
+            "frequency": frequency.to_numpy(),
+            "monetary": monetary.round(6).to_numpy(),
+            "avg_order_value": (monetary / frequency.where(frequency > 0)).round(6).to_numpy(),
+            "tenure_days": days(as_of_number, first).round(6).to_numpy(),
+            "mean_days_between_orders": (span / (frequency - 1).where(frequency > 1)).round(6).to_numpy(),
+            "return_rate": (g["returned"].astype("float64") / gross.where(gross > 0)).round(6).to_numpy(),
+        }
+    )
+
+
+def compute_order_features(engine: sa.Engine, orders: TransactionsConfig) -> OrderFeatures:
+    """Aggregate the orders table on the server; SourceError names the table/column/value when
+    the input cannot give features (missing column, non-numeric money, no lines, as_of too early)."""
+    table, _ = _orders_table(engine, orders)
+    clock = _clock(engine)
+    n_total, latest = _bounds(engine, orders, table)
+    if n_total == 0:
+        raise SourceError(f"orders table {orders.table!r} has 0 rows; nothing to aggregate ({masked_url(engine)})")
+    if orders.as_of is not None:
+        as_of = dt.datetime.combine(orders.as_of, dt.time())
+    elif latest is not None:
+        as_of = dt.datetime.combine(clock.moment(latest).date() + dt.timedelta(days=1), dt.time())
+    else:
+        raise SourceError(
+            f"orders table {orders.table!r}: no value of column {orders.timestamp!r} parses as a date/time"
+        )
+    as_of_number = clock.number(as_of)
+    start = None if orders.lookback_days is None else clock.number(as_of - dt.timedelta(days=orders.lookback_days))
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        rows = conn.execute(aggregate_statement(engine, orders, table, as_of_number, start)).all()
+    seconds = time.perf_counter() - started
+    names = list(rows[0]._fields) if rows else []
+    excluded = dict.fromkeys(EXCLUDED_LINE_REASONS, 0)
+    for row in rows:
+        if row.reason is not None:
+            excluded[str(row.reason)] += int(row.n_lines)
+    # built from the counted groups only, so the id column keeps its type (no NULL id among them)
+    counted = pd.DataFrame([tuple(_plain(v) for v in row) for row in rows if row.reason is None], columns=names)
+    if counted.empty:
+        starts = [float(row.first_t) for row in rows if row.first_t is not None and row.reason != "unparseable_timestamp"]
+        earliest = clock.moment(min(starts)) if starts else None
+        if excluded["after_as_of"] + excluded["before_lookback"] and earliest is not None:
+            raise SourceError(
+                f"orders table {orders.table!r}: as_of {as_of:%Y-%m-%d} is before every order "
+                f"(earliest {orders.timestamp!r} {earliest:%Y-%m-%d %H:%M:%S}"
+                + (f", lookback_days {orders.lookback_days}" if orders.lookback_days else "")
+                + "); no order line is counted"
+            )
+        raise SourceError(f"orders table {orders.table!r}: no order line can be counted: {excluded}")
+    frame = _features(counted, as_of_number, clock.per_day).sort_values("customer_id", ignore_index=True)
+    frame = add_rfm(frame)
+    frame["as_of"] = pd.Timestamp(as_of)
+    frame = frame.rename(columns={"customer_id": orders.customer_id})
+    return OrderFeatures(frame, as_of, excluded, n_total, seconds)
+
+
+def _with_attributes(engine: sa.Engine, orders: TransactionsConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-customer attributes (age, gender, ...) joined on the customer id; customers without a row keep NULLs."""
+    if orders.attributes_table is None:
+        return frame
+    available = [c["name"] for c in reflect_columns(engine, orders.attributes_table)]
+    check_columns(engine, orders.attributes_table, available, [orders.customer_id])
+    clash = sorted(set(available) & set(frame.columns) - {orders.customer_id})
+    if clash:
+        raise SourceError(
+            f"attributes table {orders.attributes_table!r} has column(s) {clash} that the order features also have"
+        )
+    attributes = pd.read_sql_table(orders.attributes_table, engine, columns=available)
+    if not attributes[orders.customer_id].is_unique:
+        raise SourceError(f"attributes table {orders.attributes_table!r}: {orders.customer_id!r} is not unique")
+    return frame.merge(attributes, on=orders.customer_id, how="left", validate="one_to_one")
+
+
+def build_order_features(engine: sa.Engine, orders: TransactionsConfig, *, lock_timeout_s: int = 600) -> OrderFeatures:
+    """Aggregate, add RFM (and attributes), and replace the features table atomically.
+
+    Any bad input raises before anything is written.
+    """
+    result = compute_order_features(engine, orders)
+    frame = _with_attributes(engine, orders, result.frame)
+    column_types: dict[str, sa.types.TypeEngine[Any]] = {"rfm_segment": sa.String(32)}
+    write_table_atomic(
+        engine, orders.features_table, frame, primary_key=orders.customer_id, column_types=column_types,
+        lock_name=f"load:{orders.features_table}", lock_timeout_s=lock_timeout_s,
+    )
+    columns = [orders.customer_id, *FEATURE_COLUMNS, *RFM_COLUMNS, "as_of"]
+    return OrderFeatures(frame, result.as_of, result.excluded_lines, result.n_lines, result.query_seconds,
+                         {"columns": columns + [c for c in frame.columns if c not in columns]})
+
+
+def orders_high_water_mark(engine: sa.Engine, orders: TransactionsConfig) -> dict[str, Any]:
+    """Line count and latest time of the orders table: new or changed orders move it."""
+    table, _ = _orders_table(engine, orders)
+    count, latest = _bounds(engine, orders, table)
+    stamp = None if latest is None else _clock(engine).moment(latest).isoformat(timespec="seconds")
+    return {"row_count": count, "max_timestamp": stamp}
