@@ -184,13 +184,13 @@ def _features(groups: pd.DataFrame, as_of_number: float, per_day: float) -> pd.D
     return pd.DataFrame(
         {
             "customer_id": g["customer_id"].to_numpy(),
-            "recency_days": days(as_of_number, last).round(6).to_numpy(),
+            "recency_days": days(as_of_number, last).to_numpy(),
             "frequency": frequency.to_numpy(),
-            "monetary": monetary.round(6).to_numpy(),
-            "avg_order_value": (monetary / frequency.where(frequency > 0)).round(6).to_numpy(),
-            "tenure_days": days(as_of_number, first).round(6).to_numpy(),
-            "mean_days_between_orders": (span / (frequency - 1).where(frequency > 1)).round(6).to_numpy(),
-            "return_rate": (g["returned"].astype("float64") / gross.where(gross > 0)).round(6).to_numpy(),
+            "monetary": monetary.to_numpy(),
+            "avg_order_value": (monetary / frequency.where(frequency > 0)).to_numpy(),
+            "tenure_days": days(as_of_number, first).to_numpy(),
+            "mean_days_between_orders": (span / (frequency - 1).where(frequency > 1)).to_numpy(),
+            "return_rate": (g["returned"].astype("float64") / gross.where(gross > 0)).to_numpy(),
         }
     )
 
