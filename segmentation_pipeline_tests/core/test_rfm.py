@@ -5,7 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from segmentation_pipeline.core.rfm import SEGMENT_NAMES, SEGMENT_RULES, add_rfm, quintile_scores, segment_name
+from segmentation_pipeline.core.rfm import (
+    SEGMENT_NAMES,
+    SEGMENT_RULES,
+    add_rfm,
+    quintile_scores,
+    segment_name,
+)
 
 
 def test_quintiles_of_ten_distinct_values_are_two_per_score() -> None:
