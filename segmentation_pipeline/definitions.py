@@ -14,13 +14,13 @@ import dagster as dg
 from segmentation_pipeline.assets.checks import CHECKS
 from segmentation_pipeline.assets.cleaning import clean_and_reject
 from segmentation_pipeline.assets.export import segment_export
-from segmentation_pipeline.assets.extraction import build_raw_customers, raw_customers
+from segmentation_pipeline.assets.extraction import raw_customers
 from segmentation_pipeline.assets.features import customer_features
 from segmentation_pipeline.assets.monitoring import segment_drift
 from segmentation_pipeline.assets.orders import ORDER_FEATURES, order_features
 from segmentation_pipeline.assets.scoring import scored_customers
 from segmentation_pipeline.assets.segments import customer_segments
-from segmentation_pipeline.assets.sources import source_specs
+from segmentation_pipeline.assets.sources import CUSTOMERS_SOURCE, source_specs
 from segmentation_pipeline.assets.training import k_selection, model_promotion, segmentation_model
 from segmentation_pipeline.automation import (
     build_schedules,
@@ -54,12 +54,24 @@ ASSETS = [
 ]
 
 
+def _after_order_features(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """A reader of the customer table reads the table ``order_features`` writes instead."""
+    deps = [dg.AssetDep(ORDER_FEATURES) if dep.asset_key == CUSTOMERS_SOURCE else dep for dep in spec.deps]
+    return spec.replace_attributes(deps=deps)
+
+
 def assets_for(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
     """The materialisable assets of this config: with ``source.kind: transactions`` the order
-    features come first and the extraction reads after them; otherwise exactly :data:`ASSETS`."""
+    features come first and every reader of the customer table depends on them; otherwise
+    exactly :data:`ASSETS`."""
     if cfg.transactions is None:
         return list(ASSETS)
-    return [order_features, build_raw_customers([ORDER_FEATURES]), *(a for a in ASSETS if a is not raw_customers)]
+    readers = [
+        a.map_asset_specs(_after_order_features) if any(d.asset_key == CUSTOMERS_SOURCE for s in a.specs for d in s.deps)
+        else a
+        for a in ASSETS
+    ]
+    return [order_features, *readers]
 
 
 def build_resources(settings: SettingsResource, cfg: PipelineConfig, io_manager: object | None = None) -> dict:

@@ -1,24 +1,22 @@
 """Stage 1: read the configured customer table (MySQL, or the embedded SQLite file)."""
 
-from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 
-from segmentation_pipeline.assets.metadata import (
-    frame_columns,
-    plain_metadata,
-    table_facts,
-)
+from segmentation_pipeline.assets.metadata import frame_columns, plain_metadata, table_facts
 from segmentation_pipeline.assets.sources import CUSTOMERS_SOURCE
-from segmentation_pipeline.resources import (
-    DatabaseResource,
-    EngineResource,
-    SettingsResource,
+from segmentation_pipeline.resources import DatabaseResource, EngineResource, SettingsResource
+
+
+@dg.asset(
+    group_name="extraction",
+    kinds={"sql"},
+    pool="customer_db",
+    deps=[CUSTOMERS_SOURCE],
+    description="The configured customer table, read in keyset-paginated chunks (or planned as a partitioned read).",
 )
-
-
-def _read_customers(
+def raw_customers(
     context: dg.AssetExecutionContext, settings: SettingsResource, database: DatabaseResource, compute: EngineResource
 ) -> dg.Output[Any]:
     cfg = settings.load()
@@ -34,18 +32,3 @@ def _read_customers(
             max_id=str(extracted.max_id), max_updated_at=str(extracted.max_updated_at), **extracted.details,
         ),
     )
-
-
-def build_raw_customers(upstream: Sequence[dg.AssetKey]) -> dg.AssetsDefinition:
-    """The extraction asset reading after ``upstream``: the customer table, or the order features."""
-    return dg.asset(
-        name="raw_customers",
-        group_name="extraction",
-        kinds={"sql"},
-        pool="customer_db",
-        deps=list(upstream),
-        description="The configured customer table, read in keyset-paginated chunks (or planned as a partitioned read).",
-    )(_read_customers)
-
-
-raw_customers = build_raw_customers([CUSTOMERS_SOURCE])
