@@ -21,7 +21,11 @@ from segmentation_pipeline.assets.orders import ORDER_FEATURES, order_features
 from segmentation_pipeline.assets.scoring import scored_customers
 from segmentation_pipeline.assets.segments import customer_segments
 from segmentation_pipeline.assets.sources import CUSTOMERS_SOURCE, source_specs
-from segmentation_pipeline.assets.training import k_selection, model_promotion, segmentation_model
+from segmentation_pipeline.assets.training import (
+    k_selection,
+    model_promotion,
+    segmentation_model,
+)
 from segmentation_pipeline.automation import (
     build_schedules,
     build_sensors,
