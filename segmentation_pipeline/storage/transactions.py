@@ -176,7 +176,8 @@ def _features(groups: pd.DataFrame, as_of_number: float, per_day: float) -> pd.D
     g = groups
     days = lambda later, earlier: (later - earlier) / per_day
     frequency = g["frequency"].astype("int64")
-    monetary = g["monetary"].astype("float64")
+    # float sums of a purchase and its refund leave ~1e-13: rounded, a full refund nets exactly 0
+    monetary = g["monetary"].astype("float64").round(6)
     last = g["last_purchase_t"].astype("float64").fillna(g["last_t"].astype("float64"))
     first = g["first_t"].astype("float64")
     span = days(g["last_purchase_t"].astype("float64"), g["first_purchase_t"].astype("float64"))
