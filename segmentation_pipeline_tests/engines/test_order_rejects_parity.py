@@ -40,7 +40,9 @@ def _rejects(engine: str, config: PipelineConfig, request: pytest.FixtureRequest
     if engine == "local":
         rejects = local_clean(raw, config).rejects
     else:
-        from segmentation_pipeline.engines.spark.cleaning import clean_customers as spark_clean
+        from segmentation_pipeline.engines.spark.cleaning import (
+            clean_customers as spark_clean,
+        )
 
         spark = request.getfixturevalue("spark_session")
         result = spark_clean(spark.createDataFrame(raw.astype(object).where(raw.notna(), None), SCHEMA), config)
