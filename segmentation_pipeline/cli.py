@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--if-missing", action="store_true", help="do nothing when the table exists")
     demo.add_argument("--transactions", action="store_true",
                       help="write a planted orders table instead (the config's orders table, else 'orders')")
-    demo.add_argument("--customers", type=int, default=2000, help="with --transactions: number of customers")
+    demo.add_argument("--customers", type=int, default=2000, help="customers (--transactions)")
     demo.set_defaults(func=_cmd_demo_data)
 
     csv = command("load-csv", "load a customer (or orders) CSV (comma/tab, CRLF, BOM) into a table")
