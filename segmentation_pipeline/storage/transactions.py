@@ -37,7 +37,9 @@ from segmentation_pipeline.storage.connection import (
 from segmentation_pipeline.storage.errors import SourceError
 
 __all__ = [
+    "AggregateInputs",
     "OrderFeatures",
+    "aggregate_inputs",
     "aggregate_statement",
     "build_order_features",
     "compute_order_features",
@@ -159,12 +161,46 @@ def aggregate_statement(
     ).group_by(line.cid, line.reason)
 
 
-def _bounds(engine: sa.Engine, orders: TransactionsConfig, table: sa.TableClause) -> tuple[int, float | None]:
-    """Line count and latest parseable time, for the default as_of (one aggregate)."""
-    stamp = _time_number(engine, table.c[orders.timestamp])
+def _latest(engine: sa.Engine, orders: TransactionsConfig, table: sa.TableClause, types: dict[str, Any]) -> dt.datetime | None:
+    """The latest order time. A DATETIME column's plain MAX can use an index; text is parsed."""
+    column = table.c[orders.timestamp]
+    kind = types[orders.timestamp]
     with engine.connect() as conn:
-        row = conn.execute(sa.select(sa.func.count(), sa.func.max(stamp)).select_from(table)).one()
-    return int(row[0]), None if row[1] is None else float(row[1])
+        if isinstance(kind, (sa.types.DateTime, sa.types.Date)):
+            value = conn.execute(sa.select(sa.type_coerce(sa.func.max(column), kind)).select_from(table)).scalar()
+            if value is None or isinstance(value, dt.datetime):
+                return value
+            return dt.datetime.combine(value, dt.time())
+        number = conn.execute(sa.select(sa.func.max(_time_number(engine, column))).select_from(table)).scalar()
+    return None if number is None else _clock(engine).moment(float(number))
+
+
+@dataclass(frozen=True)
+class AggregateInputs:
+    """What the aggregate statement needs: the checked table and the window in the dialect's clock."""
+
+    table: sa.TableClause
+    as_of: dt.datetime
+    as_of_number: float
+    start: float | None
+
+
+def aggregate_inputs(engine: sa.Engine, orders: TransactionsConfig) -> AggregateInputs:
+    """Check the orders table's columns and settle as_of (a given date costs no query)."""
+    table, types = _orders_table(engine, orders)
+    clock = _clock(engine)
+    if orders.as_of is not None:
+        as_of = dt.datetime.combine(orders.as_of, dt.time())
+    else:
+        latest = _latest(engine, orders, table, types)
+        if latest is None:
+            raise SourceError(
+                f"orders table {orders.table!r} has 0 rows with a parseable {orders.timestamp!r}; nothing to "
+                f"aggregate ({masked_url(engine)})"
+            )
+        as_of = dt.datetime.combine(latest.date() + dt.timedelta(days=1), dt.time())
+    start = None if orders.lookback_days is None else clock.number(as_of - dt.timedelta(days=orders.lookback_days))
+    return AggregateInputs(table, as_of, clock.number(as_of), start)
 
 
 def _plain(value: Any) -> Any:
@@ -199,25 +235,15 @@ def _features(groups: pd.DataFrame, as_of_number: float, per_day: float) -> pd.D
 def compute_order_features(engine: sa.Engine, orders: TransactionsConfig) -> OrderFeatures:
     """Aggregate the orders table on the server; SourceError names the table/column/value when
     the input cannot give features (missing column, non-numeric money, no lines, as_of too early)."""
-    table, _ = _orders_table(engine, orders)
-    clock = _clock(engine)
-    n_total, latest = _bounds(engine, orders, table)
-    if n_total == 0:
-        raise SourceError(f"orders table {orders.table!r} has 0 rows; nothing to aggregate ({masked_url(engine)})")
-    if orders.as_of is not None:
-        as_of = dt.datetime.combine(orders.as_of, dt.time())
-    elif latest is not None:
-        as_of = dt.datetime.combine(clock.moment(latest).date() + dt.timedelta(days=1), dt.time())
-    else:
-        raise SourceError(
-            f"orders table {orders.table!r}: no value of column {orders.timestamp!r} parses as a date/time"
-        )
-    as_of_number = clock.number(as_of)
-    start = None if orders.lookback_days is None else clock.number(as_of - dt.timedelta(days=orders.lookback_days))
+    inputs = aggregate_inputs(engine, orders)
+    clock, as_of = _clock(engine), inputs.as_of
     started = time.perf_counter()
     with engine.connect() as conn:
-        rows = conn.execute(aggregate_statement(engine, orders, table, as_of_number, start)).all()
+        rows = conn.execute(aggregate_statement(engine, orders, inputs.table, inputs.as_of_number, inputs.start)).all()
     seconds = time.perf_counter() - started
+    if not rows:
+        raise SourceError(f"orders table {orders.table!r} has 0 rows; nothing to aggregate ({masked_url(engine)})")
+    n_total = sum(int(row.n_lines) for row in rows)
     names = list(rows[0]._fields) if rows else []
     excluded = dict.fromkeys(EXCLUDED_LINE_REASONS, 0)
     for row in rows:
@@ -236,7 +262,7 @@ def compute_order_features(engine: sa.Engine, orders: TransactionsConfig) -> Ord
                 + "); no order line is counted"
             )
         raise SourceError(f"orders table {orders.table!r}: no order line can be counted: {excluded}")
-    frame = _features(counted, as_of_number, clock.per_day).sort_values("customer_id", ignore_index=True)
+    frame = _features(counted, inputs.as_of_number, clock.per_day).sort_values("customer_id", ignore_index=True)
     frame = add_rfm(frame)
     frame["as_of"] = pd.Timestamp(as_of)
     frame = frame.rename(columns={"customer_id": orders.customer_id})
@@ -279,7 +305,8 @@ def build_order_features(engine: sa.Engine, orders: TransactionsConfig, *, lock_
 
 def orders_high_water_mark(engine: sa.Engine, orders: TransactionsConfig) -> dict[str, Any]:
     """Line count and latest time of the orders table: new or changed orders move it."""
-    table, _ = _orders_table(engine, orders)
-    count, latest = _bounds(engine, orders, table)
-    stamp = None if latest is None else _clock(engine).moment(latest).isoformat(timespec="seconds")
-    return {"row_count": count, "max_timestamp": stamp}
+    table, types = _orders_table(engine, orders)
+    with engine.connect() as conn:
+        count = int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+    latest = _latest(engine, orders, table, types)
+    return {"row_count": count, "max_timestamp": None if latest is None else latest.isoformat(timespec="seconds")}
