@@ -11,10 +11,10 @@ per-customer extremes afterwards. Both engines use this step: the data is in the
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import decimal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -23,8 +23,7 @@ import sqlalchemy as sa
 from segmentation_pipeline.config import TransactionsConfig
 from segmentation_pipeline.core.rfm import (
     EXCLUDED_LINE_REASONS,
-    FEATURE_COLUMNS,
-    RFM_COLUMNS,
+    RFM_SEGMENT_COLUMN,
     add_rfm,
 )
 from segmentation_pipeline.storage.bulk_load import write_table_atomic
@@ -46,6 +45,8 @@ __all__ = [
     "orders_high_water_mark",
 ]
 
+#: Grouped rows fetched and turned into features at a time.
+RESULT_CHUNK_ROWS = 100_000
 _JULIAN_UNIX_EPOCH = 2440587.5  # julianday('1970-01-01 00:00:00')
 _TO_SECONDS_UNIX_EPOCH = 62167219200  # TO_SECONDS('1970-01-01 00:00:00')
 
@@ -59,7 +60,6 @@ class OrderFeatures:
     excluded_lines: dict[str, int]
     n_lines: int
     query_seconds: float = 0.0
-    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_non_positive(self) -> int:
@@ -203,10 +203,6 @@ def aggregate_inputs(engine: sa.Engine, orders: TransactionsConfig) -> Aggregate
     return AggregateInputs(table, as_of, clock.number(as_of), start)
 
 
-def _plain(value: Any) -> Any:
-    return float(value) if isinstance(value, decimal.Decimal) else value
-
-
 def _features(groups: pd.DataFrame, as_of_number: float, per_day: float) -> pd.DataFrame:
     """Per-customer features from the grouped extremes and sums (one row per customer)."""
     g = groups
@@ -237,20 +233,30 @@ def compute_order_features(engine: sa.Engine, orders: TransactionsConfig) -> Ord
     the input cannot give features (missing column, non-numeric money, no lines, as_of too early)."""
     inputs = aggregate_inputs(engine, orders)
     clock, as_of = _clock(engine), inputs.as_of
+    stmt = aggregate_statement(engine, orders, inputs.table, inputs.as_of_number, inputs.start)
+    parts: list[pd.DataFrame] = []
+    rows: list[Any] = []  # the groups of excluded lines: one per reason
+    n_total = 0
     started = time.perf_counter()
     with engine.connect() as conn:
-        rows = conn.execute(aggregate_statement(engine, orders, inputs.table, inputs.as_of_number, inputs.start)).all()
+        # streamed, a chunk of customers at a time: the driver's row objects never exist all at once
+        result = conn.execution_options(stream_results=True).execute(stmt)
+        names = list(result.keys())
+        for chunk in result.partitions(RESULT_CHUNK_ROWS):
+            n_total += sum(int(row.n_lines) for row in chunk)
+            rows.extend(row for row in chunk if row.reason is not None)
+            # the counted groups only, so the id column keeps its type (no NULL id among them)
+            counted_rows = [row for row in chunk if row.reason is None]
+            if counted_rows:
+                groups = pd.DataFrame.from_records(counted_rows, columns=names)
+                parts.append(_features(groups, inputs.as_of_number, clock.per_day))
     seconds = time.perf_counter() - started
-    if not rows:
+    if n_total == 0:
         raise SourceError(f"orders table {orders.table!r} has 0 rows; nothing to aggregate ({masked_url(engine)})")
-    n_total = sum(int(row.n_lines) for row in rows)
-    names = list(rows[0]._fields) if rows else []
     excluded = dict.fromkeys(EXCLUDED_LINE_REASONS, 0)
     for row in rows:
-        if row.reason is not None:
-            excluded[str(row.reason)] += int(row.n_lines)
-    # built from the counted groups only, so the id column keeps its type (no NULL id among them)
-    counted = pd.DataFrame([tuple(_plain(v) for v in row) for row in rows if row.reason is None], columns=names)
+        excluded[str(row.reason)] += int(row.n_lines)
+    counted = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if counted.empty:
         starts = [float(row.first_t) for row in rows if row.first_t is not None and row.reason != "unparseable_timestamp"]
         earliest = clock.moment(min(starts)) if starts else None
@@ -262,7 +268,7 @@ def compute_order_features(engine: sa.Engine, orders: TransactionsConfig) -> Ord
                 + "); no order line is counted"
             )
         raise SourceError(f"orders table {orders.table!r}: no order line can be counted: {excluded}")
-    frame = _features(counted, inputs.as_of_number, clock.per_day).sort_values("customer_id", ignore_index=True)
+    frame = counted.sort_values("customer_id", ignore_index=True)
     frame = add_rfm(frame)
     frame["as_of"] = pd.Timestamp(as_of)
     frame = frame.rename(columns={"customer_id": orders.customer_id})
@@ -293,14 +299,12 @@ def build_order_features(engine: sa.Engine, orders: TransactionsConfig, *, lock_
     """
     result = compute_order_features(engine, orders)
     frame = _with_attributes(engine, orders, result.frame)
-    column_types: dict[str, sa.types.TypeEngine[Any]] = {"rfm_segment": sa.String(32)}
+    column_types: dict[str, sa.types.TypeEngine[Any]] = {RFM_SEGMENT_COLUMN: sa.String(32)}
     write_table_atomic(
         engine, orders.features_table, frame, primary_key=orders.customer_id, column_types=column_types,
         lock_name=f"load:{orders.features_table}", lock_timeout_s=lock_timeout_s,
     )
-    columns = [orders.customer_id, *FEATURE_COLUMNS, *RFM_COLUMNS, "as_of"]
-    return OrderFeatures(frame, result.as_of, result.excluded_lines, result.n_lines, result.query_seconds,
-                         {"columns": columns + [c for c in frame.columns if c not in columns]})
+    return dataclasses.replace(result, frame=frame)
 
 
 def orders_high_water_mark(engine: sa.Engine, orders: TransactionsConfig) -> dict[str, Any]:
