@@ -89,7 +89,7 @@ def worker(engine: str, workdir: Path) -> None:
     else:
         timed("read_table", source, "read_table")
         timed("sweep", local_engine, "select_k")
-        timed("final_fit", local_engine, "fit_kmeans")
+        timed("final_fit", local_engine, "fit_clustering")
         timed("write_back_and_swap", local_engine, "publish_segments")
     original = in_process.run_training
 

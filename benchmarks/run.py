@@ -14,7 +14,7 @@ For every size N (each in its own fresh state):
    pipeline through ``segmentation_pipeline.cli.run_pipeline(config)`` with a temp config
    (database -> segbench, MLflow -> a sqlite store in a temp dir, data_dir temp). Stage times come
    from two sources in that same run: measurement-only wrappers around the functions the assets
-   call (read_table, clean_customers, build_features, select_k, fit_kmeans, evaluate_promotion,
+   call (read_table, clean_customers, build_features, select_k, fit_clustering, evaluate_promotion,
    publish_segments, and every MLflow/registry call, outermost-only) and the Dagster run's
    STEP_SUCCESS durations (``in_process.run_training`` is wrapped to capture its result). RSS is sampled
    every 20 ms (attributed to the stage running) and VmHWM read at the end.
@@ -231,8 +231,8 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
     local_engine.select_k = timed("sweep", local_engine.select_k,
                                   lambda sel: {"k": int(sel.k), "reason": sel.reason,
                                                "sweep_rows": int(sel.metrics.attrs.get("sweep_rows", 0))})
-    local_engine.fit_kmeans = timed("final_fit", local_engine.fit_kmeans,
-                                    lambda km: {"inertia": float(km.inertia_)})
+    local_engine.fit_clustering = timed("final_fit", local_engine.fit_clustering,
+                                        lambda km: {"inertia": float(getattr(km, "inertia_", float("nan")))})
     training_asset.evaluate_promotion = timed("promotion", training_asset.evaluate_promotion)
     local_engine.publish_segments = timed("write_back", local_engine.publish_segments)
     original_run_training = in_process.run_training

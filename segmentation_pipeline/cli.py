@@ -33,7 +33,9 @@ def _overrides_for_features(cfg_path: str | None, features: list[str]) -> dict[s
     overrides: dict[str, Any] = {
         "features": features,
         "cleaning.ranges": {k: v.model_dump() for k, v in base.cleaning.ranges.items() if k in keep},
-        "transform.log1p": [c for c in base.transform.log1p if c in keep],
+        "transform.log1p": (
+            base.transform.log1p if base.transform.log1p_auto else [c for c in base.transform.log1p_columns if c in keep]
+        ),
     }
     if base.cleaning.outliers.features is not None:
         overrides["cleaning.outliers.features"] = [c for c in base.cleaning.outliers.features if c in keep] or None
@@ -125,15 +127,19 @@ def summarise(result: Any, cfg: PipelineConfig, seconds: float) -> dict[str, Any
     trained = _metadata(result, "segmentation_model")
     promotion = _metadata(result, "model_promotion")
     meta = _metadata(result, "customer_segments")
+    features = _metadata(result, "customer_features")
     metrics = trained["metrics"]
     return {
         "k": trained["k"],
         "k_reason": selection["reason"],
         "structure": selection.get("structure"),
         "k_evidence": selection.get("k_evidence"),
+        "algorithm": trained.get("algorithm", cfg.model.algorithm),
         "silhouette": metrics.get("silhouette"),
         "davies_bouldin": metrics.get("davies_bouldin"),
         "calinski_harabasz": metrics.get("calinski_harabasz"),
+        "log1p": features.get("log1p"),
+        "log1p_mode": features.get("log1p_mode"),
         "n_input": meta["n_input"],
         "n_segmented": meta["n_segmented"],
         "n_rejected": meta["n_rejected"],
@@ -161,6 +167,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
           f"({summary['n_rejected']:,} rejected, {summary['n_outliers_segmented']:,} outliers flagged) "
           f"in {summary['seconds']} s")
     print(f"k = {summary['k']}: {summary['k_reason']}")
+    if summary.get("log1p") is not None:
+        print(f"log1p ({summary.get('log1p_mode')}): {', '.join(summary['log1p']) or 'no column'}")
     if summary.get("structure") not in (None, "clear"):
         print(f"warning: segment structure is {summary['structure']}; other k may be about as good (see k_evidence)")
     print(f"quality: silhouette {summary['silhouette']:.3f}, Davies–Bouldin {summary['davies_bouldin']:.3f}, "

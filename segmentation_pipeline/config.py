@@ -17,8 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.engine import URL, make_url
 
+from segmentation_pipeline.core.algorithms import (
+    ALGORITHM_NAMES,
+    DEFAULT_ALGORITHM,
+    check_algorithm,
+)
 from segmentation_pipeline.core.rfm import RFM_SEGMENT_COLUMN, SEGMENT_NAMES
-
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -181,8 +185,20 @@ class Range(_Model):
 
 
 class CategoricalRule(_Model):
-    allowed: list[str]
+    """Allowed values of a column not clustered on. Ints and strings may be mixed: values are
+    compared on their canonical text (``core.cleaning_rules.category_text``), so an integer-coded
+    column (channel 1/2) matches ``[1, 2]`` and ``["1", "2"]``, read as int, text or float."""
+
+    allowed: list[int | str]
     required: bool = False
+
+    @field_validator("allowed", mode="before")
+    @classmethod
+    def _no_bool_or_fraction(cls, value: Any) -> Any:
+        for item in value if isinstance(value, list) else []:
+            if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
+                raise ValueError(f"allowed value {item!r} must be an integer or a string (quote it)")
+        return value
 
 
 class OutlierConfig(_Model):
@@ -206,8 +222,22 @@ class CleaningConfig(_Model):
     outliers: OutlierConfig = OutlierConfig()
 
 
+#: ``transform.log1p: auto``: decide per training run which columns to log1p (core.skew).
+LOG1P_AUTO = "auto"
+
+
 class TransformConfig(_Model):
-    log1p: list[str] = Field(default_factory=list)
+    log1p: list[str] | Literal["auto"] = Field(
+        LOG1P_AUTO,
+        description=(
+            "auto: log1p every feature with min >= 0 and sample skewness > log1p_skew_threshold that "
+            "log1p makes less skewed, decided once per training run on the clean rows; a list: exactly "
+            "these columns ([] for none)"
+        ),
+    )
+    log1p_skew_threshold: float = Field(
+        1.0, gt=0, description="auto: skewness above which a column is logged (1.0: Bulmer's 'highly skewed')"
+    )
     pca_components: int | float | None = Field(
         0.95, description="int: number of components; float in (0,1]: explained-variance target; null: no PCA"
     )
@@ -225,6 +255,21 @@ class TransformConfig(_Model):
         if isinstance(value, int) and value < 1:
             raise ValueError(f"pca_components {value} must be >= 1")
         return value
+
+    @property
+    def log1p_auto(self) -> bool:
+        return self.log1p == LOG1P_AUTO
+
+    @property
+    def log1p_columns(self) -> list[str]:
+        """The columns to log1p; raises while ``log1p`` is still ``auto``: the choice is made once per
+        run on the clean rows (core.skew.resolve_log1p) and every later stage reads that choice."""
+        if self.log1p == LOG1P_AUTO:
+            raise ValueError(
+                "transform.log1p is 'auto' and has not been resolved for this run: resolve it on the clean rows "
+                "first (core.skew.resolve_log1p) and pass the resolved config on"
+            )
+        return list(self.log1p)
 
 
 class KSelectionConfig(_Model):
@@ -250,11 +295,19 @@ class KSelectionConfig(_Model):
 
 class ModelConfig(_Model):
     name: str = "customer_segmentation"
+    algorithm: str = Field(
+        DEFAULT_ALGORITHM, description=f"clustering algorithm: {', '.join(ALGORITHM_NAMES)} (core.algorithms)"
+    )
     n_init: int = Field(10, ge=1)
     max_iter: int = Field(300, ge=10)
     random_state: int = 42
     alias: str = "champion"
     challenger_alias: str = "challenger"
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm(cls, value: str) -> str:
+        return check_algorithm(value)
 
 
 class NamingConfig(_Model):
@@ -497,7 +550,7 @@ class PipelineConfig(_Model):
         known = set(self.features)
         for section, names in (
             ("cleaning.ranges", self.cleaning.ranges),
-            ("transform.log1p", self.transform.log1p),
+            ("transform.log1p", [] if self.transform.log1p_auto else self.transform.log1p_columns),
             ("cleaning.outliers.features", self.cleaning.outliers.features or []),
         ):
             unknown = sorted(set(names) - known)

@@ -17,6 +17,7 @@ import ctypes
 import gc
 import os
 import shutil
+import socket
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +29,8 @@ import pandas as pd
 
 from segmentation_pipeline.storage.tables import write_table
 
-JOB_NAME = "segmentation_in_process"
+#: The code location's training job: CLI runs are listed under it in the UI, beside the runs it launched.
+JOB_NAME = "segmentation_job"
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -174,7 +176,7 @@ def consumers_of(assets: Sequence[dg.AssetsDefinition], selected: set[dg.AssetKe
 def training_job(config_path: str | None, overrides_json: str = "{}") -> dg.JobDefinition:
     """The reconstructor ``execute_job`` calls: the training groups, in-process, releasing values."""
     from segmentation_pipeline.assets.checks import CHECKS
-    from segmentation_pipeline.automation import TRAINING_GROUPS
+    from segmentation_pipeline.automation import TRAINING_GROUPS, segmentation_job
     from segmentation_pipeline.definitions import assets_for, build_resources
     from segmentation_pipeline.resources import SettingsResource
 
@@ -197,9 +199,47 @@ def training_job(config_path: str | None, overrides_json: str = "{}") -> dg.JobD
         resource_fn=io_manager_fn,
         description="values in memory, each released after its last consumer; tables as Parquet in a run scratch dir",
     )
-    job = dg.define_asset_job(JOB_NAME, selection=selection, executor_def=dg.in_process_executor)
+    job = dg.define_asset_job(JOB_NAME, selection=selection, executor_def=dg.in_process_executor,
+                              tags=segmentation_job.tags, description=segmentation_job.description)
     defs = dg.Definitions(assets=assets, asset_checks=CHECKS, jobs=[job], resources=build_resources(settings, cfg, io_manager=io_manager))
     return defs.resolve_job_def(JOB_NAME)
+
+
+#: Tags that let a later run tell whether this run's process is still alive.
+PID_TAG = "segmentation/pid"
+HOST_TAG = "segmentation/host"
+
+
+def process_tags() -> dict[str, str]:
+    """This process's id and host, for :func:`fail_abandoned_runs`."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def fail_abandoned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark as failed the in-process runs on this host whose process is gone (killed, machine crash).
+
+    A run executed in the CLI's own process has no run launcher to notice its death, so without
+    this a ``kill -9`` leaves it STARTED in the UI for ever. A live process (or a reused pid) is
+    left alone: the check errs towards leaving a run as it is.
+    """
+    host = socket.gethostname()
+    runs = instance.get_runs(filters=dg.RunsFilter(
+        statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING], tags={HOST_TAG: host},
+    ))
+    failed = []
+    for run in runs:
+        try:
+            pid = int(run.tags.get(PID_TAG, ""))
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        instance.report_run_failed(
+            run, message=f"the process that ran it (pid {pid} on {host}) is gone: killed or crashed before "
+                         "the run ended. The previous segments stay published; re-run to publish new ones.",
+        )
+        failed.append(run.run_id)
+    return failed
 
 
 def run_training(
@@ -212,13 +252,14 @@ def run_training(
 ) -> dg.JobExecutionResult:
     """Run the training job in this process; raises the step's error when a step fails."""
     map_large_allocations()
+    fail_abandoned_runs(instance)
     job = dg.build_reconstructable_job(
         __name__, training_job.__name__, reconstructable_args=(config_path, overrides_json)
     )
     gc.collect()
     gc.freeze()  # the interpreter's modules are never garbage: the per-step collections skip them
     try:
-        return dg.execute_job(job, instance=instance, run_config=dict(run_config or {}), tags=dict(tags or {}),
-                              raise_on_error=True)
+        return dg.execute_job(job, instance=instance, run_config=dict(run_config or {}),
+                              tags={**(tags or {}), **process_tags()}, raise_on_error=True)
     finally:
         gc.unfreeze()

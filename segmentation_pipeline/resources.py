@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from pydantic import PrivateAttr
 
 from segmentation_pipeline.config import PipelineConfig, load_config
+from segmentation_pipeline.engines import check_engine_algorithm
 from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline.engines.spark.handoff import MARKER, SparkHandoff, load_handoff, save_handoff
 from segmentation_pipeline.storage.mlflow_registry import TrackingTarget
@@ -114,6 +115,8 @@ class SparkEngineResource(EngineResource):
         if self._session is None:
             from segmentation_pipeline.engines.spark.session import build_session
 
+            check_engine_algorithm("spark", self.settings.load().model.algorithm)  # before the JVM starts
+
             try:
                 from pyspark import SparkContext
             except ImportError:  # build_session raises SparkUnavailableError with the install hint
@@ -130,7 +133,9 @@ class SparkEngineResource(EngineResource):
 
 
 def engine_resource(settings: SettingsResource, cfg: PipelineConfig) -> EngineResource:
-    """The engine resource for ``cfg.engine``: the one place that reads it."""
+    """The engine resource for ``cfg.engine``: the one place that reads it. Refuses an algorithm
+    the engine cannot fit (``ConfigError``) before anything runs."""
+    check_engine_algorithm(cfg.engine, cfg.model.algorithm)
     if cfg.engine == "spark":
         return SparkEngineResource(settings=settings)
     return LocalEngineResource(settings=settings)

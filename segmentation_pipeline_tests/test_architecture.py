@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,23 @@ def test_importing_the_code_location_reads_no_config(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "LOAD-ERROR ConfigError" in out.stdout  # the import itself succeeded; the load names the file
+
+
+#: Heavy modules only the steps that use them import: drift (Evidently), the Spark engine (pyspark),
+#: the knee of the k sweep (kneed, which imports matplotlib.pyplot).
+BLOCKED = ("evidently", "pyspark")  # MLflow probes for pyspark itself and copes when it is absent
+UNLOADED = ("kneed", "matplotlib.pyplot")
+
+
+def test_loading_the_code_location_imports_no_step_only_module() -> None:
+    code = (
+        f"import sys, json\nfor name in {BLOCKED!r}:\n    sys.modules[name] = None  # importing it fails\n"
+        "import segmentation_pipeline.definitions, segmentation_pipeline.cli\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({UNLOADED!r}))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]  # fails when a module imports evidently or pyspark
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 def test_every_engine_implements_the_interface_with_its_exact_signatures() -> None:

@@ -41,8 +41,9 @@ def test_shipped_configs_load(monkeypatch):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda r: r.update(k_range=[1, 5]), "k_range"),
-        (lambda r: r.update(k_range=[6, 3]), "k_range"),
+        (lambda r: r.update(k_range=[1, 5]), r"k_range \[1, 5\] must satisfy 2 <= low <= high"),
+        (lambda r: r.update(k_range=[6, 3]), r"k_range \[6, 3\] must satisfy 2 <= low <= high"),
+        (lambda r: r.update(min_segment_share=-0.1), r"min_segment_share -0.1 must be in \(0, 0.5\)"),
         (lambda r: r.update(min_segment_share=0), r"min_segment_share 0 must be in \(0, 0.5\)"),
         (lambda r: r.update(min_segment_share=0.5), r"min_segment_share 0.5 must be in \(0, 0.5\)"),
         (lambda r: r.update(features=[]), "features"),
@@ -52,6 +53,11 @@ def test_shipped_configs_load(monkeypatch):
         (lambda r: r["cleaning"]["ranges"].update(age={"min": 50, "max": 10}), "above max"),
         (lambda r: r["transform"].update(pca_components=1.5), "pca_components"),
         (lambda r: r["transform"].update(pca_components=7), "exceeds"),
+        (lambda r: r["transform"].update(log1p="yes"), "log1p"),
+        (lambda r: r["transform"].update(log1p=["height"]), r"transform.log1p names columns that are not features"),
+        (lambda r: r["transform"].update(log1p_skew_threshold=0), "log1p_skew_threshold"),
+        (lambda r: r["cleaning"]["categorical"].update(channel={"allowed": [1, True]}), "allowed value True"),
+        (lambda r: r["cleaning"]["categorical"].update(channel={"allowed": [1.5]}), "allowed value 1.5"),
         (lambda r: r["naming"].update(value_feature="height"), "value_feature"),
         (lambda r: r["cleaning"]["outliers"].update(action="drop"), "action"),
         (lambda r: r.update(unknown_section=1), "unknown_section"),
@@ -142,3 +148,14 @@ def test_invalid_engine_settings_name_the_problem(tmp_path, change, message):
     raw = {**_raw(), **change}
     with pytest.raises(ConfigError, match=message.replace("*", r"\*")):
         load_config(_write(tmp_path, raw))
+
+
+def test_log1p_is_auto_by_default_and_categories_may_be_ints(tmp_path):
+    raw = _raw()
+    del raw["transform"]["log1p"]
+    raw["cleaning"]["categorical"] = {"channel": {"allowed": [1, "2", 3.0]}}
+    cfg = load_config(_write(tmp_path, raw))
+    assert cfg.transform.log1p_auto and cfg.transform.log1p_skew_threshold == 1.0
+    assert cfg.cleaning.categorical["channel"].allowed == [1, "2", 3]
+    raw["transform"]["log1p"] = []  # an explicit empty list: no column is logged
+    assert load_config(_write(tmp_path, raw)).transform.log1p_columns == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,8 +12,10 @@ import sqlalchemy as sa
 from sklearn.metrics import adjusted_rand_score
 
 from segmentation_pipeline.cli import main, run_pipeline
+from segmentation_pipeline.core.features import logged_columns
 from segmentation_pipeline.core.demo_data import generate_customers
 from segmentation_pipeline.storage.bulk_load import load_frame
+from segmentation_pipeline.storage import mlflow_registry as registry
 from segmentation_pipeline.storage.connection import create_db_engine
 from segmentation_pipeline_tests.helpers import mlflow_rest as rest
 from segmentation_pipeline_tests.helpers import write_config
@@ -112,3 +115,13 @@ def test_cli_json_summary_on_sqlite_default(tmp_path, local_mlflow_uri, capsys):
     assert summary["structure"] in {"clear", "weak", "none"} and f"k={summary['k']}" in summary["k_reason"]
     engine = create_db_engine(f"sqlite:///{tmp_path / 'customers.db'}")
     assert pd.read_sql("SELECT COUNT(*) AS n FROM customer_segments", engine)["n"].iloc[0] == summary["n_segmented"]
+
+    # transform.log1p: auto (the default) chose the money column once; the choice is in the summary
+    # (from the features asset's Dagster metadata), in MLflow, and inside the registered model
+    assert summary["log1p_mode"] == "auto" and summary["log1p"] == ["annual_income"]
+    client = mlflow.MlflowClient(local_mlflow_uri)
+    params = client.get_run(summary["mlflow_run_id"]).data.params
+    assert params["transform.log1p"] == "auto" and params["transform.log1p_columns"] == "annual_income"
+    assert client.get_model_version(summary["model_name"], summary["model_version"]).tags["log1p_columns"] == "annual_income"
+    assigner, _ = registry.load_assigner(local_mlflow_uri, summary["model_name"], "champion")
+    assert logged_columns(assigner.pipeline.named_steps["preprocess"]) == ["annual_income"]

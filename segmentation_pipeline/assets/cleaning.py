@@ -35,8 +35,14 @@ def clean_and_reject(
     outliers = report.get("outliers", {})
     if outliers.get("warning"):
         context.log.warning(outliers["warning"])
+    transform = report.get("transform", {})
+    log1p = list(transform.get("log1p", []))
+    context.log.info(f"log1p ({transform.get('log1p_mode')}): {log1p or 'no column'}")
     with registry.training_run(mlflow_tracking.target(), context.run.run_id):
         registry.log_params(cfg.params())
+        # the run's resolved choice next to the configured value (transform.log1p may say "auto")
+        registry.log_params({"transform.log1p_columns": ",".join(log1p)})
+        mlflow.set_tags({"log1p_mode": str(transform.get("log1p_mode")), "log1p_columns": ",".join(log1p)})
         mlflow.log_metrics(
             {
                 "n_input": report["n_input"],
@@ -60,6 +66,7 @@ def clean_and_reject(
             outlier_guard=outliers.get("warning") or "within cap",
             outliers_by_feature=outliers.get("outliers_by_feature", {}),
             outliers_by_cluster=outliers.get("outliers_by_cluster", {}),
+            log1p=log1p,
             cleaning_report=report,
         ),
     )

@@ -7,8 +7,10 @@ import dagster as dg
 import mlflow
 
 from segmentation_pipeline.assets.metadata import image, jsonable, plain_metadata, table
+from segmentation_pipeline.core.algorithms import ALGORITHMS
 from segmentation_pipeline.core.drift import reference_sample
 from segmentation_pipeline.core.explain import explain_model
+from segmentation_pipeline.core.features import logged_columns
 from segmentation_pipeline.core.identity import migration_matrix, migration_plot
 from segmentation_pipeline.core.k_evidence import evidence_records
 from segmentation_pipeline.core.k_evidence_plots import evidence_plot
@@ -23,6 +25,7 @@ from segmentation_pipeline.core.segment_model import (
     build_segment_model,
     model_change,
 )
+from segmentation_pipeline.core.skew import with_log1p
 from segmentation_pipeline.engines.base import Features
 from segmentation_pipeline.resources import EngineResource, MlflowResource, SettingsResource
 from segmentation_pipeline.storage import mlflow_registry as registry
@@ -67,17 +70,14 @@ def k_selection(
         evidence.rename(columns={"smallest_share": "min_share"}), selection.k, f"structure: {structure}"
     )
     with registry.training_run(mlflow_tracking.target(), context.run.run_id):
-        for row in selection.metrics.itertuples(index=False):
-            for metric in SWEEP_METRICS:
-                mlflow.log_metric(f"sweep_{metric}", float(getattr(row, metric)), step=int(row.k))
+        points = [(f"sweep_{metric}", float(getattr(row, metric)), int(row.k))
+                  for row in selection.metrics.itertuples(index=False) for metric in SWEEP_METRICS]
         if evidence is not None:
-            for record in evidence_records(evidence):
-                for metric in EVIDENCE_METRICS:
-                    value = record[metric]
-                    if value is not None:
-                        mlflow.log_metric(f"evidence_{metric}", float(value), step=int(record["k"]))
+            points += [(f"evidence_{metric}", float(record[metric]), int(record["k"]))
+                       for record in evidence_records(evidence) for metric in EVIDENCE_METRICS
+                       if record[metric] is not None]
             registry.log_frame(evidence, "k_selection/evidence.csv")
-        mlflow.log_metric("chosen_k", selection.k)
+        registry.log_metric_steps(points, chosen_k=selection.k)
         mlflow.set_tag("k_reason", selection.reason)
         mlflow.set_tag("k_structure", structure)
         if structure != "clear":
@@ -117,7 +117,9 @@ def segmentation_model(
     customer_features: Features,
     k_selection: KSelection,
 ) -> dg.Output[TrainedSegmentation]:
-    cfg = settings.load()
+    # the log1p columns the fitted preprocessor applies: the run's one choice (transform.log1p: auto)
+    log1p = logged_columns(customer_features.preprocessor)
+    cfg = with_log1p(settings.load(), log1p)
     target = mlflow_tracking.target()
     engine = compute.get()
     clusters = engine.fit_clusters(clean_customers, customer_features, k_selection.k, cfg)
@@ -132,7 +134,7 @@ def segmentation_model(
     cleaning_report = registry.run_json(target, context.run.run_id, "cleaning/report.json") or {}
     built = build_segment_model(
         clusters.label_profile, clusters.population, clusters.canonical, customer_features.preprocessor,
-        clusters.kmeans, cfg, champion, metadata={"engine": engine.name},
+        clusters.model, cfg, champion, metadata={"engine": engine.name, "algorithm": cfg.model.algorithm},
         fences=cleaning_report.get("outliers", {}).get("fences"),
     )
     assigner, profile = built.assigner, built.profile
@@ -156,6 +158,8 @@ def segmentation_model(
         registry.name_run(f"train k={k_selection.k} {datetime.now(timezone.utc):%Y-%m-%d}")
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in clusters.metrics.items()})
         mlflow.set_tag("engine", engine.name)
+        mlflow.set_tag("algorithm", cfg.model.algorithm)
+        registry.log_params({"algorithm": cfg.model.algorithm})
         registry.log_frame(profile, "segments/profile.csv")
         registry.log_png(profile_png, "segments/profile.png")
         registry.log_frame(explained.summary, "segments/explanations.csv")
@@ -183,16 +187,16 @@ def segmentation_model(
     registry.set_alias(target.tracking_uri, cfg.model.name, cfg.model.challenger_alias, version)
     registry.describe_model(
         target.tracking_uri, cfg.model.name,
-        f"Customer segments by K-Means on {', '.join(cfg.features)} (source table {cfg.source.table}). "
+        f"Customer segments by {ALGORITHMS[cfg.model.algorithm].summary} on {', '.join(cfg.features)} (source table {cfg.source.table}). "
         f"Input: those columns per customer; output per row: segment_id, segment_name, is_outlier, error. "
         f"Alias {cfg.model.alias!r} is the version the segments table follows.",
     )
     registry.tag_version(
         target.tracking_uri, cfg.model.name, version,
         {"dagster_run_id": context.run.run_id, "k": str(k_selection.k), "k_reason": k_selection.reason,
-         "engine": engine.name},
+         "engine": engine.name, "algorithm": cfg.model.algorithm, "log1p_columns": ",".join(log1p)},
     )
-    context.log.info(f"registered {cfg.model.name} v{version} ({engine.name} engine) as {cfg.model.challenger_alias!r}")
+    context.log.info(f"registered {cfg.model.name} v{version} ({cfg.model.algorithm}, {engine.name} engine) as {cfg.model.challenger_alias!r}")
     trained = TrainedSegmentation(
         assigner=assigner, eval_segment_ids=eval_ids, model_name=cfg.model.name, model_version=version,
         mlflow_run_id=run_id, k=k_selection.k, k_reason=k_selection.reason, metrics=clusters.metrics,
@@ -205,7 +209,7 @@ def segmentation_model(
     return dg.Output(trained, metadata=plain_metadata(
         model=f"{cfg.model.name} v{version}", mlflow_run_id=run_id, k=k_selection.k, metrics=clusters.metrics,
         profile=table(profile), segments=json.loads(profile.to_json(orient="records")),
-        profile_plot=image(profile_png, "segment profiles"), engine=engine.name,
+        profile_plot=image(profile_png, "segment profiles"), engine=engine.name, algorithm=cfg.model.algorithm,
         explanations_table=table(explained.summary, floatfmt=".3g"),
         feature_effects=table(explained.effects, max_rows=200, floatfmt=".3g"),
         explanations=explained.records(), report_path=dg.MetadataValue.path(str(report_file)),
@@ -236,7 +240,7 @@ def model_promotion(
         trained.eval_segment_ids[mask],
         trained.k,
         PromotionGate(**cfg.promotion.model_dump()),
-        random_state=cfg.model.random_state, model_change=trained.model_change,
+        random_state=cfg.model.random_state, model_change=trained.model_change, algorithm=cfg.model.algorithm,
     )
     # the alias itself moves in customer_segments, with the swap that publishes this version's segments
     champion_version = trained.model_version if decision.promote else str(trained.previous_champion)

@@ -15,10 +15,12 @@ from sklearn.pipeline import Pipeline
 
 @dataclass
 class SegmentAssigner:
-    """A fitted preprocess→KMeans pipeline plus the stable ids and names of its clusters.
+    """A fitted preprocess→clustering pipeline plus the stable ids and names of its clusters.
 
-    ``label_to_segment[i]`` is the stable segment id of KMeans cluster ``i``; it differs from
-    ``i`` after a retrain was matched to the previous champion's segments.
+    The last step is the fitted estimator of the configured algorithm (core.algorithms), and rows
+    are assigned by its own ``predict`` (nearest centre for the KMeans family, highest posterior
+    for a Gaussian mixture). ``label_to_segment[i]`` is the stable segment id of raw cluster ``i``;
+    it differs from ``i`` after a retrain was matched to the previous champion's segments.
     """
 
     pipeline: Pipeline

@@ -17,10 +17,13 @@ from pandera.errors import SchemaErrors
 
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.cleaning_rules import (
+    EXACT_INTEGER_FLOAT,
     MONETARY_COLUMN,
     DataQualityError,
     ReasonKind,
     all_rejected_error,
+    allowed_texts,
+    category_text,
     check_structure,
     checked_columns,
     checks_monetary,
@@ -36,6 +39,7 @@ from segmentation_pipeline.core.cleaning_rules import (
 from segmentation_pipeline.core.outliers import OutlierPolicyError, OutlierResult, detect_outliers, flag_labels
 from segmentation_pipeline.core.parsing import parse_numbers
 from segmentation_pipeline.core.rows import ROW_BLOCK
+from segmentation_pipeline.core.skew import resolve_log1p
 
 __all__ = [
     "FINITE_CHECK",
@@ -95,8 +99,36 @@ def build_schema(config: PipelineConfig, *, ids_known_distinct: bool = False) ->
     for name, rule in cleaning.categorical.items():
         if name in columns:
             continue
-        columns[name] = pa.Column(None, pa.Check.isin(rule.allowed), nullable=not rule.required, required=False)
+        columns[name] = pa.Column(None, _allowed_check(allowed_texts(rule)), nullable=not rule.required, required=False)
     return pa.DataFrameSchema(columns, name=config.source.table)
+
+
+def _category_texts(series: pd.Series) -> pd.Series:
+    """:func:`~segmentation_pipeline.core.cleaning_rules.category_text` of every value, vectorised
+    for the common column types (text, integers, floats); per value only for mixed objects."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        texts = np.array([category_text(c) for c in series.cat.categories] + [None], dtype=object)
+        return pd.Series(texts[series.cat.codes.to_numpy()], index=series.index)  # code -1 (missing): None
+    if pd.api.types.is_integer_dtype(series.dtype):
+        return series.astype("string")
+    if pd.api.types.is_float_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        text = series.astype(object).map(repr).to_numpy(dtype=object)
+        with np.errstate(invalid="ignore"):
+            integral = np.isfinite(values) & (np.floor(values) == values) & (np.abs(values) < EXACT_INTEGER_FLOAT)
+        text[integral] = values[integral].astype(np.int64).astype(str)
+        return pd.Series(text, index=series.index)
+    if pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty"):
+        return series
+    return series.map(category_text, na_action="ignore")
+
+
+def _allowed_check(texts: list[str]) -> pa.Check:
+    """``isin`` on the canonical text, so 1, "1" and 1.0 match an allowed 1 (missing values pass:
+    ``required`` decides about those)."""
+    allowed = set(texts)
+    return pa.Check(lambda series: _category_texts(series).isin(allowed), name="isin", ignore_na=True,
+                    statistics={"allowed_values": list(texts)})  # shown in the schema and its errors
 
 
 def _check_structure(raw: pd.DataFrame, config: PipelineConfig, table: str) -> None:
@@ -403,7 +435,10 @@ def _clean(source: _RawTable, config: PipelineConfig, table: str | None, *, allo
             values[: len(valid_pos)] = values[valid_pos]
             numeric[feature] = values[: len(valid_pos)]
     frame = pd.DataFrame({f: numeric[f] for f in features}, copy=False)
-    _check_scalable(frame, set(config.transform.log1p), table)
+    # the run's one log1p decision (transform.log1p: auto), on the valid rows: the outlier fences
+    # below already live on its log scale, and every later stage is handed this choice
+    config, transform_facts = resolve_log1p(config, frame)
+    _check_scalable(frame, set(config.transform.log1p_columns), table)
     try:
         found = (
             detect_outliers(frame, config)
@@ -462,6 +497,7 @@ def _clean(source: _RawTable, config: PipelineConfig, table: str | None, *, allo
         "n_imputed": int(imputed.any(axis=1).sum()),
         "imputed_by_feature": {f: int(imputed[:, j].sum()) for j, f in enumerate(features)},
         "outliers": found.report,
+        "transform": transform_facts,
     }
     return CleaningResult(clean=clean, rejects=rejects, report=report)
 

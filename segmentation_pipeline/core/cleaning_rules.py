@@ -8,10 +8,12 @@ to evaluate a rule (pandera over pandas, or Spark SQL expressions).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from enum import IntEnum
 
-from segmentation_pipeline.config import PipelineConfig, Range
+from segmentation_pipeline.config import CategoricalRule, PipelineConfig, Range
 
 #: A comma between a digit and exactly three digits is a thousands separator ("12,000"); "1,5" is not.
 THOUSANDS_SEPARATOR = r"(?<=\d),(?=\d{3}(?!\d))"
@@ -51,6 +53,36 @@ KIND_NAMES: dict[ReasonKind, str] = {
     ReasonKind.INVALID_CATEGORY: "invalid_category",
     ReasonKind.OUTLIER: "outlier",
 }
+
+
+#: Integral floats up to this magnitude are exact integers, written without ".0" in category text.
+EXACT_INTEGER_FLOAT = 2**53
+
+
+def category_text(value: object) -> str | None:
+    """The canonical text a category value is compared on (None for a missing value).
+
+    Why: integer-coded categories (channel 1/2) arrive as ints, as text, or as floats once a
+    column met a NULL; configs list them as ints or strings. Integers, and floats holding an
+    integer, read as the integer's digits ("1"); other floats as Python writes them ("2.5");
+    text as it is. So 1, "1" and 1.0 all match an allowed 1 or "1"."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else str(value)
+    if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
+        return str(int(value))  # type: ignore[call-overload]
+    if isinstance(value, float | Decimal) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "f"):
+        number = float(value)  # type: ignore[arg-type]
+        if math.isnan(number):
+            return None
+        if number.is_integer() and abs(number) < EXACT_INTEGER_FLOAT:
+            return str(int(number))
+        return repr(number)
+    return str(value)
+
+
+def allowed_texts(rule: CategoricalRule) -> list[str]:
+    """The canonical texts of a rule's allowed values (:func:`category_text`)."""
+    return [str(category_text(value)) for value in rule.allowed]
 
 
 #: Kinds whose reason names no column.

@@ -26,8 +26,9 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.rows import ROW_BLOCK, map_row_blocks
+from segmentation_pipeline.core.skew import resolve_log1p
 
-__all__ = ["FeatureMatrix", "build_features", "build_preprocessor"]
+__all__ = ["FeatureMatrix", "build_features", "build_preprocessor", "logged_columns"]
 
 
 @dataclass
@@ -81,11 +82,11 @@ def build_preprocessor(config: PipelineConfig) -> Pipeline:
     """
     features = list(config.features)
     transform = config.transform
-    log_columns = set(transform.log1p)
+    n_components = _pca_n_components(transform.pca_components, len(features))
+    log_columns = set(transform.log1p_columns)
     unknown = sorted(log_columns - set(features))
     if unknown:
         raise ValueError(f"transform.log1p names columns that are not features: {unknown}")
-    n_components = _pca_n_components(transform.pca_components, len(features))
 
     columns = ColumnTransformer(
         [
@@ -129,6 +130,13 @@ def build_preprocessor(config: PipelineConfig) -> Pipeline:
     return Pipeline(steps).set_output(transform="default")
 
 
+def logged_columns(preprocessor: Pipeline) -> list[str]:
+    """The features a built preprocessor log1p-transforms: what the served model applies, read
+    from the model itself (naming and the run summary need the choice, not the config's ``auto``)."""
+    step = preprocessor.named_steps["log1p"]
+    return [name for name, transformer, _ in step.transformers if not isinstance(transformer, str)]
+
+
 def _check_frame(clean: pd.DataFrame, config: PipelineConfig) -> None:
     """Fail with the column name instead of a deep sklearn/numpy error."""
     missing = [name for name in config.features if name not in clean.columns]
@@ -140,7 +148,7 @@ def _check_frame(clean: pd.DataFrame, config: PipelineConfig) -> None:
     if nulls:
         detail = ", ".join(f"{name}: {count}" for name, count in nulls.items())
         raise ValueError(f"features must be cleaned before building features; missing values in {detail}")
-    for name in config.transform.log1p:
+    for name in config.transform.log1p_columns:
         low = clean[name].min()
         if len(clean) and low <= -1:
             raise ValueError(f"log1p column {name} has values <= -1 (min {low}); clean the range first")
@@ -214,9 +222,14 @@ def build_features(
     id_column: str,
     fit_mask: np.ndarray | None = None,
 ) -> FeatureMatrix:
-    """Fit the preprocessor on ``fit_mask`` rows (default: all) and transform every row."""
+    """Fit the preprocessor on ``fit_mask`` rows (default: all) and transform every row.
+
+    A config still at ``transform.log1p: auto`` (a direct call; the pipeline passes the run's
+    resolved one) is resolved on every row of ``clean``: the rows the cleaning step decides on."""
     if id_column not in clean.columns:
         raise ValueError(f"id column {id_column!r} is not in the cleaned frame")
+    if config.transform.log1p_auto:
+        config, _ = resolve_log1p(config, clean)
     _check_frame(clean, config)
     n = len(clean)
     mask = np.ones(n, dtype=bool) if fit_mask is None else np.asarray(fit_mask, dtype=bool)

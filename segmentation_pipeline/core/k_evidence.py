@@ -27,7 +27,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from kneed import KneeLocator
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
@@ -60,6 +59,7 @@ __all__ = [
     "elbow_rule",
     "gap_rule",
     "gap_statistic",
+    "gmm_bic_rule",
     "grade_structure",
     "k_evidence",
     "product_rule",
@@ -277,6 +277,8 @@ def elbow_rule(evidence: pd.DataFrame) -> tuple[int, str]:
     table = _multi(evidence)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from kneed import KneeLocator  # imports matplotlib.pyplot: only when a knee is sought
+
         knee = KneeLocator(table["k"], table["inertia"], curve="convex", direction="decreasing").knee
     if knee is None:
         return int(table["k"].iloc[0]), "no knee in WCSS; smallest k"
@@ -526,9 +528,17 @@ def evidence_records(table: pd.DataFrame) -> list[dict[str, object]]:
     return records
 
 
+def gmm_bic_rule(table: pd.DataFrame) -> int:
+    """k for ``model.algorithm: gmm`` when k is not fixed: the lowest full-covariance mixture BIC
+    (Schwarz 1978; Fraley & Raftery 2002) over the candidate rows of a :func:`public_evidence`
+    table, leaving out a k marked ``below_min_share`` unless every candidate is."""
+    allowed = table[~table["below_min_share"]]
+    return _argbest(allowed if len(allowed) else table, "bic", largest=False)
+
+
 def choose_from_evidence(metrics: pd.DataFrame, evidence: pd.DataFrame, config: PipelineConfig) -> KSelection:
     """The product's k for either engine: :func:`product_rule` over ``evidence`` (a fixed ``config.k``
-    is kept, and still graded), with today's knee / best-silhouette reading of ``metrics`` (the
+    is kept, and still graded; ``model.algorithm: gmm`` takes :func:`gmm_bic_rule`'s k), with today's knee / best-silhouette reading of ``metrics`` (the
     candidate sweep rows) kept for reference."""
     settings = config.k_selection
     candidates = config.k_candidates
@@ -540,6 +550,15 @@ def choose_from_evidence(metrics: pd.DataFrame, evidence: pd.DataFrame, config: 
         structure, why = grade_structure(evidence, config.k, settings.min_stability)
         k, fixed = config.k, True
         reason = f"fixed by config: k={k}{note}; structure {structure}: {why}"
+    elif config.model.algorithm == "gmm":
+        k = gmm_bic_rule(table)
+        fixed = False
+        structure, why = grade_structure(evidence, k, settings.min_stability)
+        scope = "among the candidates" if k not in too_small else "every candidate has a segment below min_segment_share"
+        reason = (
+            f"k={k}: lowest Gaussian-mixture BIC {scope} (model.algorithm=gmm: BIC decides, the KMeans "
+            f"indices are shown for reference){note}; structure {structure}: {why}"
+        )
     else:
         choice = product_rule(
             evidence[evidence["k"].isin([1, *candidates])], config.min_segment_share, settings.min_stability

@@ -25,11 +25,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from kneed import KneeLocator
 
 from segmentation_pipeline.core.modeling import fit_kmeans, sample_indices, silhouette_scores, spread_scores
 
-__all__ = ["KSelection", "METRIC_COLUMNS", "check_k_against_rows", "choose_k", "count_distinct_rows", "sample_note", "sweep_k"]
+__all__ = [
+    "KSelection",
+    "METRIC_COLUMNS",
+    "check_k_against_clean_rows",
+    "check_k_against_rows",
+    "choose_k",
+    "count_distinct_rows",
+    "distinct_rows_needed",
+    "sample_note",
+    "sweep_k",
+]
 
 METRIC_COLUMNS = ["k", "inertia", "silhouette", "davies_bouldin", "calinski_harabasz"]
 # Distinct rows are first counted on this many leading rows; the full count is only needed
@@ -82,6 +91,33 @@ def check_k_against_rows(k_range: tuple[int, int], k: int | None, distinct: int)
             f"k_range {[low, high]} is outside the allowed range [2, {distinct - 1}] "
             f"(2 to the {distinct} distinct customers after cleaning, minus 1)"
         )
+
+
+def distinct_rows_needed(k_range: tuple[int, int], k: int | None) -> int:
+    """Distinct rows that prove every candidate k possible (counting can stop there)."""
+    return (k if k is not None else k_range[1]) + 1
+
+
+def check_k_against_clean_rows(
+    columns: dict[str, np.ndarray], fit_mask: np.ndarray, k_range: tuple[int, int], k: int | None
+) -> None:
+    """:func:`check_k_against_rows` right after cleaning, on the raw feature values of the fit rows
+    (``fit_mask``), before any feature or sweep work. Only the first fit rows are read when they
+    already hold enough distinct customers; the whole table only when they do not. Fewer than two
+    fit rows are left to the feature step's own error (nothing at all can be fitted)."""
+    need = distinct_rows_needed(k_range, k)
+    positions = np.flatnonzero(fit_mask)
+    if len(positions) < 2:
+        return
+
+    def distinct(rows: np.ndarray) -> int:
+        frame = pd.DataFrame({name: values[rows] for name, values in columns.items()}, copy=False)
+        return int((~frame.duplicated()).sum())
+
+    found = distinct(positions[:_DISTINCT_PREFIX])
+    if found < need and len(positions) > _DISTINCT_PREFIX:
+        found = distinct(positions)
+    check_k_against_rows(k_range, k, found)
 
 
 def sweep_k(
@@ -154,6 +190,8 @@ def _knee(ks: np.ndarray, inertia: np.ndarray) -> int | None:
         return None  # two points have no elbow
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from kneed import KneeLocator  # imports matplotlib.pyplot: only when a knee is sought
+
         knee = KneeLocator(ks, inertia, curve="convex", direction="decreasing").knee
     return None if knee is None else int(knee)
 

@@ -9,6 +9,11 @@ on the partition, not on the seed; segment 0 is the largest.
   (apply it as ``mapping[kmeans.predict(X)]``);
 * :func:`canonicalize_kmeans` returns a KMeans copy whose own labels already are canonical;
   :func:`fit_kmeans` applies it by default, after which ``canonical_relabel`` is the identity.
+
+The other algorithms (:mod:`~segmentation_pipeline.core.algorithms`) are fitted by
+:func:`fit_clustering` and keep their own numbering (a Gaussian mixture or a bisection tree cannot
+be renumbered by permuting centres); :func:`canonical_mapping` gives their ``raw label -> canonical
+id`` from the centres (a mixture's means) and the cluster sizes, by the same rule.
 """
 
 from __future__ import annotations
@@ -21,15 +26,24 @@ from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 from sklearn.pipeline import Pipeline
 
+from segmentation_pipeline.core.algorithms import (
+    FitSettings,
+    algorithm_of,
+    build_estimator,
+    cluster_centres,
+)
 from segmentation_pipeline.core.rows import ROW_BLOCK, distinct_labels, label_codes
 
 __all__ = [
     "build_model_pipeline",
+    "canonical_mapping",
     "canonical_order",
     "canonical_relabel",
     "canonicalize_kmeans",
     "cluster_scores",
+    "fit_clustering",
     "fit_kmeans",
+    "fit_metrics",
     "quality_metrics",
     "sample_indices",
     "order_by_size",
@@ -197,6 +211,57 @@ def fit_kmeans(
     return canonicalize_kmeans(model) if canonical else model
 
 
+def fit_clustering(
+    X_fit: np.ndarray,
+    k: int,
+    algorithm: str,
+    *,
+    n_init: int,
+    max_iter: int,
+    random_state: int,
+    overwrite_input: bool = False,
+) -> object:
+    """The final model of ``algorithm`` (core.algorithms) fitted on ``X_fit``: KMeans through
+    :func:`fit_kmeans` (canonical ids), the others as fitted; use :func:`canonical_mapping` on them."""
+    if algorithm == "kmeans":
+        return fit_kmeans(
+            X_fit, k, n_init=n_init, max_iter=max_iter, random_state=random_state, overwrite_input=overwrite_input
+        )
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if len(X_fit) < k:
+        raise ValueError(f"k={k} needs at least {k} rows to fit; got {len(X_fit)}")
+    settings = FitSettings(n_init=n_init, max_iter=max_iter, random_state=random_state, copy_x=not overwrite_input)
+    return build_estimator(algorithm, k, settings).fit(X_fit)
+
+
+def fit_metrics(estimator: object, X_fit: np.ndarray) -> dict[str, float]:
+    """What the algorithm itself reports about its fit: ``inertia`` (WCSS) and ``n_iter`` where it
+    has them; a mixture's ``bic`` on the fit rows and its ``converged`` flag instead of inertia."""
+    out: dict[str, float] = {}
+    inertia = getattr(estimator, "inertia_", None)
+    if inertia is not None:
+        out["inertia"] = float(inertia)
+    n_iter = getattr(estimator, "n_iter_", None)
+    if n_iter is not None:
+        out["n_iter"] = float(n_iter)
+    bic = getattr(estimator, "bic", None)
+    if callable(bic):
+        out["bic"] = float(bic(X_fit))
+        out["converged"] = float(bool(getattr(estimator, "converged_", False)))
+    return out
+
+
+def canonical_mapping(estimator: object, fit_labels: np.ndarray) -> np.ndarray:
+    """``mapping[raw_label] = canonical_id`` for any registered algorithm, from its centres (a
+    mixture's means) and the sizes of ``fit_labels`` (its labels of the fit rows)."""
+    centres = cluster_centres(estimator)
+    order = order_by_size(centres, np.bincount(np.asarray(fit_labels), minlength=len(centres)))
+    mapping = np.empty(len(order), dtype=np.int64)
+    mapping[order] = np.arange(len(order))
+    return mapping
+
+
 def order_by_size(centers: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """The canonical rule on its own: ``order[new_id] == old_id`` by size desc, then centroid
     coordinates; for engines that know the cluster sizes without a label per row."""
@@ -207,8 +272,10 @@ def order_by_size(centers: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 
 def canonical_order(kmeans: KMeans) -> np.ndarray:
-    """Old cluster ids in canonical order: ``order[new_id] == old_id`` (size desc, then centroid)."""
-    centers = np.asarray(kmeans.cluster_centers_, dtype=np.float64)
+    """Old cluster ids in canonical order: ``order[new_id] == old_id`` (size desc, then centroid).
+
+    For any estimator that keeps ``labels_`` (every registered algorithm but ``gmm``)."""
+    centers = cluster_centres(kmeans)
     return order_by_size(centers, np.bincount(kmeans.labels_, minlength=len(centers)))
 
 
@@ -243,15 +310,18 @@ def surrogate_labels(order: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(order, dtype=np.int32), np.arange(k, 0, -1))
 
 
-def build_model_pipeline(preprocessor: Pipeline, kmeans: KMeans) -> Pipeline:
-    """The served model: raw feature DataFrame in, segment ids out, from already-fitted steps.
+def build_model_pipeline(preprocessor: Pipeline, estimator: object) -> Pipeline:
+    """The served model: raw feature DataFrame in, raw cluster labels out, from already-fitted steps.
 
-    Its KMeans carries no training label per fit row (``labels_`` made the registered model
-    grow with the table: 12 MB at 3M rows); a surrogate keeps :func:`canonical_order` the same.
+    The last step is named after the algorithm (``kmeans``, ``gmm``, ...) and assigns by the
+    estimator's own ``predict``. It carries no training label per fit row (``labels_`` made the
+    registered model grow with the table: 12 MB at 3M rows); a surrogate keeps
+    :func:`canonical_order` the same. A Gaussian mixture keeps no labels at all.
     """
-    served = copy.copy(kmeans)
-    served.labels_ = surrogate_labels(canonical_order(kmeans))
-    return Pipeline([("preprocess", preprocessor), ("kmeans", served)])
+    served = copy.copy(estimator)
+    if getattr(estimator, "labels_", None) is not None:
+        served.labels_ = surrogate_labels(canonical_order(estimator))  # type: ignore[arg-type]
+    return Pipeline([("preprocess", preprocessor), (algorithm_of(estimator), served)])
 
 
 def quality_metrics(

@@ -193,7 +193,7 @@ def provisional_facts(k: int, silhouettes: dict[int, float], dissolved: Sequence
 def base_report(config: PipelineConfig, columns: Sequence[str]) -> dict[str, Any]:
     """The outlier report before any fence is computed; every engine fills in the same keys."""
     ocfg = config.cleaning.outliers
-    log1p = set(config.transform.log1p)
+    log1p = set(config.transform.log1p_columns)
     return {
         "method_requested": ocfg.method,
         "method_used": "disabled",
@@ -235,7 +235,7 @@ def decide_outliers(backend: OutlierBackend, config: PipelineConfig, n: int) -> 
         return GuardDecision(None, idle)
     ocfg = config.cleaning.outliers
     columns = outlier_features(config)
-    log1p = set(config.transform.log1p)
+    log1p = set(config.transform.log1p_columns)
     report = base_report(config, columns)
 
     q1, q3 = backend.quartiles()

@@ -34,6 +34,7 @@ from segmentation_pipeline.core.outlier_guard import (
     tukey,
 )
 from segmentation_pipeline.core.rows import ROW_BLOCK, map_row_blocks
+from segmentation_pipeline.core.skew import resolve_log1p
 
 __all__ = ["OutlierPolicyError", "OutlierResult", "LocalOutlierBackend", "detect_outliers", "flag_labels", "iqr_fences"]
 
@@ -138,7 +139,7 @@ class LocalOutlierBackend:
     def __init__(self, frame: pd.DataFrame, config: PipelineConfig) -> None:
         self.config = config
         # Outlier features are a subset of the features (config validates it); clusters use them all.
-        self.z_all = _transformed(frame, config.features, set(config.transform.log1p))
+        self.z_all = _transformed(frame, config.features, set(config.transform.log1p_columns))
         self.z = self.z_all.subset([config.features.index(c) for c in outlier_features(config)])
         self.labels: np.ndarray | None = None
         self._last: tuple[Fences, np.ndarray] | None = None
@@ -213,8 +214,11 @@ def detect_outliers(frame: pd.DataFrame, config: PipelineConfig) -> OutlierResul
 
     ``frame`` holds the cleaned rows with every configured feature as a number. The provisional
     clustering (segment-aware fences) uses all features; fences apply to the outlier features.
-    Raises OutlierPolicyError under ``on_excess: fail``.
+    Raises OutlierPolicyError under ``on_excess: fail``. A config still at ``transform.log1p: auto``
+    (a direct call; the pipeline passes the run's resolved one) is resolved on ``frame``.
     """
+    if config.transform.log1p_auto:
+        config, _ = resolve_log1p(config, frame)
     n = len(frame)
     idle = idle_report(config, n)
     if idle is not None:

@@ -17,9 +17,13 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
+from segmentation_pipeline.core.algorithms import (
+    DEFAULT_ALGORITHM,
+    FitSettings,
+    build_estimator,
+)
 from segmentation_pipeline.core.identity import migration_matrix
 from segmentation_pipeline.core.modeling import silhouette_scores, spread_scores
 
@@ -76,9 +80,13 @@ def _sample_indices(n: int, sample: int, rng: np.random.Generator) -> np.ndarray
 
 
 def bootstrap_stability(
-    X: npt.ArrayLike, k: int, *, rounds: int, sample: int, random_state: int, n_init: int = 3
+    X: npt.ArrayLike, k: int, *, rounds: int, sample: int, random_state: int, n_init: int = 3,
+    algorithm: str = DEFAULT_ALGORITHM,
 ) -> float:
-    """Mean pairwise ARI of KMeans(k) refits on bootstrap resamples, scored on one reference sample.
+    """Mean pairwise ARI of refits with k clusters on bootstrap resamples, scored on one reference sample.
+
+    The refits use the challenger's own ``algorithm`` (core.algorithms): the question is whether
+    that model's partition is a property of the data.
 
     Each round fits on a with-replacement resample of X (at most ``sample`` rows) and predicts the
     same fixed reference sample, so the partitions are directly comparable; ARI ignores the
@@ -97,7 +105,7 @@ def bootstrap_stability(
     assignments: list[np.ndarray] = []
     for round_index in range(rounds):
         resample = data[rng.integers(0, n, size=size)]
-        model = KMeans(n_clusters=k, n_init=n_init, random_state=random_state + round_index)
+        model = build_estimator(algorithm, k, FitSettings(n_init=n_init, max_iter=300, random_state=random_state + round_index))
         assignments.append(model.fit(resample).predict(reference))
     scores = [adjusted_rand_score(a, b) for a, b in itertools.combinations(assignments, 2)]
     return float(np.mean(scores))
@@ -143,6 +151,7 @@ def evaluate_promotion(
     *,
     random_state: int = 0,
     model_change: str | None = None,
+    algorithm: str = DEFAULT_ALGORITHM,
 ) -> PromotionDecision:
     """Decide whether the challenger replaces the champion; every criterion is reported.
 
@@ -175,7 +184,8 @@ def evaluate_promotion(
     silhouettes = silhouette_scores(data[idx], labelings)
     chal_sil, chal_db = _internal_scores(silhouettes[0], data, challenger)
     stability = bootstrap_stability(
-        data, challenger_k, rounds=gate.bootstrap_rounds, sample=gate.sample, random_state=random_state
+        data, challenger_k, rounds=gate.bootstrap_rounds, sample=gate.sample, random_state=random_state,
+        algorithm=algorithm,
     )
     evidence: dict[str, float] = {
         "champion_silhouette": math.nan,

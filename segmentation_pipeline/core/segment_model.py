@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
 from sklearn.pipeline import Pipeline
 
 from segmentation_pipeline.config import PipelineConfig
@@ -80,13 +79,17 @@ def build_segment_model(
     population: pd.DataFrame,
     canonical: np.ndarray,
     preprocessor: Pipeline,
-    kmeans: KMeans,
+    estimator: object,
     cfg: PipelineConfig,
     champion: SegmentAssigner | None,
     metadata: dict[str, str] | None = None,
     fences: dict[str, tuple[float, float]] | None = None,
 ) -> SegmentModel:
     """Stable ids, profile, names and the assigner for a clustering (``label_profile`` keyed by raw label).
+
+    ``estimator`` is the fitted model of any registered algorithm (core.algorithms): the assigner
+    serves it whole, so a mixture assigns by its posterior, not by its nearest mean. The champion
+    is matched on raw-feature segment means, which every algorithm has.
 
     The assigner carries the configured ranges and the cleaning's outlier ``fences`` (feature
     units) so that online scoring refuses and flags rows as the batch does (core.serving)."""
@@ -100,11 +103,11 @@ def build_segment_model(
     naming = cfg.naming
     names = name_segments(
         profile, population, features, high_threshold=naming.high_threshold, tiers=naming.tiers,
-        value_feature=naming.value_feature, log_features=cfg.transform.log1p,
+        value_feature=naming.value_feature, log_features=cfg.transform.log1p_columns,
     )
     profile.insert(1, "segment_name", profile["segment_id"].map(names))
     assigner = SegmentAssigner(
-        pipeline=build_model_pipeline(preprocessor, kmeans),
+        pipeline=build_model_pipeline(preprocessor, estimator),
         features=features,
         label_to_segment=label_to_segment,
         segment_names={int(k): v for k, v in names.items()},

@@ -23,7 +23,6 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sklearn.cluster import KMeans
 from sklearn.pipeline import Pipeline
 
 from segmentation_pipeline.config import PipelineConfig
@@ -98,11 +97,11 @@ class Clusters:
     input example and the drift reference, ``population_labels`` their raw labels; ``eval_labels`` are
     the raw labels of the evaluation rows (``Features.X_eval``). ``categories`` holds the
     configured categorical columns (``cleaning.categorical``) of the same rows as ``population``,
-    for the per-segment profiles of attributes not clustered on; None where the engine does not
-    provide them (Spark: it would need to collect those columns with its population sample).
+    for the per-segment profiles of attributes not clustered on (on Spark: collected with the
+    population sample, so the shares are estimates from it); None when none is configured.
     """
 
-    kmeans: KMeans  # the fitted model in sklearn form (served; no per-row labels_)
+    model: Any  # the fitted estimator in sklearn form (core.algorithms; served, assigns by its own predict)
     canonical: np.ndarray  # raw label -> segment id for a first model (deterministic order)
     label_profile: pd.DataFrame
     population: pd.DataFrame

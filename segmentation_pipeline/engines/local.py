@@ -17,8 +17,8 @@ from segmentation_pipeline.core.assigner import SegmentAssigner
 from segmentation_pipeline.core.cleaning import clean_customers, clean_owned_customers
 from segmentation_pipeline.core.features import build_features
 from segmentation_pipeline.core.k_evidence import select_k
-from segmentation_pipeline.core.k_selection import KSelection
-from segmentation_pipeline.core.modeling import canonical_relabel, fit_kmeans, quality_metrics
+from segmentation_pipeline.core.k_selection import KSelection, check_k_against_clean_rows
+from segmentation_pipeline.core.modeling import canonical_mapping, fit_clustering, fit_metrics, quality_metrics
 from segmentation_pipeline.core.naming import profile_segments, segment_sums
 from segmentation_pipeline.core.rows import map_row_blocks
 from segmentation_pipeline.core.segment_tables import (
@@ -56,6 +56,11 @@ class LocalEngine:
         # a private copy read from a hand-off file is handed over and consumed column by column
         clean = clean_owned_customers if owns_rows(raw) else clean_customers
         result = clean(read_columns(raw), cfg, table=cfg.source.table)
+        frame = result.clean
+        check_k_against_clean_rows(  # before any feature or sweep work: the data cannot hold the asked k
+            {f: frame[f].to_numpy() for f in cfg.features}, ~frame["is_outlier"].to_numpy(dtype=bool),
+            cfg.k_range, cfg.k,
+        )
         return Cleaned(clean=result.clean, rejects=result.rejects, report=result.report)
 
     def fit_features(self, clean: Any, cfg: PipelineConfig) -> Features:
@@ -73,23 +78,23 @@ class LocalEngine:
 
     def fit_clusters(self, clean: Any, features: Features, k: int, cfg: PipelineConfig) -> Clusters:
         X, fit_mask = features.X_eval, features.eval_fit_mask
-        kmeans = fit_kmeans(
+        model_cfg = cfg.model
+        estimator = fit_clustering(
             X[fit_mask],  # a copy already: centred in place rather than copied again
-            k, n_init=cfg.model.n_init, max_iter=cfg.model.max_iter, random_state=cfg.model.random_state,
-            overwrite_input=True,
+            k, model_cfg.algorithm, n_init=model_cfg.n_init, max_iter=model_cfg.max_iter,
+            random_state=model_cfg.random_state, overwrite_input=True,
         )
-        labels = kmeans.predict(X)
+        labels = estimator.predict(X)  # the algorithm's own assignment (a mixture's posterior, a bisection tree)
         # the scores do not depend on which id a cluster gets: computed before the feature values are read
         metrics = quality_metrics(
-            X[fit_mask], labels[fit_mask], sample=cfg.k_selection.silhouette_sample, random_state=cfg.model.random_state
+            X[fit_mask], labels[fit_mask], sample=cfg.k_selection.silhouette_sample, random_state=model_cfg.random_state
         )
-        metrics["inertia"] = float(kmeans.inertia_)
-        metrics["n_iter"] = float(kmeans.n_iter_)
-        # read only now, after the fit: the feature values are not held while KMeans runs
+        metrics.update(fit_metrics(estimator, X[fit_mask]))
+        # read only now, after the fit: the feature values are not held while the model is fitted
         population = read_columns(clean, list(cfg.features))
         categorical = [c for c in cfg.cleaning.categorical if c in clean.columns]
         return Clusters(
-            kmeans=kmeans, canonical=canonical_relabel(kmeans),
+            model=estimator, canonical=canonical_mapping(estimator, labels[fit_mask]),
             label_profile=profile_segments(population, labels, list(cfg.features), cfg.naming.value_feature),
             population=population, population_labels=labels, eval_labels=labels, metrics=metrics,
             categories=read_columns(clean, categorical) if categorical else None,

@@ -31,6 +31,8 @@ class WriteLockLost(RuntimeError):
     """The server dropped this run's lock (its connection was killed or timed out): another run may
     be writing, so this one stops before it touches any live table."""
 
+    transient = True  # a retry takes the lock again (storage.errors.is_transient)
+
 
 @dataclass
 class HeldLock:

@@ -111,7 +111,7 @@ def test_block_wise_fit_and_transform_equal_one_pipeline_fit_and_leave_the_input
     before = frame.copy()
     mask = np.ones(len(frame), dtype=bool)
     mask[::7] = False
-    config = _config()
+    config = _config(**{"transform.log1p": ["annual_income"]})  # build_preprocessor needs a resolved list
     fm = build_features(frame, config, "customer_id", fit_mask=mask)
 
     reference = build_preprocessor(config).fit(frame.loc[mask, config.features])  # plain sklearn, all at once
@@ -157,7 +157,7 @@ def test_column_order_and_extra_columns_do_not_matter() -> None:
 )
 def test_unclean_input_is_named(mutate, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        build_features(mutate(_customers()), _config(), "customer_id")
+        build_features(mutate(_customers()), _config(**{"transform.log1p": ["annual_income"]}), "customer_id")
 
 
 def test_fit_mask_must_match_rows() -> None:

@@ -12,7 +12,13 @@ from sklearn.metrics import silhouette_score
 
 from segmentation_pipeline.config import load_config
 from segmentation_pipeline.core.k_evidence import select_k
-from segmentation_pipeline.core.k_selection import METRIC_COLUMNS, check_k_against_rows, choose_k, sweep_k
+from segmentation_pipeline.core.k_selection import (
+    METRIC_COLUMNS,
+    check_k_against_clean_rows,
+    check_k_against_rows,
+    choose_k,
+    sweep_k,
+)
 from segmentation_pipeline.core.plots import elbow_plot, metrics_plot, silhouette_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -175,3 +181,18 @@ def test_k_the_data_cannot_hold_stops_before_the_sweep_naming_the_allowed_range(
         select_k(X, _config(k=6))
     check_k_against_rows((2, 3), None, 4)  # the largest range the data allows
     check_k_against_rows((2, 10), 4, 4)  # a fixed k may use every distinct customer
+
+
+def test_distinct_clean_rows_are_counted_past_a_repetitive_prefix_and_outliers_do_not_count() -> None:
+    n = 25_000  # more than the prefix the count starts with
+    x = np.zeros(n)
+    x[-3:] = [1.0, 2.0, 3.0]  # the only other customers sit past the prefix
+    fit = np.ones(n, dtype=bool)
+    check_k_against_clean_rows({"x": x, "y": np.zeros(n)}, fit, (2, 3), None)  # 4 distinct: up to k=3
+    fit[-1] = False  # an outlier is not a fit row
+    with pytest.raises(ValueError, match=r"k_range \[2, 3\] is outside the allowed range \[2, 2\]"):
+        check_k_against_clean_rows({"x": x, "y": np.zeros(n)}, fit, (2, 3), None)
+    with pytest.raises(ValueError, match=r"k=4 is larger than the 3 distinct customers"):
+        check_k_against_clean_rows({"x": x, "y": np.zeros(n)}, fit, (2, 10), 4)
+    # a single fit row: left to the feature step's "need at least 2 rows" (nothing can be fitted)
+    check_k_against_clean_rows({"x": np.zeros(1)}, np.ones(1, dtype=bool), (2, 10), None)

@@ -274,3 +274,107 @@ def test_fail_policy_raises_the_same_error_in_every_engine(engine: str, request:
     message = str(error.value)
     assert message.startswith("table 'customers': pooled IQR fences would flag ")
     assert message.endswith(": a real segment, not noise; outliers.on_excess is 'fail'")
+
+
+def _clean_with(engine: str, raw: pd.DataFrame, schema: str, config: PipelineConfig, request: pytest.FixtureRequest) -> Outcome:
+    """Clean ``raw`` with one engine's cleaning (Spark from ``schema``)."""
+    if engine == "local":
+        result = local_clean(raw, config)
+        return _outcome(result.rejects, result.clean, result.report)
+    from segmentation_pipeline.engines.spark.cleaning import clean_customers as spark_clean
+
+    spark = request.getfixturevalue("spark_session")
+    result = spark_clean(spark.createDataFrame(raw.astype(object).where(raw.notna(), None), schema), config)
+    try:
+        return _outcome(result.rejects.toPandas(), result.clean.toPandas(), result.report)
+    finally:
+        result.unpersist()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_auto_log1p_is_decided_the_same_in_every_engine(engine: str, request: pytest.FixtureRequest) -> None:
+    config = _config().model_copy(update={"transform": _config().transform.model_copy(update={"log1p": "auto"})})
+    outcome = run(engine, config, request)
+    transform = outcome.report["transform"]
+    assert transform["log1p_mode"] == "auto" and transform["log1p"] == ["annual_income"]
+    assert outcome.report["outliers"]["fence_scale"]["annual_income"] == "log1p"
+    if engine != "local":  # every valid row on both sides (< SKEW_SAMPLE_ROWS): the same numbers
+        local = run("local", config, request).report["transform"]
+        for column, numbers in local["skewness"].items():
+            for key, value in numbers.items():
+                got = transform["skewness"][column][key]
+                assert (got is None and value is None) or got == pytest.approx(value, rel=1e-4, abs=1e-6), (column, key)
+        _assert_same_as_local(outcome, run("local", config, request))
+
+
+CATEGORY_SCHEMA = "customer_id long, x double, y double, channel long, region double, code string"
+
+
+def _coded_table() -> pd.DataFrame:
+    """Integer-coded categories as ints, as floats that met a NULL, and as text; one bad value each."""
+    rng = np.random.default_rng(4)
+    n = 40
+    frame = pd.DataFrame({
+        "customer_id": np.arange(1, n + 1), "x": rng.normal(size=n), "y": rng.normal(size=n),
+        "channel": np.where(np.arange(n) % 2 == 0, 1, 2),
+        "region": np.where(np.arange(n) % 3 == 0, 3.0, np.where(np.arange(n) % 5 == 0, np.nan, 1.0)),
+        "code": np.where(np.arange(n) % 2 == 0, "1", "2").astype(object),
+    })
+    frame.loc[3, "channel"] = 3  # not allowed
+    frame.loc[4, "region"] = 2.5  # not allowed
+    frame.loc[7, "code"] = "x"  # not allowed
+    return frame
+
+
+def _coded_config() -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "database": {"url": "sqlite://"}, "source": {"table": "customers"}, "features": ["x", "y"], "k_range": [2, 4],
+        "cleaning": {"outliers": {"enabled": False}, "categorical": {
+            "channel": {"allowed": [1, 2]}, "region": {"allowed": ["1", 3]}, "code": {"allowed": [1, "2"]}}},
+        "transform": {"log1p": []}, "mlflow": {"tracking_uri": "sqlite://"},
+    })
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_integer_coded_categories_match_ints_text_and_floats_in_every_engine(
+    engine: str, request: pytest.FixtureRequest
+) -> None:
+    outcome = _clean_with(engine, _coded_table(), CATEGORY_SCHEMA, _coded_config(), request)
+    reasons = dict(zip(outcome.rejects["customer_id"], outcome.rejects["reason"], strict=True))
+    assert reasons == {"4": "invalid_category:channel", "5": "invalid_category:region", "8": "invalid_category:code"}
+    details = dict(zip(outcome.rejects["customer_id"], outcome.rejects["detail"], strict=True))
+    assert details["4"] == "channel='3' not in [1, 2]"
+    assert details["5"] == "region='2.5' not in ['1', 3]"
+    if engine != "local":
+        local = _clean_with("local", _coded_table(), CATEGORY_SCHEMA, _coded_config(), request)
+        pd.testing.assert_frame_equal(outcome.rejects, local.rejects)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"k_range": (2, 6)}, r"k_range \[2, 6\] is outside the allowed range \[2, 2\]"),
+        ({"k": 4}, r"k=4 is larger than the 3 distinct customers after cleaning; allowed: 1 <= k <= 3"),
+    ],
+)
+def test_k_the_clean_rows_cannot_hold_stops_right_after_cleaning(
+    engine: str, change: dict[str, Any], message: str, request: pytest.FixtureRequest
+) -> None:
+    table = _coded_table().head(30).assign(x=1.0, y=2.0)
+    table.loc[:1, "x"] = [5.0, 9.0]  # three distinct customers among 30 clean rows
+    config = _coded_config().model_copy(update=change)
+    if engine == "local":
+        from segmentation_pipeline.engines.local import LocalEngine
+
+        compute: Any = LocalEngine()
+        raw: Any = table
+    else:
+        from segmentation_pipeline.engines.spark.engine import SparkEngine
+        from segmentation_pipeline.engines.spark.handoff import SparkFrame
+
+        spark = request.getfixturevalue("spark_session")
+        compute = SparkEngine(spark)
+        raw = SparkFrame(spark.createDataFrame(table.astype(object).where(table.notna(), None), CATEGORY_SCHEMA), len(table))
+    with pytest.raises(ValueError, match=message):
+        compute.clean(raw, config)

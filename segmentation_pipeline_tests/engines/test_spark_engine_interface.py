@@ -125,7 +125,7 @@ def run(spark: Any, db: sa.Engine, config: PipelineConfig, demo: Any) -> dict[st
     clusters = engine.fit_clusters(cleaned.clean, features, selection.k, config)
     # a first model, as the asset builds it: canonical ids, any names
     assigner = SegmentAssigner(
-        pipeline=build_model_pipeline(features.preprocessor, clusters.kmeans),
+        pipeline=build_model_pipeline(features.preprocessor, clusters.model),
         features=list(config.features),
         label_to_segment=clusters.canonical,
         segment_names={int(s): f"S{int(s)}" for s in clusters.canonical},
@@ -219,7 +219,7 @@ def test_records_have_the_contract_shapes(run: dict[str, Any], config: PipelineC
     assert len(clusters.eval_labels) == len(run["eval_ids"]) == n_eval == features.details["driver_sample_rows"]
     # a first model's ids are its canonical labels, so the assigner gives the evaluation rows their own labels
     assert (run["eval_ids"] == clusters.canonical[clusters.eval_labels]).all()
-    assert list(clusters.canonical) == list(range(k)) and clusters.kmeans.n_clusters == k
+    assert list(clusters.canonical) == list(range(k)) and clusters.model.n_clusters == k
     assert len(clusters.population) == len(clusters.population_labels) == cleaned.report["n_clean"]
     assert set(np.unique(clusters.population_labels)) == set(range(k))
     # the profile is core.naming.profile_segments' record, over every clean row
@@ -235,6 +235,10 @@ def test_records_have_the_contract_shapes(run: dict[str, Any], config: PipelineC
     core_keys = set(quality_metrics(features.X_eval, clusters.eval_labels, sample=100, random_state=0))
     assert set(clusters.metrics) == core_keys | {"inertia", "n_iter"}
     assert clusters.metrics["n_clusters"] == k and clusters.metrics["silhouette"] > 0.5
+    # the configured categorical columns come with the population rows, for the attribute profiles
+    assert clusters.categories is not None and list(clusters.categories.columns) == ["gender"]
+    assert len(clusters.categories) == len(clusters.population)
+    assert set(clusters.categories["gender"].dropna()) <= {"Female", "Male", "Other"}
 
 
 def test_spread_scores_over_every_fit_row_match_core(run: dict[str, Any]) -> None:
@@ -246,7 +250,7 @@ def test_spread_scores_over_every_fit_row_match_core(run: dict[str, Any]) -> Non
     rows = features.payload.X_fit.select(vector_to_array(FEATURES_COL).alias("x")).toPandas()
     X = np.asarray(rows["x"].tolist(), dtype=np.float64)
     assert len(X) == features.n_fit
-    centers = np.asarray(clusters.kmeans.cluster_centers_, dtype=np.float64)
+    centers = np.asarray(clusters.model.cluster_centers_, dtype=np.float64)
     labels = ((X[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
     expected = spread_scores(X, labels)
     for key in ("davies_bouldin", "calinski_harabasz"):
@@ -272,3 +276,27 @@ def test_features_travel_as_a_spark_handoff(
     np.testing.assert_array_equal(loaded.preprocessor.transform(sample), features.preprocessor.transform(sample))
     with pytest.raises(TypeError, match="not fitted by the Spark engine"):
         engine.sweep_k(Features(**{**vars(features), "payload": None}), config)
+
+
+def test_gmm_fits_with_mllib_and_profiles_with_the_served_mixture(run: dict[str, Any], config: PipelineConfig) -> None:
+    """``model.algorithm: gmm`` on the same features: MLlib's mixture, exported to the served
+    sklearn GaussianMixture; the profile aggregated in Spark counts exactly the served model's
+    labels of every clean row."""
+    from sklearn.mixture import GaussianMixture
+
+    gmm_config = config.model_copy(update={"model": config.model.model_copy(update={"algorithm": "gmm"})})
+    engine, features, cleaned = run["engine"], run["features"], run["cleaned"]
+    k = 5
+    clusters = engine.fit_clusters(cleaned.clean, features, k, gmm_config)
+    assert isinstance(clusters.model, GaussianMixture) and clusters.model.means_.shape[0] == k
+    assert list(clusters.canonical) == list(range(k))
+    served = build_model_pipeline(features.preprocessor, clusters.model)
+    assert list(served.named_steps) == ["preprocess", "gmm"]
+    # every clean row is in the population here (4,000 < POPULATION_SAMPLE)
+    assert len(clusters.population) == cleaned.report["n_clean"]
+    counts = np.bincount(clusters.population_labels, minlength=k)
+    np.testing.assert_array_equal(clusters.label_profile["count"], counts)  # profiled with the served model
+    # the planted segments are recovered on the evaluation rows, and the metrics have no WCSS
+    assert "inertia" not in clusters.metrics and clusters.metrics["n_clusters"] == k
+    kmeans_ids = run["eval_ids"]  # the KMeans model's ids on the same rows (>= 0.9 ARI vs planted above)
+    assert adjusted_rand_score(kmeans_ids, clusters.eval_labels) >= 0.9

@@ -29,14 +29,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.cleaning_rules import (
+    EXACT_INTEGER_FLOAT,
     MONETARY_COLUMN,
     THOUSANDS_SEPARATOR,
     DataQualityError,
     ReasonKind,
     all_rejected_error,
+    allowed_texts,
     check_structure,
     checked_columns,
     checks_monetary,
@@ -63,6 +66,7 @@ from segmentation_pipeline.core.outlier_guard import (
     outlier_features,
     provisional_facts,
 )
+from segmentation_pipeline.core.skew import log1p_choice, log1p_facts, with_log1p
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame
@@ -162,6 +166,19 @@ def _repr_text(column: "Column") -> "Column":
     """``repr(str)`` for ordinary strings: single quotes, backslashes doubled."""
     F = _F()
     return F.concat(F.lit("'"), F.regexp_replace(column.cast("string"), r"\\", r"\\\\"), F.lit("'"))
+
+
+def _category_text(column: "Column", data_type: Any) -> "Column":
+    """core's ``category_text`` as a Spark expression: integers as their digits, floats holding an
+    integer as that integer ("1", not "1.0"), other values as text."""
+    from pyspark.sql import types as T
+
+    F = _F()
+    if isinstance(data_type, T.FloatType | T.DoubleType | T.DecimalType):
+        number = column.cast("double")
+        integral = (F.floor(number) == number) & (F.abs(number) < F.lit(float(EXACT_INTEGER_FLOAT)))
+        return F.when(integral, number.cast("long").cast("string")).otherwise(number.cast("string"))
+    return column.cast("string")
 
 
 def _is_numeric_type(data_type: Any) -> bool:
@@ -332,7 +349,7 @@ def _rules(
         column = F.col(name)
         if allowed.required:
             rule(ReasonKind.MISSING, name, column.isNull())
-        invalid = column.isNotNull() & ~column.cast("string").isin(list(allowed.allowed))
+        invalid = column.isNotNull() & ~_category_text(column, types[name]).isin(allowed_texts(allowed))
         rule(ReasonKind.INVALID_CATEGORY, name, invalid, column.cast("string"))
     return sorted(rules, key=lambda item: item[0])
 
@@ -394,7 +411,8 @@ def _classify(
         stats_aggs += [F.sum(F.col(f"_seg_nn_{f}").cast("int")).alias(f"nn_{f}"),
                        F.sum(F.col(f"_seg_present_{f}").cast("int")).alias(f"present_{f}")]
     stats_aggs += [F.sum(F.col(f"_seg_imp_{f}")).alias(f"imp_{f}") for f in imputed_flags]
-    log_scale = set(config.transform.log1p)
+    # explicit list: no variance of a logged column is needed; auto: the choice comes after this job
+    log_scale = set() if config.transform.log1p_auto else set(config.transform.log1p_columns)
     for f in features:  # per reason group; the valid rows' group feeds the "too large to scale" check
         if f not in log_scale:
             value = F.col(_v(f))  # classified's column: imputed values included, as locally
@@ -415,13 +433,16 @@ def _classify(
     n_valid = n - sum(by_reason.values())
     if n_valid == 0 and not allow_all_rejected:
         raise _all_rejected(n, by_reason, table)
-    valid_stats = next((r for r in stats if r[_REASON] is None), None)
-    if valid_stats is not None:
-        _check_scalable(valid_stats, [f for f in features if f not in log_scale], table)
     imputed_by_feature = {f: int(sum(int(r.get(f"imp_{f}") or 0) for r in stats)) for f in features}
     n_imputed = int(sum(int(r["imp_any"] or 0) for r in stats))
 
     valid = classified.where(F.col(_REASON).isNull())
+    # the run's one log1p decision, on the valid rows, before the fences that live on its log scale
+    config, transform_facts = resolve_log1p(config, valid, features, n_valid)
+    log_scale = set(config.transform.log1p_columns)
+    valid_stats = next((r for r in stats if r[_REASON] is None), None)
+    if valid_stats is not None:
+        _check_scalable(valid_stats, [f for f in features if f not in log_scale], table)
     flagged, outlier_report = detect_outliers(
         valid, config, n=n_valid, value_column=_v, quantile_accuracy=quantile_accuracy,
         exact_quantiles=exact_quantiles, table=table,
@@ -488,6 +509,7 @@ def _classify(
         "n_imputed": n_imputed,
         "imputed_by_feature": imputed_by_feature,
         "outliers": outlier_report,
+        "transform": transform_facts,
         # rows the model is fitted on (non-outliers among the clean rows): train(n_fit=...) skips a count
         "n_fit": n_clean - (0 if reject_outliers else n_outliers),
     }
@@ -549,6 +571,47 @@ def _all_rejected(n: int, by_reason: dict[str, int], table: str) -> DataQualityE
     return all_rejected_error(n, dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))), table)
 
 
+def skewness_table(valid: "DataFrame", features: list[str], value_column: Any = _v) -> pd.DataFrame:
+    """:func:`core.skew.column_skewness` over every valid row, in one Spark job: min, and the
+    adjusted Fisher-Pearson skewness (pandas' ``Series.skew``) raw and after log1p. Spark's
+    ``skewness`` is the population g1; G1 = g1 * sqrt(n (n - 1)) / (n - 2) for n > 2."""
+    F = _F()
+    aggs = [F.count(F.lit(1)).alias("n")]
+    for f in features:
+        value = F.col(value_column(f))
+        aggs += [F.min(value).alias(f"min_{f}"), F.skewness(value).alias(f"skew_{f}"),
+                 F.skewness(F.log1p(value)).alias(f"logskew_{f}")]
+    row = valid.agg(*aggs).first().asDict()
+    n = int(row["n"])
+    adjust = float(np.sqrt(n * (n - 1)) / (n - 2)) if n > 2 else float("nan")
+
+    def number(value: Any) -> float:
+        return float("nan") if value is None else float(value)
+
+    rows = []
+    for f in features:
+        minimum = number(row[f"min_{f}"])
+        raw = number(row[f"skew_{f}"]) * adjust
+        logged = number(row[f"logskew_{f}"]) * adjust if minimum >= 0 else float("nan")
+        rows.append({"column": f, "min": minimum, "skew": raw, "skew_log1p": logged})
+    return pd.DataFrame(rows, columns=["column", "min", "skew", "skew_log1p"]).set_index("column")
+
+
+def resolve_log1p(
+    config: PipelineConfig, valid: "DataFrame", features: list[str], n_valid: int, value_column: Any = _v
+) -> tuple[PipelineConfig, dict[str, Any]]:
+    """As :func:`core.skew.resolve_log1p`, the table computed by Spark on every valid row (the local
+    engine samples at most SKEW_SAMPLE_ROWS; up to that many rows both decide on the same numbers)."""
+    if not config.transform.log1p_auto:
+        return config, log1p_facts(config, config.transform.log1p_columns)
+    table = (
+        skewness_table(valid, features, value_column) if n_valid else
+        pd.DataFrame({"min": np.nan, "skew": np.nan, "skew_log1p": np.nan}, index=pd.Index(features, name="column"))
+    )
+    chosen = log1p_choice(table, config.transform.log1p_skew_threshold)
+    return with_log1p(config, chosen), log1p_facts(config, chosen, table)
+
+
 # --------------------------------------------------------------------------- outliers
 
 
@@ -567,7 +630,10 @@ def detect_outliers(
     ``frame`` holds ``n`` cleaned rows whose feature values live in ``value_column(feature)``
     (default: the feature's own column). The guard of :mod:`segmentation_pipeline.core.outlier_guard`
     decides; :class:`SparkOutlierBackend` supplies its numbers. The report has the local engine's keys.
+    A config still at ``transform.log1p: auto`` (a direct call) is resolved on ``frame``.
     """
+    if config.transform.log1p_auto:
+        config, _ = resolve_log1p(config, frame, list(config.features), n, value_column)
     exact = n <= EXACT_QUANTILE_MAX_ROWS if exact_quantiles is None else exact_quantiles
     quantiles = "exact" if exact else f"percentile_approx(accuracy={quantile_accuracy})"
     idle = idle_report(config, n)
@@ -617,7 +683,7 @@ class SparkOutlierBackend:
         self.config, self.n, self.exact, self.accuracy = config, n, exact, accuracy
         self.features = list(config.features)
         self.columns = outlier_features(config)
-        log1p = set(config.transform.log1p)
+        log1p = set(config.transform.log1p_columns)
         self.z = frame.withColumns({
             _z(f): (F.log1p(F.col(value_column(f))) if f in log1p else F.col(value_column(f)).cast("double"))
             for f in self.features

@@ -24,7 +24,7 @@ from segmentation_pipeline.core.segment_tables import check_row_accounting
 from segmentation_pipeline.storage.source import customer_columns
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.assigner import SegmentAssigner
-from segmentation_pipeline.core.k_selection import KSelection
+from segmentation_pipeline.core.k_selection import KSelection, check_k_against_rows, distinct_rows_needed
 from segmentation_pipeline.core.modeling import build_model_pipeline
 from segmentation_pipeline.engines.base import Cleaned, Clusters, Extracted, Features, Progress, Published, RunIds
 from segmentation_pipeline.engines.spark import cleaning, export, extract, model, writeback
@@ -102,6 +102,18 @@ class SparkEngine:
         """The Spark SQL cleaning; ``clean``/``rejects`` come back as counted SparkFrames."""
         result = cleaning.clean_customers(_frame(raw, "raw table").frame, cfg)
         report = result.report
+        # before any feature or sweep work: the data cannot hold the asked k (one capped distinct
+        # job); fewer than two fit rows are the feature step's own error (nothing can be fitted)
+        if report["n_fit"] >= 2:
+            fit_rows = result.clean.where("NOT is_outlier").select(*cfg.features)
+            try:
+                check_k_against_rows(
+                    cfg.k_range, cfg.k, fit_rows.distinct().limit(distinct_rows_needed(cfg.k_range, cfg.k)).count()
+                )
+            except ValueError:
+                result.clean.unpersist()
+                result.rejects.unpersist()
+                raise
         return Cleaned(
             clean=SparkFrame(result.clean, report["n_clean"]),
             rejects=SparkFrame(result.rejects, report["n_rejected"]),
@@ -138,27 +150,40 @@ class SparkEngine:
         )
 
     def fit_clusters(self, clean: Any, features: Features, k: int, cfg: PipelineConfig) -> Clusters:
-        """The final MLlib KMeans on every fit row; profile over every clean row, aggregated in Spark."""
+        """The final MLlib KMeans (or Gaussian mixture, ``model.algorithm: gmm``) on every fit row;
+        profile over every clean row, aggregated in Spark."""
         clean, payload = _frame(clean, "clean table"), _payload(features)
-        fitted = model.fit_kmeans(payload.X_fit, k, cfg, n_init=cfg.spark.kmeans_n_init)
-        kmeans = export.to_sklearn_kmeans(fitted, cfg)
-        label_profile = model.profile_segments(
-            model.assign_segments(clean.frame, payload.fitted, fitted), cfg.features, cfg.naming.value_feature
+        fitted = model.fit_model(payload.X_fit, k, cfg, n_init=cfg.spark.kmeans_n_init)
+        estimator = export.to_sklearn_model(fitted, cfg)
+        served = build_model_pipeline(features.preprocessor, estimator)  # what serving will answer
+        if fitted.algorithm == "gmm":
+            # MLlib floors each weighted density (EPSILON) before its argmax, so on far-out rows its
+            # labels can differ from the served mixture's posterior: profile with the served model
+            first = SegmentAssigner(
+                pipeline=served, features=list(cfg.features), label_to_segment=np.arange(k), segment_names={}
+            )
+            assigned = assign_with(clean.frame, first, list(cfg.features))
+        else:
+            assigned = model.assign_segments(clean.frame, payload.fitted, fitted)
+        label_profile = model.profile_segments(assigned, cfg.features, cfg.naming.value_feature)
+        categorical = [c for c in cfg.cleaning.categorical if c in clean.frame.columns]
+        sample = model.population_sample(
+            clean.frame, [*cfg.features, *categorical], POPULATION_SAMPLE, cfg.model.random_state
         )
-        population = model.population_sample(clean.frame, cfg.features, POPULATION_SAMPLE, cfg.model.random_state)
-        served = build_model_pipeline(features.preprocessor, kmeans)  # what serving will answer
+        population = sample[list(cfg.features)]
 
         def labels(frame: pd.DataFrame) -> np.ndarray:
             return served.predict(frame[list(cfg.features)].astype("float64")).astype(np.int64)
 
         return Clusters(
-            kmeans=kmeans,
+            model=estimator,
             canonical=np.arange(k, dtype=np.int64),
             label_profile=label_profile,
             population=population,
             population_labels=labels(population),
             eval_labels=labels(payload.sample),
             metrics=model.quality_metrics(payload.X_fit, fitted, cfg, n_rows=features.n_fit),
+            categories=sample[categorical] if categorical else None,
         )
 
     def assign_eval(self, clean: Any, features: Features, clusters: Clusters, assigner: SegmentAssigner) -> np.ndarray:

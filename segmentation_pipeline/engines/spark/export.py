@@ -11,7 +11,9 @@ local engine's own :func:`~segmentation_pipeline.core.features.build_preprocesso
 * ``pca``: ``components_`` is Spark's principal-component matrix (transposed) and ``mean_`` is 0,
   because Spark's PCA does not centre (the scaler already did);
 * ``kmeans``: a real sklearn KMeans whose ``cluster_centers_`` are Spark's centres in canonical
-  order, so its labels are already the canonical ids.
+  order, so its labels are already the canonical ids;
+* ``gmm`` (``model.algorithm: gmm``): a real sklearn GaussianMixture with MLlib's weights, means
+  and covariances in canonical order; both predict the argmax of the weighted log density.
 
 Only numpy/sklearn objects are pickled, so the model unpickles without this package (as the
 local one does). Spark computes in float64; with ``transform.float32`` the exported pipeline
@@ -31,6 +33,7 @@ import warnings
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
+from sklearn.mixture import GaussianMixture
 from sklearn.pipeline import Pipeline
 
 from segmentation_pipeline.config import PipelineConfig
@@ -39,14 +42,22 @@ from segmentation_pipeline.core.features import build_preprocessor
 from segmentation_pipeline.core.modeling import build_model_pipeline, surrogate_labels
 from segmentation_pipeline.engines.spark.model import SparkFeatures, SparkKMeans, SparkTraining
 
-__all__ = ["to_segment_assigner", "to_sklearn_kmeans", "to_sklearn_pipeline", "to_sklearn_preprocessor"]
+__all__ = [
+    "to_segment_assigner",
+    "to_sklearn_gmm",
+    "to_sklearn_kmeans",
+    "to_sklearn_model",
+    "to_sklearn_pipeline",
+    "to_sklearn_preprocessor",
+]
 
 
 def to_sklearn_preprocessor(features: SparkFeatures, config: PipelineConfig) -> Pipeline:
     """The local engine's preprocessor with Spark's fitted scaler and PCA numbers."""
     if list(features.features) != list(config.features):
         raise ValueError(f"Spark features {features.features} do not match config.features {config.features}")
-    transform = config.transform.model_copy(update={"pca_components": features.n_components})
+    # the columns the fitted stages log: the run's resolved choice, whatever the config says
+    transform = config.transform.model_copy(update={"pca_components": features.n_components, "log1p": list(features.log1p)})
     preprocessor = build_preprocessor(config.model_copy(update={"transform": transform}))
     n_features = len(features.features)
     # Fit once on throwaway positive rows so every step has its sklearn fitted state (feature
@@ -102,10 +113,41 @@ def to_sklearn_kmeans(kmeans: SparkKMeans, config: PipelineConfig) -> KMeans:
     return model
 
 
+def to_sklearn_gmm(fitted: SparkKMeans, config: PipelineConfig) -> GaussianMixture:
+    """A fitted sklearn GaussianMixture with MLlib's weights, means and covariances (canonical order)."""
+    assert fitted.weights is not None and fitted.covariances is not None, "not a Spark mixture"
+    means = np.asarray(fitted.centers, dtype=np.float64)
+    covariances = np.asarray(fitted.covariances, dtype=np.float64)
+    k, d = means.shape
+    model = GaussianMixture(n_components=k, covariance_type="full", random_state=config.model.random_state)
+    chol = []
+    for cov in covariances:
+        try:
+            lower = np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:  # a degenerate component: sklearn's own reg_covar
+            lower = np.linalg.cholesky(cov + model.reg_covar * np.eye(d))
+        chol.append(np.linalg.solve(lower, np.eye(d)).T)  # sklearn's precisions_cholesky_ for "full"
+    model.weights_ = np.asarray(fitted.weights, dtype=np.float64).copy()
+    model.means_ = means.copy()
+    model.covariances_ = covariances.copy()
+    model.precisions_cholesky_ = np.array(chol)
+    model.precisions_ = np.array([c @ c.T for c in model.precisions_cholesky_])
+    model.converged_ = True
+    model.n_iter_ = int(fitted.n_iter)
+    model.lower_bound_ = float("nan")
+    model.n_features_in_ = d
+    return model
+
+
+def to_sklearn_model(fitted: SparkKMeans, config: PipelineConfig) -> KMeans | GaussianMixture:
+    """The served estimator for a Spark fit of either algorithm the engine offers."""
+    return to_sklearn_gmm(fitted, config) if fitted.algorithm == "gmm" else to_sklearn_kmeans(fitted, config)
+
+
 def to_sklearn_pipeline(training: SparkTraining, config: PipelineConfig) -> Pipeline:
-    """``Pipeline([("preprocess", ...), ("kmeans", ...)])``, as :func:`core.modeling.build_model_pipeline`."""
+    """``Pipeline([("preprocess", ...), (algorithm, ...)])``, as :func:`core.modeling.build_model_pipeline`."""
     return build_model_pipeline(
-        to_sklearn_preprocessor(training.features, config), to_sklearn_kmeans(training.kmeans, config)
+        to_sklearn_preprocessor(training.features, config), to_sklearn_model(training.kmeans, config)
     )
 
 

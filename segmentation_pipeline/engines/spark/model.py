@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "FEATURES_COL",
     "PREDICTION_COL",
+    "PROBABILITY_COL",
     "SparkFeatures",
     "SparkKMeans",
     "SparkTraining",
@@ -60,7 +61,10 @@ __all__ = [
     "compact",
     "eval_sample",
     "fit_features",
+    "fit_gmm",
     "fit_kmeans",
+    "fit_model",
+    "gaussian_log_density",
     "population_sample",
     "profile_segments",
     "quality_metrics",
@@ -137,8 +141,8 @@ def fit_features(
     from pyspark.ml.feature import PCA, SQLTransformer, StandardScaler, VectorAssembler
 
     features = list(config.features)
-    log_columns = [f for f in features if f in set(config.transform.log1p)]
-    unknown = sorted(set(config.transform.log1p) - set(features))
+    log_columns = [f for f in features if f in set(config.transform.log1p_columns)]
+    unknown = sorted(set(config.transform.log1p_columns) - set(features))
     if unknown:
         raise ValueError(f"transform.log1p names columns that are not features: {unknown}")
     missing = [f for f in features if f not in clean.columns]
@@ -208,13 +212,38 @@ def _vector_variance(column: str, width: int) -> Any:
 
 @dataclass
 class SparkKMeans:
-    model: "KMeansModel"  # featuresCol FEATURES_COL, predictionCol PREDICTION_COL
+    """A fitted MLlib clustering (``model.algorithm``: KMeans, or a Gaussian mixture) with canonical ids."""
+
+    model: Any  # KMeansModel | GaussianMixtureModel; featuresCol FEATURES_COL, predictionCol PREDICTION_COL
     k: int
-    centers: np.ndarray  # canonical order (k, n_components)
+    centers: np.ndarray  # canonical order (k, n_components); a mixture's means
     sizes: np.ndarray  # fit rows per canonical cluster
     spark_to_canonical: np.ndarray  # mapping[mllib_label] = canonical id
-    inertia: float
+    inertia: float  # NaN for a mixture
     n_iter: int
+    algorithm: str = "kmeans"
+    weights: np.ndarray | None = None  # gmm: mixing weights, canonical order
+    covariances: np.ndarray | None = None  # gmm: (k, d, d), canonical order
+
+    def predict_numpy(self, X: np.ndarray) -> np.ndarray:
+        """Canonical labels of driver-side rows, as MLlib assigns them: nearest centre, or for a
+        mixture the highest weighted log density (MLlib's and scikit-learn's argmax posterior)."""
+        if self.algorithm != "gmm":
+            return _nearest_numpy(X, self.centers)
+        assert self.weights is not None and self.covariances is not None
+        return gaussian_log_density(np.asarray(X, dtype=np.float64), self.weights, self.centers, self.covariances).argmax(
+            axis=1
+        )
+
+
+def gaussian_log_density(X: np.ndarray, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> np.ndarray:
+    """``log w_j + log N(x | mean_j, cov_j)`` per row and component (full covariances)."""
+    from scipy.stats import multivariate_normal
+
+    return np.column_stack([
+        np.log(w) + multivariate_normal(mean=m, cov=c, allow_singular=True).logpdf(X)
+        for w, m, c in zip(weights, means, covariances, strict=True)
+    ]).reshape(len(X), len(weights))
 
 
 def _kmeans(k: int, seed: int, max_iter: int) -> Any:
@@ -254,6 +283,48 @@ def fit_kmeans(X_fit: "DataFrame", k: int, config: PipelineConfig, *, n_init: in
         model=model, k=k, centers=centers[order], sizes=sizes[order], spark_to_canonical=mapping,
         inertia=float(model.summary.trainingCost), n_iter=int(model.summary.numIter),
     )
+
+
+#: MLlib's per-row class probabilities of a mixture; dropped wherever the prediction is read.
+PROBABILITY_COL = "_probability"
+
+
+def fit_gmm(X_fit: "DataFrame", k: int, config: PipelineConfig, *, n_init: int = 1) -> SparkKMeans:
+    """MLlib GaussianMixture (full covariance, ``model.random_state``, ``model.max_iter``; the best
+    log-likelihood of ``n_init`` seeds) with canonical ids from its means and cluster sizes."""
+    from pyspark.ml.clustering import GaussianMixture
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    best = None
+    for attempt in range(max(1, n_init)):
+        model = GaussianMixture(
+            k=k, seed=config.model.random_state + attempt, maxIter=config.model.max_iter, featuresCol=FEATURES_COL,
+            predictionCol=PREDICTION_COL, probabilityCol=PROBABILITY_COL,
+        ).fit(X_fit)
+        if best is None or model.summary.logLikelihood > best.summary.logLikelihood:
+            best = model
+    assert best is not None
+    gaussians = best.gaussiansDF.collect()
+    means = np.array([row["mean"].toArray() for row in gaussians], dtype=np.float64)
+    covariances = np.array([row["cov"].toArray() for row in gaussians], dtype=np.float64)
+    weights = np.asarray(best.weights, dtype=np.float64)
+    sizes = np.asarray(best.summary.clusterSizes, dtype=np.int64)
+    order = order_by_size(means, sizes)
+    mapping = np.empty(k, dtype=np.int64)
+    mapping[order] = np.arange(k)
+    return SparkKMeans(
+        model=best, k=k, centers=means[order], sizes=sizes[order], spark_to_canonical=mapping,
+        inertia=float("nan"), n_iter=int(best.summary.numIter), algorithm="gmm", weights=weights[order],
+        covariances=covariances[order],
+    )
+
+
+def fit_model(X_fit: "DataFrame", k: int, config: PipelineConfig, *, n_init: int = 1) -> SparkKMeans:
+    """The final model of ``config.model.algorithm`` (the Spark engine offers kmeans and gmm)."""
+    if config.model.algorithm == "gmm":
+        return fit_gmm(X_fit, k, config, n_init=n_init)
+    return fit_kmeans(X_fit, k, config, n_init=n_init)
 
 
 def compact(frame: "DataFrame", rows: int) -> "DataFrame":
@@ -376,7 +447,7 @@ def quality_metrics(
     F = _F()
     n = int(n_rows if n_rows is not None else X_fit.count())
     sample = sample or _silhouette_sample(X_fit, n, config)
-    labels = _nearest_numpy(sample.X, kmeans.centers)
+    labels = kmeans.predict_numpy(sample.X)
     silhouette = cluster_scores(sample.X, labels)["silhouette"]
     d = kmeans.centers.shape[1]
     mapping = F.array(*[F.lit(int(v)) for v in kmeans.spark_to_canonical])
@@ -406,14 +477,16 @@ def quality_metrics(
         intra_sq = np.array([second[int(i)][0] for i in ids])
         intra_dist = np.array([second[int(i)][1] for i in ids])
         spread = spread_from_cluster_stats(counts, means, intra_sq, intra_dist)
-    return {
+    out = {
         "silhouette": silhouette,
         **spread,
         "silhouette_sample_size": float(len(sample.X)),
         "n_clusters": float(len(ids)),
-        "inertia": kmeans.inertia,
         "n_iter": float(kmeans.n_iter),
     }
+    if kmeans.algorithm != "gmm":  # a mixture has no WCSS of its own
+        out["inertia"] = kmeans.inertia
+    return out
 
 
 def assign_segments(
@@ -433,7 +506,7 @@ def assign_segments(
     table = F.array(*[F.lit(int(v)) for v in per_spark_label])
     scored = kmeans.model.transform(features.transform(frame))
     return scored.withColumn(column, F.element_at(table, F.col(PREDICTION_COL) + 1).cast("long")).drop(
-        FEATURES_COL, PREDICTION_COL
+        FEATURES_COL, PREDICTION_COL, PROBABILITY_COL
     )
 
 
@@ -544,7 +617,7 @@ def train(
         )
         seconds["sweep"] = time.perf_counter() - started
         started = time.perf_counter()
-        kmeans = fit_kmeans(X, selection.k, config, n_init=n_init)
+        kmeans = fit_model(X, selection.k, config, n_init=n_init)
         seconds["fit"] = time.perf_counter() - started
         started = time.perf_counter()
         metrics = quality_metrics(X, kmeans, config, sample=sample, n_rows=n)
