@@ -134,7 +134,7 @@ class TransactionsConfig(_Model):
         return None if value is None else validate_identifier(value, "transactions identifier")
 
     @model_validator(mode="after")
-    def _one_amount(self) -> "TransactionsConfig":
+    def _one_amount(self) -> TransactionsConfig:
         priced = self.quantity is not None or self.unit_price is not None
         if self.amount is not None and priced:
             raise ValueError("source: give either amount or quantity + unit_price, not both")
