@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # One Dagster instance for `make ui`, `make run` and `.venv/bin/segmentation` (the CLI's own default).
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: setup setup-test services lock run test ui mlflow-ui score drift bench clean stack-up stack-down stack-status compose-up compose-down
+.PHONY: setup setup-test services lock run run-orders test ui mlflow-ui score drift bench clean stack-up stack-down stack-status compose-up compose-down
 
 # What running needs (no pyspark, no playwright), from uv.lock; progress and timing on screen.
 $(VENV)/.installed-run: pyproject.toml uv.lock requirements/run.txt
@@ -38,6 +38,11 @@ lock:
 run: setup
 	$(BIN)/segmentation demo-data --if-missing
 	$(BIN)/segmentation run
+
+## run-orders: the same from a demo orders table (configs/transactions.yaml, README "Starting from orders")
+run-orders: setup
+	$(BIN)/segmentation --config configs/transactions.yaml demo-data --transactions --if-missing
+	$(BIN)/segmentation --config configs/transactions.yaml run
 
 ## test: the whole test suite, after installing and starting everything it needs
 test: setup-test services

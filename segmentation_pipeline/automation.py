@@ -7,10 +7,12 @@ from typing import Any
 import dagster as dg
 
 from segmentation_pipeline.assets.monitoring import segment_drift
+from segmentation_pipeline.assets.orders import ORDER_FEATURES
 from segmentation_pipeline.assets.scoring import scored_customers
 from segmentation_pipeline.config import PipelineConfig, ScheduleConfig
 from segmentation_pipeline.resources import DatabaseResource, SettingsResource
 from segmentation_pipeline.storage.source import high_water_mark
+from segmentation_pipeline.storage.transactions import orders_high_water_mark
 from segmentation_pipeline.storage.segment_store import record_run_failure
 
 TRAINING_GROUPS = ("extraction", "cleaning", "features", "training", "segments")
@@ -35,6 +37,12 @@ score_job = dg.define_asset_job(
     executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(scored_customers),
     description="Assign segments with the champion model, no refit.",
+    tags=TABLES_TAG,
+)
+orders_score_job = dg.define_asset_job(
+    "orders_score_job",
+    selection=dg.AssetSelection.assets(ORDER_FEATURES, scored_customers),
+    description="source.kind: transactions: re-aggregate the orders, then the champion scores every customer.",
     tags=TABLES_TAG,
 )
 drift_job = dg.define_asset_job(
@@ -82,16 +90,48 @@ def _newer(mark: dict[str, Any], seen: dict[str, Any]) -> bool:
     return False
 
 
+def _new_data_sensor(cfg: PipelineConfig, job: Any, description: str) -> Any:
+    """The decorator of ``new_customers_sensor``: one name and interval, whichever table it watches."""
+    watch = cfg.automation.new_customers_sensor
+    return dg.sensor(
+        name="new_customers_sensor", job=job, minimum_interval_seconds=watch.interval_s,
+        default_status=_sensor_status(watch.enabled), description=description,
+    )
+
+
+def _orders_sensor(cfg: PipelineConfig) -> dg.SensorDefinition:
+    """Transactions mode: new or changed order lines move every customer's features, so a moved
+    high-water mark (line count, latest timestamp) re-aggregates and rescores everyone."""
+
+    @_new_data_sensor(
+        cfg, orders_score_job,
+        "Re-aggregates and scores when the orders table's high-water mark (lines, latest timestamp) moves.",
+    )
+    def new_customers_sensor(
+        context: dg.SensorEvaluationContext, settings: SettingsResource, database: DatabaseResource
+    ):
+        run_cfg = settings.load()
+        assert run_cfg.transactions is not None
+        mark = orders_high_water_mark(database.engine(), run_cfg.transactions)
+        if context.cursor is None:
+            context.update_cursor(json.dumps(mark))
+            return dg.SkipReason(f"cursor initialised at {mark}; later orders trigger a re-aggregation")
+        seen = json.loads(context.cursor)
+        if mark == seen:
+            return dg.SkipReason(f"no new orders past {seen}")
+        context.update_cursor(json.dumps(mark))
+        return dg.RunRequest(
+            run_key=f"new-orders:{seen.get('row_count')}:{seen.get('max_timestamp')}->{mark['row_count']}:{mark['max_timestamp']}",
+            tags={"trigger": "new_orders"},
+        )
+
+    return new_customers_sensor
+
+
 def build_sensors(cfg: PipelineConfig) -> list[dg.SensorDefinition]:
     auto = cfg.automation
 
-    @dg.sensor(
-        name="new_customers_sensor",
-        job=score_job,
-        minimum_interval_seconds=auto.new_customers_sensor.interval_s,
-        default_status=_sensor_status(auto.new_customers_sensor.enabled),
-        description="Scores customers past the last high-water mark (id / updated_at) kept in the cursor.",
-    )
+    @_new_data_sensor(cfg, score_job, "Scores customers past the last high-water mark (id / updated_at) kept in the cursor.")
     def new_customers_sensor(
         context: dg.SensorEvaluationContext, settings: SettingsResource, database: DatabaseResource
     ):
@@ -158,4 +198,5 @@ def build_sensors(cfg: PipelineConfig) -> list[dg.SensorDefinition]:
         )
         context.log.error(f"run {context.dagster_run.run_id} of {context.dagster_run.job_name} failed: {message}")
 
-    return [new_customers_sensor, drift_retrain_sensor, run_failure_recorder]
+    watcher = _orders_sensor(cfg) if cfg.transactions is not None else new_customers_sensor
+    return [watcher, drift_retrain_sensor, run_failure_recorder]

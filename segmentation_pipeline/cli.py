@@ -223,13 +223,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _run_single_asset(config_path: str | None, asset_name: str, run_config: dict | None = None) -> Any:
     import dagster as dg
 
-    from segmentation_pipeline.definitions import ASSETS, build_resources
+    from segmentation_pipeline.definitions import assets_for, build_resources
     from segmentation_pipeline.resources import SettingsResource
 
     settings = SettingsResource(config_path=config_path)
     cfg = settings.load()
     result = dg.materialize(
-        ASSETS,
+        assets_for(cfg),
         selection=dg.AssetSelection.assets(asset_name),
         resources=build_resources(settings, cfg, io_manager=dg.mem_io_manager),
         instance=_instance(config_path),
@@ -253,25 +253,39 @@ def _cmd_drift(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
-    from segmentation_pipeline.core.demo_data import generate_customers
+    from segmentation_pipeline.core.demo_data import generate_customers, generate_orders
     from segmentation_pipeline.storage.bulk_load import load_frame
     from segmentation_pipeline.storage.connection import create_db_engine, table_columns
 
     cfg = load_config(args.config)
     engine = create_db_engine(cfg.database.sqlalchemy_url())
+    table = _orders_table(cfg) if args.transactions else cfg.source.table
     if args.if_missing:
         try:
-            table_columns(engine, cfg.source.table)
-            print(f"{cfg.source.table} already exists in {cfg.database.safe_url()}; keeping it")
+            table_columns(engine, table)
+            print(f"{table} already exists in {cfg.database.safe_url()}; keeping it")
             return 0
         except Exception:  # noqa: BLE001 - missing table: generate it
             pass
-    replaced = _row_count(engine, cfg.source.table)
-    frame, _ = generate_customers(args.rows, seed=args.seed, vip_share=args.vip_share)
-    n = load_frame(engine, cfg.source.table, frame, if_exists="replace", primary_key=None)
+    replaced = _row_count(engine, table)
     before = "(new table)" if replaced is None else f"(replaced the previous {replaced:,} rows)"
-    print(f"wrote {n:,} demo customers to {cfg.database.safe_url()} table {cfg.source.table} {before}")
+    if args.transactions:
+        lines, planted = generate_orders(args.customers, seed=args.seed)
+        n = load_frame(engine, table, lines, if_exists="replace", primary_key=None)
+        print(f"wrote {n:,} demo order lines of {len(planted):,} customers to {cfg.database.safe_url()} "
+              f"table {table} {before}")
+        if cfg.transactions is None:
+            print("segment them with a transactions config, e.g. --config configs/transactions.yaml")
+        return 0
+    frame, _ = generate_customers(args.rows, seed=args.seed, vip_share=args.vip_share)
+    n = load_frame(engine, table, frame, if_exists="replace", primary_key=None)
+    print(f"wrote {n:,} demo customers to {cfg.database.safe_url()} table {table} {before}")
     return 0
+
+
+def _orders_table(cfg: PipelineConfig) -> str:
+    """The configured orders table (``source.kind: transactions``), else ``orders``."""
+    return cfg.transactions.table if cfg.transactions is not None else "orders"
 
 
 def _row_count(engine: Any, table: str) -> int | None:
@@ -343,7 +357,7 @@ def _version() -> str:
 def _cmd_load_csv(args: argparse.Namespace) -> int:
     from segmentation_pipeline.storage.bulk_load import load_frame
     from segmentation_pipeline.storage.connection import create_db_engine, table_exists
-    from segmentation_pipeline.storage.csv_loader import read_csv_file
+    from segmentation_pipeline.storage.csv_loader import read_csv_file, whole_number_ids
     from segmentation_pipeline.storage.segment_store import pipeline_tables
 
     cfg = load_config(args.config)
@@ -353,13 +367,19 @@ def _cmd_load_csv(args: argparse.Namespace) -> int:
             raise ConfigError(f"--rename expects 'Source Name=target', got {item!r}")
         source, target = item.split("=", 1)
         rename[source.strip()] = target.strip()
-    table = args.table or cfg.source.table
-    if table in pipeline_tables(cfg.output):
+    # transactions: the source is the orders table; the features table is the pipeline's own
+    table = args.table or (cfg.transactions.table if cfg.transactions is not None else cfg.source.table)
+    written = pipeline_tables(cfg.output)
+    if cfg.transactions is not None:
+        written = [*written, cfg.transactions.features_table]
+    if table in written:
         raise ConfigError(
             f"load-csv refuses table {table!r}: the pipeline writes it (outputs, history, failures and their "
             "staging/old twins); load customers into the source table or another table"
         )
     frame = read_csv_file(args.path, rename=rename)
+    if cfg.transactions is not None and table == cfg.transactions.table:
+        frame = whole_number_ids(frame, [cfg.transactions.customer_id, cfg.transactions.order_id])
     engine = create_db_engine(cfg.database.sqlalchemy_url())
     if table_exists(engine, table) and not args.replace:
         raise ConfigError(
@@ -394,16 +414,19 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
 
-    demo = command("demo-data", "replace the configured source table with synthetic customers")
+    demo = command("demo-data", "replace the configured source table with synthetic customers (or orders)")
     demo.add_argument("--rows", type=int, default=5000, help="number of customers to generate")
     demo.add_argument("--seed", type=int, default=0, help="random seed (same seed, same customers)")
     demo.add_argument("--vip-share", type=float, default=0.0, help="share of planted high-value customers (0-1)")
     demo.add_argument("--if-missing", action="store_true", help="do nothing when the table exists")
+    demo.add_argument("--transactions", action="store_true",
+                      help="write a planted orders table instead (the config's orders table, else 'orders')")
+    demo.add_argument("--customers", type=int, default=2000, help="customers (--transactions)")
     demo.set_defaults(func=_cmd_demo_data)
 
-    csv = command("load-csv", "load a customer CSV (comma/tab, CRLF, BOM) into a table")
+    csv = command("load-csv", "load a customer (or orders) CSV (comma/tab, CRLF, BOM) into a table")
     csv.add_argument("path", help="the CSV file (comma or tab separated, UTF-8, a header row)")
-    csv.add_argument("--table", help="target table (default: the config's source table)")
+    csv.add_argument("--table", help="target table (default: the config's source table, or its orders table)")
     csv.add_argument("--rename", action="append", metavar="'Source Name=target'",
                      help="rename a column on the way in; repeat for several")
     csv.add_argument("--replace", action="store_true", help="replace the rows of an existing table")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from segmentation_pipeline.core.algorithms import (
     DEFAULT_ALGORITHM,
     check_algorithm,
 )
+from segmentation_pipeline.core.rfm import RFM_SEGMENT_COLUMN, SEGMENT_NAMES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -85,6 +87,9 @@ class DatabaseConfig(_Model):
 
 
 class SourceConfig(_Model):
+    """The per-customer table the chain reads (``kind: transactions``: the features built from orders)."""
+
+    kind: Literal["customers", "transactions"] = "customers"
     table: str
     id_column: str = "customer_id"
     updated_at_column: str | None = None
@@ -93,6 +98,79 @@ class SourceConfig(_Model):
     @classmethod
     def _identifier(cls, value: str | None) -> str | None:
         return None if value is None else validate_identifier(value, "source identifier")
+
+
+#: The table ``kind: transactions`` writes and the chain then reads.
+ORDER_FEATURES_TABLE = "customer_features"
+#: The features a transactions source segments on when ``features`` is not given.
+DEFAULT_ORDER_FEATURES = ["recency_days", "frequency", "monetary"]
+
+
+class TransactionsConfig(_Model):
+    """An orders table to aggregate into per-customer features (``source.kind: transactions``).
+
+    Written in YAML under ``source:``; :class:`PipelineConfig` moves it here and points ``source``
+    at the features table, so everything after the aggregation reads a customer table as usual.
+    """
+
+    table: str
+    customer_id: str = "customer_id"
+    order_id: str = "order_id"
+    timestamp: str = "ordered_at"
+    amount: str | None = None
+    quantity: str | None = None
+    unit_price: str | None = None
+    as_of: date | None = Field(None, description="default: the day after the latest timestamp")
+    lookback_days: int | None = Field(None, ge=1, description="only orders within this many days before as_of")
+    attributes_table: str | None = Field(None, description="per-customer table joined on customer_id")
+    features_table: str = ORDER_FEATURES_TABLE
+
+    @field_validator(
+        "table", "customer_id", "order_id", "timestamp", "amount", "quantity", "unit_price", "attributes_table",
+        "features_table",
+    )
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        return None if value is None else validate_identifier(value, "transactions identifier")
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> TransactionsConfig:
+        priced = self.quantity is not None or self.unit_price is not None
+        if self.amount is not None and priced:
+            raise ValueError("source: give either amount or quantity + unit_price, not both")
+        if self.amount is None and (self.quantity is None or self.unit_price is None):
+            raise ValueError("source: give amount, or both quantity and unit_price (line amount = quantity x unit_price)")
+        return self
+
+
+_TRANSACTION_FIELDS = set(TransactionsConfig.model_fields)
+
+
+def _split_transactions(raw: Any) -> Any:
+    """``source: {kind: transactions, ...}`` -> ``transactions`` + a source reading the features table."""
+    if not isinstance(raw, dict) or "transactions" in raw:
+        return raw
+    source = raw.get("source")
+    if not isinstance(source, dict) or source.get("kind") != "transactions":
+        return raw
+    unknown = sorted(set(source) - _TRANSACTION_FIELDS - {"kind"})
+    if unknown:
+        raise ValueError(f"source (kind: transactions) has unknown field(s) {unknown}; known: {sorted(_TRANSACTION_FIELDS)}")
+    orders = {k: v for k, v in source.items() if k != "kind"}
+    out = dict(raw)
+    out["transactions"] = orders
+    out["source"] = {
+        "kind": "transactions",
+        "table": orders.get("features_table", ORDER_FEATURES_TABLE),
+        "id_column": orders.get("customer_id", "customer_id"),
+    }
+    out.setdefault("features", list(DEFAULT_ORDER_FEATURES))
+    # the named RFM segment is profiled per cluster like any categorical column
+    cleaning = dict(out.get("cleaning") or {})
+    categorical = dict(cleaning.get("categorical") or {})
+    categorical.setdefault(RFM_SEGMENT_COLUMN, {"allowed": list(SEGMENT_NAMES), "required": False})
+    out["cleaning"] = {**cleaning, "categorical": categorical}
+    return out
 
 
 class Range(_Model):
@@ -403,6 +481,7 @@ class SparkSettings(BaseModel):
 class PipelineConfig(_Model):
     database: DatabaseConfig
     source: SourceConfig
+    transactions: TransactionsConfig | None = Field(None, description="set from source when kind is transactions")
     features: list[str] = Field(min_length=1)
     k_range: tuple[int, int] = (2, 10)
     k: int | None = Field(None, ge=1)
@@ -423,6 +502,11 @@ class PipelineConfig(_Model):
     data_dir: str = "data"
     engine: Literal["local", "spark"] = Field("local", description="local: pandas/scikit-learn; spark: Spark MLlib")
     spark: SparkSettings = Field(default_factory=SparkSettings, description="used when engine is spark")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _transactions_source(cls, raw: Any) -> Any:
+        return _split_transactions(raw)
 
     @field_validator("spark")
     @classmethod
@@ -461,6 +545,8 @@ class PipelineConfig(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "PipelineConfig":
+        if (self.source.kind == "transactions") != (self.transactions is not None):
+            raise ValueError("transactions settings belong under source with kind: transactions")
         known = set(self.features)
         for section, names in (
             ("cleaning.ranges", self.cleaning.ranges),

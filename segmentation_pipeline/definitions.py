@@ -17,14 +17,20 @@ from segmentation_pipeline.assets.export import segment_export
 from segmentation_pipeline.assets.extraction import raw_customers
 from segmentation_pipeline.assets.features import customer_features
 from segmentation_pipeline.assets.monitoring import segment_drift
+from segmentation_pipeline.assets.orders import ORDER_FEATURES, order_features
 from segmentation_pipeline.assets.scoring import scored_customers
 from segmentation_pipeline.assets.segments import customer_segments
-from segmentation_pipeline.assets.sources import customers_source_spec
-from segmentation_pipeline.assets.training import k_selection, model_promotion, segmentation_model
+from segmentation_pipeline.assets.sources import CUSTOMERS_SOURCE, source_specs
+from segmentation_pipeline.assets.training import (
+    k_selection,
+    model_promotion,
+    segmentation_model,
+)
 from segmentation_pipeline.automation import (
     build_schedules,
     build_sensors,
     drift_job,
+    orders_score_job,
     score_job,
     segmentation_job,
 )
@@ -52,6 +58,26 @@ ASSETS = [
 ]
 
 
+def _after_order_features(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """A reader of the customer table reads the table ``order_features`` writes instead."""
+    deps = [dg.AssetDep(ORDER_FEATURES) if dep.asset_key == CUSTOMERS_SOURCE else dep for dep in spec.deps]
+    return spec.replace_attributes(deps=deps)
+
+
+def assets_for(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
+    """The materialisable assets of this config: with ``source.kind: transactions`` the order
+    features come first and every reader of the customer table depends on them; otherwise
+    exactly :data:`ASSETS`."""
+    if cfg.transactions is None:
+        return list(ASSETS)
+    readers = [
+        a.map_asset_specs(_after_order_features) if any(d.asset_key == CUSTOMERS_SOURCE for s in a.specs for d in s.deps)
+        else a
+        for a in ASSETS
+    ]
+    return [order_features, *readers]
+
+
 def build_resources(settings: SettingsResource, cfg: PipelineConfig, io_manager: object | None = None) -> dict:
     """Every resource the assets take; the compute engine is the one ``cfg.engine`` names."""
     compute = engine_resource(settings, cfg)  # starts a JVM only under engine: spark
@@ -68,10 +94,11 @@ def build_resources(settings: SettingsResource, cfg: PipelineConfig, io_manager:
 def build_definitions(config_path: str | None = None) -> dg.Definitions:
     settings = SettingsResource(config_path=config_path)
     cfg = settings.load()
+    jobs = [segmentation_job, score_job, drift_job, *([orders_score_job] if cfg.transactions is not None else [])]
     return dg.Definitions(
-        assets=[customers_source_spec(cfg), *ASSETS],
+        assets=[*source_specs(cfg), *assets_for(cfg)],
         asset_checks=CHECKS,
-        jobs=[segmentation_job, score_job, drift_job],
+        jobs=jobs,
         schedules=build_schedules(cfg),
         sensors=build_sensors(cfg),
         resources=build_resources(settings, cfg),

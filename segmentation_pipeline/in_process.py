@@ -177,15 +177,16 @@ def training_job(config_path: str | None, overrides_json: str = "{}") -> dg.JobD
     """The reconstructor ``execute_job`` calls: the training groups, in-process, releasing values."""
     from segmentation_pipeline.assets.checks import CHECKS
     from segmentation_pipeline.automation import TRAINING_GROUPS, segmentation_job
-    from segmentation_pipeline.definitions import ASSETS, build_resources
+    from segmentation_pipeline.definitions import assets_for, build_resources
     from segmentation_pipeline.resources import SettingsResource
 
     settings = SettingsResource(config_path=config_path, overrides_json=overrides_json)
     cfg = settings.load()
+    assets = assets_for(cfg)
     selection = dg.AssetSelection.groups(*TRAINING_GROUPS)
-    selected = {key for definition in ASSETS for key, group in definition.group_names_by_key.items()
+    selected = {key for definition in assets for key, group in definition.group_names_by_key.items()
                 if group in TRAINING_GROUPS}
-    counts, keep = consumers_of(ASSETS, selected)
+    counts, keep = consumers_of(assets, selected)
 
     def io_manager_fn(_: dg.InitResourceContext) -> Iterator[ReleasingMemoryIOManager]:
         scratch = new_scratch_dir(cfg.data_path)
@@ -200,7 +201,7 @@ def training_job(config_path: str | None, overrides_json: str = "{}") -> dg.JobD
     )
     job = dg.define_asset_job(JOB_NAME, selection=selection, executor_def=dg.in_process_executor,
                               tags=segmentation_job.tags, description=segmentation_job.description)
-    defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[job], resources=build_resources(settings, cfg, io_manager=io_manager))
+    defs = dg.Definitions(assets=assets, asset_checks=CHECKS, jobs=[job], resources=build_resources(settings, cfg, io_manager=io_manager))
     return defs.resolve_job_def(JOB_NAME)
 
 

@@ -18,9 +18,13 @@ import yaml
 from segmentation_pipeline.config import DEFAULT_CONFIG
 
 
-def write_config(tmp_path: Path, database_url: str, tracking_uri: str, name: str = "config.yaml", **changes: Any) -> Path:
-    """The default config pointed at a test database and tracking store; dotted keys override."""
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+def write_config(
+    tmp_path: Path, database_url: str, tracking_uri: str, name: str = "config.yaml", *, base: Path = DEFAULT_CONFIG,
+    **changes: Any,
+) -> Path:
+    """The ``base`` config (default: the default one) pointed at a test database and tracking store;
+    dotted keys override."""
+    raw = yaml.safe_load(base.read_text())
     raw["database"]["url"] = database_url
     raw["mlflow"]["tracking_uri"] = tracking_uri
     raw["mlflow"].pop("artifact_location", None)

@@ -18,6 +18,7 @@ from pandera.errors import SchemaErrors
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.cleaning_rules import (
     EXACT_INTEGER_FLOAT,
+    MONETARY_COLUMN,
     DataQualityError,
     ReasonKind,
     all_rejected_error,
@@ -25,6 +26,7 @@ from segmentation_pipeline.core.cleaning_rules import (
     category_text,
     check_structure,
     checked_columns,
+    checks_monetary,
     detail_parts,
     no_rows_error,
     not_numeric_error,
@@ -373,6 +375,7 @@ def _clean(source: _RawTable, config: PipelineConfig, table: str | None, *, allo
 
     n, n_columns = len(raw), len(columns)
 
+    check_money = checks_monetary(config, list(raw.columns))  # before the parsed columns are released
     numeric: dict[str, np.ndarray] = {}
     parts: list[pd.DataFrame] = []  # failures as (pos, code, detail), code = kind * n_columns + column rank
     non_numeric_keys: list[np.ndarray] = []  # pos * n_columns + column rank
@@ -385,6 +388,18 @@ def _clean(source: _RawTable, config: PipelineConfig, table: str | None, *, allo
             parts.append(pd.DataFrame({"pos": where, "code": rule_code(ReasonKind.NON_NUMERIC, rank, n_columns), "detail": detail}))
             non_numeric_keys.append(where * n_columns + rank)
         source.release(feature)  # parsed (or reused as is): the raw column is not read again
+
+    if check_money:
+        money = numeric.get(MONETARY_COLUMN)
+        if money is None:
+            money = parse_numbers(raw[MONETARY_COLUMN]).values
+        with np.errstate(invalid="ignore"):
+            where = np.flatnonzero(money <= 0)
+        if len(where):
+            prefix, suffix = detail_parts(ReasonKind.NON_POSITIVE_MONETARY, id_col, config)
+            detail = (prefix + pd.Series(money[where]).astype(str) + suffix).to_numpy(dtype=object)
+            code = rule_code(ReasonKind.NON_POSITIVE_MONETARY, 0, n_columns)
+            parts.append(pd.DataFrame({"pos": where, "code": code, "detail": detail}))
 
     # arrays, not Series: no index alignment and, with copy=False, no copy of the table to validate
     work = pd.DataFrame({id_col: raw[id_col].array, **numeric, **{c: raw[c].array for c in categorical}}, copy=False)

@@ -32,18 +32,20 @@ class ReasonKind(IntEnum):
 
     MISSING_ID = 0
     DUPLICATE = 1
-    NON_NUMERIC = 2
-    MISSING = 3
-    NON_FINITE = 4
-    OUT_OF_RANGE = 5
-    INVALID_CATEGORY = 6
-    OUTLIER = 7
+    NON_POSITIVE_MONETARY = 2
+    NON_NUMERIC = 3
+    MISSING = 4
+    NON_FINITE = 5
+    OUT_OF_RANGE = 6
+    INVALID_CATEGORY = 7
+    OUTLIER = 8
 
 
 #: The reason name of each kind (a missing id is reported as ``missing:<id column>``).
 KIND_NAMES: dict[ReasonKind, str] = {
     ReasonKind.MISSING_ID: "missing",
     ReasonKind.DUPLICATE: "duplicate_id",
+    ReasonKind.NON_POSITIVE_MONETARY: "non_positive_monetary",
     ReasonKind.NON_NUMERIC: "non_numeric",
     ReasonKind.MISSING: "missing",
     ReasonKind.NON_FINITE: "non_finite",
@@ -83,9 +85,22 @@ def allowed_texts(rule: CategoricalRule) -> list[str]:
     return [str(category_text(value)) for value in rule.allowed]
 
 
+#: Kinds whose reason names no column.
+COLUMNLESS_KINDS = frozenset({ReasonKind.DUPLICATE, ReasonKind.NON_POSITIVE_MONETARY})
+
+#: The per-customer net amount a transactions source carries (``source.kind: transactions``).
+MONETARY_COLUMN = "monetary"
+
+
 def reason_label(kind: ReasonKind, column: str) -> str:
-    """The reason a reject carries: ``<kind>:<column>``, except the column-less ``duplicate_id``."""
-    return KIND_NAMES[kind] if kind == ReasonKind.DUPLICATE else f"{KIND_NAMES[kind]}:{column}"
+    """The reason a reject carries: ``<kind>:<column>``, except column-less kinds (``duplicate_id``)."""
+    return KIND_NAMES[kind] if kind in COLUMNLESS_KINDS else f"{KIND_NAMES[kind]}:{column}"
+
+
+def checks_monetary(config: PipelineConfig, available: Sequence[str]) -> bool:
+    """Whether rows are checked for a net amount <= 0: customers built from orders whose returns
+    cancel their purchases bought nothing, so they are rejected, not segmented."""
+    return config.source.kind == "transactions" and MONETARY_COLUMN in available
 
 
 def checked_columns(config: PipelineConfig, available: Sequence[str]) -> list[str]:
@@ -121,6 +136,8 @@ def detail_parts(kind: ReasonKind, column: str, config: PipelineConfig) -> tuple
         return f"{column} is missing", ""
     if kind == ReasonKind.DUPLICATE:
         return f"duplicate {column} ", DUPLICATE_KEPT
+    if kind == ReasonKind.NON_POSITIVE_MONETARY:
+        return f"{MONETARY_COLUMN}=", " is not positive (net amount after returns)"
     if kind == ReasonKind.NON_NUMERIC:
         return f"{column}=", " is not numeric"
     if kind == ReasonKind.MISSING:

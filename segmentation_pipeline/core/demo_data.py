@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["GENDERS", "SEGMENTS", "generate_customers"]
+__all__ = ["BEHAVIOURS", "GENDERS", "ORDERS_END", "SEGMENTS", "generate_customers", "generate_orders"]
 
 GENDERS = ["Female", "Male", "Other"]
 
@@ -104,3 +104,83 @@ def generate_customers(
         }
     )
     return frame, labels
+
+
+# name, share, orders (low, high), days since the last order (low, high), line value median, returned share
+BEHAVIOURS: list[tuple[str, float, tuple[int, int], tuple[int, int], float, float]] = [
+    ("frequent big spenders", 0.20, (15, 30), (0, 20), 250.0, 0.0),
+    ("one-off buyers", 0.35, (1, 1), (60, 240), 40.0, 0.0),
+    ("lapsed customers", 0.25, (4, 8), (350, 550), 80.0, 0.0),
+    ("returners", 0.20, (5, 10), (5, 60), 100.0, 0.4),
+]
+#: The day orders are generated up to: the default as_of of the demo orders is the day after.
+ORDERS_END = np.datetime64("2025-01-01T00:00:00", "s")
+_REFUNDED_SHARE = 0.01  # customers who returned everything they bought: net 0, rejected
+_NO_CUSTOMER_SHARE = 0.005  # order lines without a customer id (walk-in sales)
+
+
+def generate_orders(n_customers: int, *, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
+    """Order lines of ``n_customers`` with planted behaviours, and each customer's behaviour.
+
+    Columns: order_id (int64), customer_id (Int64), ordered_at
+    (datetime64, before :data:`ORDERS_END`), quantity (int64, negative on returns), unit_price
+    (float64), amount (float64 = quantity x unit_price). Orders have 1-3 lines, plus ~0.5%
+    walk-in lines without a customer. Returns are lines of their own orders a few days after the
+    purchase (returners: part of the price of every line). ~1% of customers return everything
+    (planted -1: their net amount is 0). The planted Series is indexed by customer_id.
+    """
+    if n_customers < 1:
+        raise ValueError(f"n_customers must be >= 1, got {n_customers}")
+    rng = np.random.default_rng(seed)
+    shares = np.array([b[1] for b in BEHAVIOURS])
+    labels = rng.choice(len(BEHAVIOURS), size=n_customers, p=shares / shares.sum()).astype(np.int64)
+    params = BEHAVIOURS
+    low = np.array([p[2][0] for p in params])[labels]
+    high = np.array([p[2][1] for p in params])[labels]
+    n_orders = rng.integers(low, high + 1)
+    recency = rng.uniform(np.array([p[3][0] for p in params])[labels], np.array([p[3][1] for p in params])[labels])
+    span = np.where(n_orders > 1, rng.uniform(200, 700, n_customers), 0.0)
+    customer = np.repeat(np.arange(n_customers), n_orders)
+    first_of = np.cumsum(n_orders) - n_orders
+    k = np.arange(len(customer)) - first_of[customer]  # 0 = the latest order
+    back = np.where(k == 0, 0.0, rng.uniform(0, 1, len(customer)) * span[customer])
+    days_before = recency[customer] + back
+    order_time = ORDERS_END - (days_before * 86400).astype("timedelta64[s]") - np.timedelta64(1, "s")
+    value = np.array([p[4] for p in params])[labels][customer]
+    n_lines = rng.integers(1, 4, len(customer))
+    line_order = np.repeat(np.arange(len(customer)), n_lines)
+    quantity = rng.integers(1, 4, len(line_order)).astype(np.int64)
+    unit_price = np.round(np.exp(rng.normal(np.log(value[line_order] / 2), 0.25)), 2)
+
+    # returns: returners get back about their returned share of every line (a return order a few
+    # days later, same quantity at a partial price); refunded customers get back everything
+    returned = np.array([p[5] for p in params])[labels][customer][line_order]
+    refunded = rng.random(n_customers) < _REFUNDED_SHARE
+    full = refunded[customer][line_order]
+    ret_lines = np.flatnonzero((returned > 0) | full)
+    share = np.where(full, 1.0, returned * rng.uniform(0.8, 1.2, len(line_order)))[ret_lines]
+    ret_order = line_order[ret_lines]
+    ret_quantity = -quantity[ret_lines]
+    ret_time = order_time[ret_order] + np.minimum(
+        (rng.uniform(1, 5, len(ret_lines)) * 86400).astype("timedelta64[s]"),
+        ORDERS_END - order_time[ret_order] - np.timedelta64(1, "s"),
+    )
+
+    order_ids = np.arange(1, len(customer) + 1, dtype=np.int64)
+    return_ids = len(customer) + 1 + np.unique(ret_order, return_inverse=True)[1].astype(np.int64)
+    lines = pd.DataFrame(
+        {
+            "order_id": np.concatenate([order_ids[line_order], return_ids]),
+            "customer_id": pd.array(np.concatenate([customer[line_order], customer[ret_order]]) + 1, dtype="Int64"),
+            "ordered_at": np.concatenate([order_time[line_order], ret_time]).astype("datetime64[ns]"),
+            "quantity": np.concatenate([quantity, ret_quantity]),
+            "unit_price": np.concatenate([unit_price, np.round(unit_price[ret_lines] * share, 2)]),
+        }
+    )
+    lines["amount"] = np.round(lines["quantity"] * lines["unit_price"], 2)
+    walk_in = lines.sample(frac=_NO_CUSTOMER_SHARE, random_state=seed).assign(customer_id=pd.NA)
+    walk_in["order_id"] = lines["order_id"].max() + 1 + np.arange(len(walk_in))
+    lines = pd.concat([lines, walk_in.astype(lines.dtypes.to_dict())], ignore_index=True)
+    lines = lines.sort_values(["ordered_at", "order_id"], ignore_index=True)
+    planted = pd.Series(np.where(refunded, -1, labels), index=pd.RangeIndex(1, n_customers + 1, name="customer_id"))
+    return lines, planted

@@ -16,7 +16,7 @@ import pandas as pd
 
 from segmentation_pipeline.config import validate_identifier
 
-__all__ = ["read_csv_file", "snake_case"]
+__all__ = ["read_csv_file", "snake_case", "whole_number_ids"]
 
 _DELIMITERS = ",\t;"
 _SNIFF_BYTES = 64 * 1024
@@ -100,3 +100,13 @@ def read_csv_file(path: str | PathLike[str], *, rename: dict[str, str] | None = 
         raise ValueError(f"{file}: headers collide after normalisation: {pairs}; use rename to tell them apart")
     frame.columns = names
     return frame.reset_index(drop=True)
+
+
+def whole_number_ids(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Id columns read as float only because some cells are empty (``12.0``) back to integers."""
+    out = frame.copy()
+    for column in columns:
+        values = out[column] if column in out.columns else None
+        if values is not None and values.dtype.kind == "f" and (values.dropna() % 1 == 0).all():
+            out[column] = values.astype("Int64")
+    return out

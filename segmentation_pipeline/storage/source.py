@@ -9,6 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from segmentation_pipeline.config import PipelineConfig, validate_identifier
+from segmentation_pipeline.core.cleaning_rules import MONETARY_COLUMN
 from segmentation_pipeline.storage.connection import ProgressFn, check_columns, reflect_columns, table_columns
 from segmentation_pipeline.storage.reads import read_table, rows_after
 
@@ -25,6 +26,8 @@ def customer_columns(engine: sa.Engine, cfg: PipelineConfig) -> list[str]:
     """The source columns every engine reads: id, features, and the optional ones the table has."""
     src = cfg.source
     optional = [*cfg.cleaning.categorical, *([src.updated_at_column] if src.updated_at_column else [])]
+    if src.kind == "transactions":
+        optional.append(MONETARY_COLUMN)  # net <= 0 is a reject reason even when not a feature
     return source_columns(table_columns(engine, src.table), src.id_column, cfg.features, optional)
 
 

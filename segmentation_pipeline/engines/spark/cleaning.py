@@ -34,6 +34,7 @@ import pandas as pd
 from segmentation_pipeline.config import PipelineConfig
 from segmentation_pipeline.core.cleaning_rules import (
     EXACT_INTEGER_FLOAT,
+    MONETARY_COLUMN,
     THOUSANDS_SEPARATOR,
     DataQualityError,
     ReasonKind,
@@ -41,6 +42,7 @@ from segmentation_pipeline.core.cleaning_rules import (
     allowed_texts,
     check_structure,
     checked_columns,
+    checks_monetary,
     detail_parts,
     no_rows_error,
     not_numeric_error,
@@ -260,6 +262,8 @@ def clean_customers(
 
     # -- one pass over the source: typed values, parse flags, duplicate rank; persisted
     selected = [F.col(c) for c in columns] + ([F.col(updated)] if updated else [])
+    if checks_monetary(config, list(types)) and MONETARY_COLUMN not in columns:
+        selected.append(F.col(MONETARY_COLUMN))
     base = raw.select(*selected).withColumn(_POS, F.monotonically_increasing_id())
     typed_columns: list[Column] = [F.col(c) for c in base.columns]
     for feature in features:
@@ -322,6 +326,9 @@ def _rules(
     ident = F.col(id_col)
     rule(ReasonKind.MISSING_ID, id_col, ident.isNull())
     rule(ReasonKind.DUPLICATE, id_col, ident.isNotNull() & (F.col(_RANK) > 1), _id_text(ident, types[id_col]))
+    if checks_monetary(config, list(types)):
+        money = F.col(MONETARY_COLUMN).cast("double")
+        rule(ReasonKind.NON_POSITIVE_MONETARY, id_col, money.isNotNull() & (money <= 0), _py_float_str(money))
     for feature in features:
         value = F.col(_v(feature))
         non_numeric = F.col(f"_seg_nn_{feature}")
