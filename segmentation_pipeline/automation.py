@@ -41,6 +41,7 @@ score_job = dg.define_asset_job(
 )
 orders_score_job = dg.define_asset_job(
     "orders_score_job",
+    executor_def=EXECUTOR,
     selection=dg.AssetSelection.assets(ORDER_FEATURES, scored_customers),
     description="source.kind: transactions: re-aggregate the orders, then the champion scores every customer.",
     tags=TABLES_TAG,

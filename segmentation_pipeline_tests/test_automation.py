@@ -177,3 +177,19 @@ def test_lineage_connects_source_training_scoring_and_drift():
 
     blocking = {spec.name for check in CHECKS for spec in check.check_specs if spec.blocking}
     assert blocking == {"every_row_accounted_for", "rejected_share_within_ceiling"}
+
+
+def test_every_job_runs_its_steps_in_the_run_process(tmp_path, sqlite_url, local_mlflow_uri):
+    """A process per step re-imports Dagster, MLflow and scikit-learn (77 s against 11 s at 5k)."""
+    from segmentation_pipeline.definitions import build_definitions
+    from segmentation_pipeline_tests.helpers import write_config
+
+    orders = write_config(tmp_path, sqlite_url, local_mlflow_uri, name="orders.yaml",
+                          **yaml.safe_load((DEFAULT_CONFIG.parent / "transactions.yaml").read_text()))
+    for config in (write_config(tmp_path, sqlite_url, local_mlflow_uri), orders):
+        jobs = build_definitions(str(config)).resolve_all_job_defs()
+        names = {job.name for job in jobs if not job.name.startswith("__")}
+        assert {"segmentation_job", "score_job", "drift_job"} <= names
+        for job in jobs:
+            if not job.name.startswith("__"):
+                assert job.executor_def.name == dg.in_process_executor.name, job.name
