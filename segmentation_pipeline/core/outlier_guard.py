@@ -118,8 +118,25 @@ def outlier_features(config: PipelineConfig) -> list[str]:
 
 
 def tukey(q1: Any, q3: Any, multiplier: float) -> tuple[Any, Any]:
-    """Fences from quartiles: scalars, per-feature arrays or per-cluster matrices alike."""
-    return q1 - multiplier * (q3 - q1), q3 + multiplier * (q3 - q1)
+    """Fences from quartiles: scalars, per-feature arrays or per-cluster matrices alike.
+
+    Where the quartiles coincide (half the customers or more share one value: a return rate that
+    is mostly 0, a frequency of 1 for one-off buyers, a constant) the fences are open: Tukey's
+    rule would call every other value an outlier, and a spread of 0 says nothing about what is
+    far. NaN quartiles (a dissolved cluster) stay NaN.
+    """
+    q1, q3 = np.asarray(q1, dtype=np.float64), np.asarray(q3, dtype=np.float64)
+    iqr = q3 - q1
+    with np.errstate(invalid="ignore"):
+        degenerate = iqr <= 0
+    low = np.where(degenerate, -np.inf, q1 - multiplier * iqr)
+    high = np.where(degenerate, np.inf, q3 + multiplier * iqr)
+    return (float(low), float(high)) if low.ndim == 0 else (low, high)
+
+
+def open_fence_features(q1: np.ndarray, q3: np.ndarray, columns: Sequence[str]) -> list[str]:
+    """The features whose pooled quartiles coincide, so :func:`tukey` leaves them unfenced."""
+    return [c for j, c in enumerate(columns) if float(q3[j]) - float(q1[j]) <= 0]
 
 
 def to_units(values: np.ndarray, columns: Sequence[str], log1p: set[str]) -> np.ndarray:
@@ -208,6 +225,7 @@ def base_report(config: PipelineConfig, columns: Sequence[str]) -> dict[str, Any
         "outliers_by_feature": {c: 0 for c in columns},
         "fences": {},
         "fence_scale": {c: ("log1p" if c in log1p else "raw") for c in columns},
+        "open_fences": [],
         "guard_tripped": False,
         "warning": None,
     }
@@ -239,6 +257,9 @@ def decide_outliers(backend: OutlierBackend, config: PipelineConfig, n: int) -> 
     report = base_report(config, columns)
 
     q1, q3 = backend.quartiles()
+    report["open_fences"] = open_fence_features(q1, q3, columns)
+    if report["open_fences"]:
+        log.info("no IQR fences on %s: half the rows or more share one value", report["open_fences"])
 
     def pooled(multiplier: float) -> Fences:
         low, high = tukey(q1, q3, multiplier)
@@ -284,8 +305,8 @@ def decide_outliers(backend: OutlierBackend, config: PipelineConfig, n: int) -> 
                 if steps == WIDEN_MAX_STEPS:
                     raise OutlierPolicyError(
                         f"{message}; widening the IQR multiplier to {multiplier:g} still excludes "
-                        f"{counts.flagged / n:.1%} (a feature with IQR 0 cannot be widened: "
-                        f"IQR by feature {dict(zip(columns, (q3 - q1).round(6).tolist()))})"
+                        f"{counts.flagged / n:.1%} (IQR by feature "
+                        f"{dict(zip(columns, (np.asarray(q3) - np.asarray(q1)).round(6).tolist()))})"
                     )
                 multiplier *= WIDEN_FACTOR
                 fences = pooled(multiplier)

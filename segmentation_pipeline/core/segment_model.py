@@ -114,7 +114,9 @@ def build_segment_model(
         centroids_original=profile[mean_columns(features)].to_numpy(dtype=np.float64),
         metadata={"next_segment_id": str(next_segment_id(label_to_segment, champion)), **(metadata or {})},
         ranges={f: (r.min, r.max) for f, r in cfg.cleaning.ranges.items()},
-        fences={f: (float(lo), float(hi)) for f, (lo, hi) in (fences or {}).items()},
+        # an open fence (quartiles that coincide) is stored in the JSON report as null
+        fences={f: (-np.inf if lo is None else float(lo), np.inf if hi is None else float(hi))
+                for f, (lo, hi) in (fences or {}).items()},
     )
     return SegmentModel(assigner=assigner, profile=profile, names={int(k): v for k, v in names.items()})
 

@@ -11,6 +11,7 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
 from segmentation_pipeline.config import PipelineConfig
+from segmentation_pipeline.core.outlier_guard import tukey
 from segmentation_pipeline.core.outliers import OutlierPolicyError, detect_outliers, flag_labels, iqr_fences
 
 FEATURES = ["age", "annual_income", "annual_spend"]
@@ -282,12 +283,27 @@ def test_non_finite_input_is_refused_naming_the_column() -> None:
         detect_outliers(frame, make_config())
 
 
-def test_widen_gives_up_on_a_feature_with_zero_iqr() -> None:
+def test_a_feature_whose_quartiles_coincide_gets_open_fences() -> None:
+    """80% of ages are 40 (IQR 0): Tukey's rule would flag every other age, 20% of the table."""
     rng = np.random.default_rng(4)
-    age = np.where(rng.random(1000) < 0.8, 40.0, rng.uniform(20, 70, 1000))  # IQR 0: no width helps
+    age = np.where(rng.random(1000) < 0.8, 40.0, rng.uniform(20, 70, 1000))
     frame = pd.DataFrame({"age": age, "annual_income": rng.lognormal(10, 0.2, 1000), "annual_spend": 1000.0})
-    with pytest.raises(OutlierPolicyError, match=r"IQR by feature \{'age': 0\.0"):
-        detect_outliers(frame, make_config(on_excess="widen"))
+    result = detect_outliers(frame, make_config(on_excess="fail"))  # would raise were 20% flagged
+    assert result.report["open_fences"] == ["age", "annual_spend"]
+    assert result.report["outliers_by_feature"]["age"] == 0 == result.report["outliers_by_feature"]["annual_spend"]
+    assert result.report["fences"]["age"] == [-np.inf, np.inf]
+    # the feature with a spread is still fenced as before
+    low, high = iqr_fences(np.log1p(frame["annual_income"].to_numpy()), 1.5)
+    flagged = (np.log1p(frame["annual_income"]) < low) | (np.log1p(frame["annual_income"]) > high)
+    assert result.report["outliers_by_feature"]["annual_income"] == int(flagged.sum()) > 0
+
+
+def test_tukey_opens_only_degenerate_fences() -> None:
+    low, high = tukey(np.array([0.0, 1.0, np.nan]), np.array([0.0, 3.0, np.nan]), 1.5)
+    np.testing.assert_array_equal(low[:2], [-np.inf, -2.0])
+    np.testing.assert_array_equal(high[:2], [np.inf, 6.0])
+    assert np.isnan(low[2]) and np.isnan(high[2])  # a dissolved cluster's fences stay undefined
+    assert tukey(2.0, 4.0, 1.0) == (0.0, 6.0)
 
 
 def test_small_vip_group_under_the_cap_still_trips_the_erasure_guard() -> None:

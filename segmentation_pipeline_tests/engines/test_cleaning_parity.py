@@ -124,8 +124,8 @@ def spark_session() -> Iterator[Any]:
         session.stop()
 
 
-def run(engine: str, config: PipelineConfig, request: pytest.FixtureRequest) -> Outcome:
-    raw, _, _ = planted_table()
+def run(engine: str, config: PipelineConfig, request: pytest.FixtureRequest, raw: pd.DataFrame | None = None) -> Outcome:
+    raw = planted_table()[0] if raw is None else raw
     if engine == "local":
         result = local_clean(raw, config)
         return _outcome(result.rejects, result.clean, result.report)
@@ -378,3 +378,20 @@ def test_k_the_clean_rows_cannot_hold_stops_right_after_cleaning(
         raw = SparkFrame(spark.createDataFrame(table.astype(object).where(table.notna(), None), CATEGORY_SCHEMA), len(table))
     with pytest.raises(ValueError, match=message):
         compute.clean(raw, config)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_mostly_zero_feature_is_left_unfenced_in_every_engine(engine: str, request: pytest.FixtureRequest) -> None:
+    """80% of spending scores 0 (quartiles 0 and 0): Tukey's fences would flag every other score."""
+    raw = planted_table()[0]
+    ids = pd.to_numeric(raw["customer_id"], errors="coerce")
+    raw.loc[(ids % 10 < 8).fillna(False).to_numpy(dtype=bool), "spending_score"] = 0.0
+    config = _config()
+    outcome = run(engine, config, request, raw)
+    report = outcome.report["outliers"]
+    assert report["open_fences"] == ["spending_score"]
+    assert report["fences"]["spending_score"] == [-np.inf, np.inf]  # pooled: open, flags nobody
+    assert report["share_by_feature"]["spending_score"] == 0
+    assert report["share_by_feature"]["annual_income"] > 0  # the other features are still fenced
+    if engine != "local":
+        _assert_same_as_local(outcome, run("local", config, request, raw))
