@@ -156,8 +156,18 @@ def summarise(result: Any, cfg: PipelineConfig, seconds: float) -> dict[str, Any
         "tables": meta["tables"],
         "segments": trained["segments"] if promotion["promoted"] else None,
         "explanations": trained.get("explanations"),
+        "orders": _orders_summary(result),
         "seconds": round(seconds, 2),
     }
+
+
+def _orders_summary(result: Any) -> dict[str, Any] | None:
+    """With ``source.kind: transactions``: the order lines read and those left out, by reason."""
+    if not result.asset_materializations_for_node("order_features"):
+        return None
+    meta = _metadata(result, "order_features")
+    keys = ("orders_table", "as_of", "n_order_lines", "n_excluded_lines", "excluded_lines", "n_non_positive_monetary")
+    return {key: meta.get(key) for key in keys}
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -166,6 +176,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"\nSegmented {summary['n_segmented']:,} of {summary['n_input']:,} customers "
           f"({summary['n_rejected']:,} rejected, {summary['n_outliers_segmented']:,} outliers flagged) "
           f"in {summary['seconds']} s")
+    orders = summary.get("orders")
+    if orders:
+        left_out = {reason: n for reason, n in (orders["excluded_lines"] or {}).items() if n}
+        print(f"from {orders['n_order_lines']:,} order lines of {orders['orders_table']!r} as of {orders['as_of']}"
+              f" ({orders['n_excluded_lines']:,} left out{': ' + str(left_out) if left_out else ''})")
     print(f"k = {summary['k']}: {summary['k_reason']}")
     if summary.get("log1p") is not None:
         print(f"log1p ({summary.get('log1p_mode')}): {', '.join(summary['log1p']) or 'no column'}")

@@ -50,6 +50,12 @@ def test_planted_order_behaviours_are_recovered(tmp_path: Path, database_url: st
 
     summary = run_pipeline(str(config))
 
+    # the summary says how many order lines were read and which were left out, by reason
+    read = summary["orders"]
+    assert read["orders_table"] == orders and read["n_order_lines"] == len(lines)
+    walk_ins = int(lines["customer_id"].isna().sum())
+    assert read["excluded_lines"]["missing_customer_id"] == walk_ins > 0 == read["excluded_lines"]["after_as_of"]
+    assert read["n_excluded_lines"] == walk_ins
     # every customer with a counted order line is segmented or rejected
     assert summary["n_input"] == N_CUSTOMERS == summary["n_segmented"] + summary["n_rejected"]
     segments = pd.read_sql(f"SELECT customer_id, segment_id FROM seg_{suffix}", engine)
