@@ -377,7 +377,9 @@ def load_assigner(tracking_uri: str, model_name: str, alias: str) -> tuple[Segme
         raise RegistryError(
             f"no model version of {model_name!r} carries alias {alias!r} at {tracking_uri}; run the training job first"
         )
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}@{alias}")
+    # the version just resolved, not the alias again: one round trip fewer, and the model loaded is
+    # the version returned even if the alias moves in between
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
     python_model = model.unwrap_python_model()
     if not isinstance(python_model, SegmentationPyfunc):
         raise RegistryError(f"models:/{model_name}@{alias} is not a segmentation model")
