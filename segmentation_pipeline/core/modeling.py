@@ -235,9 +235,10 @@ def fit_clustering(
     return build_estimator(algorithm, k, settings).fit(X_fit)
 
 
-def fit_metrics(estimator: object, X_fit: np.ndarray) -> dict[str, float]:
+def fit_metrics(estimator: object, X: np.ndarray, fit_mask: np.ndarray) -> dict[str, float]:
     """What the algorithm itself reports about its fit: ``inertia`` (WCSS) and ``n_iter`` where it
-    has them; a mixture's ``bic`` on the fit rows and its ``converged`` flag instead of inertia."""
+    has them; a mixture's ``bic`` on the fit rows (``X[fit_mask]``, copied only then) and its
+    ``converged`` flag instead of inertia."""
     out: dict[str, float] = {}
     inertia = getattr(estimator, "inertia_", None)
     if inertia is not None:
@@ -247,7 +248,7 @@ def fit_metrics(estimator: object, X_fit: np.ndarray) -> dict[str, float]:
         out["n_iter"] = float(n_iter)
     bic = getattr(estimator, "bic", None)
     if callable(bic):
-        out["bic"] = float(bic(X_fit))
+        out["bic"] = float(bic(X[fit_mask]))
         out["converged"] = float(bool(getattr(estimator, "converged_", False)))
     return out
 

@@ -89,7 +89,7 @@ class LocalEngine:
         metrics = quality_metrics(
             X[fit_mask], labels[fit_mask], sample=cfg.k_selection.silhouette_sample, random_state=model_cfg.random_state
         )
-        metrics.update(fit_metrics(estimator, X[fit_mask]))
+        metrics.update(fit_metrics(estimator, X, fit_mask))  # no copy of the fit rows for KMeans
         # read only now, after the fit: the feature values are not held while the model is fitted
         population = read_columns(clean, list(cfg.features))
         categorical = [c for c in cfg.cleaning.categorical if c in clean.columns]
