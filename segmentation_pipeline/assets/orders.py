@@ -6,7 +6,7 @@ table atomically; the extraction then reads that table like any customer table.
 
 import dagster as dg
 
-from segmentation_pipeline.assets.metadata import plain_metadata, table, table_facts
+from segmentation_pipeline.assets.metadata import frame_columns, plain_metadata, table, table_facts
 from segmentation_pipeline.assets.sources import ORDERS_SOURCE
 from segmentation_pipeline.resources import DatabaseResource, SettingsResource
 from segmentation_pipeline.storage.transactions import build_order_features
@@ -36,9 +36,8 @@ def order_features(
         f"{len(built.frame):,} customers from {built.n_lines:,} order lines of {orders.table!r} "
         f"(as_of {built.as_of:%Y-%m-%d}); excluded lines: {excluded}"
     )
-    columns = {c: str(t) for c, t in built.frame.dtypes.items()}
     return dg.MaterializeResult(
-        metadata=table_facts(len(built.frame), columns) | plain_metadata(
+        metadata=table_facts(len(built.frame), frame_columns(built.frame)) | plain_metadata(
             table=orders.features_table,
             orders_table=orders.table,
             as_of=f"{built.as_of:%Y-%m-%d}",

@@ -85,16 +85,17 @@ class LocalEngine:
             random_state=model_cfg.random_state, overwrite_input=True,
         )
         labels = estimator.predict(X)  # the algorithm's own assignment (a mixture's posterior, a bisection tree)
+        fit_labels = labels[fit_mask]
         # the scores do not depend on which id a cluster gets: computed before the feature values are read
         metrics = quality_metrics(
-            X[fit_mask], labels[fit_mask], sample=cfg.k_selection.silhouette_sample, random_state=model_cfg.random_state
+            X[fit_mask], fit_labels, sample=cfg.k_selection.silhouette_sample, random_state=model_cfg.random_state
         )
         metrics.update(fit_metrics(estimator, X, fit_mask))  # no copy of the fit rows for KMeans
         # read only now, after the fit: the feature values are not held while the model is fitted
         population = read_columns(clean, list(cfg.features))
         categorical = [c for c in cfg.cleaning.categorical if c in clean.columns]
         return Clusters(
-            model=estimator, canonical=canonical_mapping(estimator, labels[fit_mask]),
+            model=estimator, canonical=canonical_mapping(estimator, fit_labels),
             label_profile=profile_segments(population, labels, list(cfg.features), cfg.naming.value_feature),
             population=population, population_labels=labels, eval_labels=labels, metrics=metrics,
             categories=read_columns(clean, categorical) if categorical else None,
