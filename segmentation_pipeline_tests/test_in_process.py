@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import segmentation_pipeline.engines.local as local_engine
+import segmentation_pipeline.in_process as in_process
 import segmentation_pipeline.resources as resources
 from segmentation_pipeline import cli
 from segmentation_pipeline.core.demo_data import generate_customers
@@ -53,6 +54,27 @@ def test_io_manager_drops_a_value_after_its_last_consumer_and_keeps_retried_inpu
     assert load("b") == [2] and load("b") == [2] and manager.held == ["b"]  # a retry loads it again
     with pytest.raises(KeyError, match="no value for a in this run"):
         load("a")
+
+
+def test_a_step_change_collects_garbage_only_once_the_run_has_grown(monkeypatch) -> None:
+    collections: list[int] = []
+    monkeypatch.setattr(in_process.gc, "collect", lambda *args: collections.append(1) or 0)
+
+    def step_changes(threshold: int) -> int:
+        collections.clear()
+        monkeypatch.setattr(in_process, "COLLECT_ABOVE_BYTES", threshold)
+        manager = ReleasingMemoryIOManager({KEY("a"): 1, KEY("b"): 1}, keep=frozenset())
+        for name in ("a", "b"):
+            manager.handle_output(dg.build_output_context(asset_key=KEY(name)), [name])
+        for step, name in (("first", "a"), ("second", "b")):
+            upstream = dg.build_output_context(asset_key=KEY(name))
+            manager.load_input(dg.build_input_context(asset_key=KEY(name), upstream_output=upstream,
+                                                      op_def=dg.OpDefinition(compute_fn=lambda: None, name=step)))
+        return len(collections)
+
+    assert in_process.resident_bytes() is not None  # Linux: the rule is live here
+    assert step_changes(-1) == 2  # grown past the threshold: each new step collects
+    assert step_changes(1 << 40) == 0  # a small run's steps skip the ~0.1 s collection
 
 
 def test_io_manager_hands_tables_on_as_parquet_files(tmp_path) -> None:

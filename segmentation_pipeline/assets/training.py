@@ -16,7 +16,7 @@ from segmentation_pipeline.core.k_evidence import evidence_records
 from segmentation_pipeline.core.k_evidence_plots import evidence_plot
 from segmentation_pipeline.core.k_selection import KSelection
 from segmentation_pipeline.core.naming import segment_tiers
-from segmentation_pipeline.core.plots import elbow_plot, profile_plot, silhouette_plot
+from segmentation_pipeline.core.plots import profile_plot
 from segmentation_pipeline.core.promotion import PromotionGate, evaluate_promotion
 from segmentation_pipeline.core.report import ReportInputs, drift_sentence, segment_report
 from segmentation_pipeline.core.segment_model import (
@@ -63,9 +63,8 @@ def k_selection(
     structure = selection.structure or "unknown"
     if structure != "clear":
         context.log.warning(f"segment structure is {structure} at k={selection.k}: {selection.reason}")
-    elbow = elbow_plot(selection.metrics, selection.k)
-    silhouette = silhouette_plot(selection.metrics, selection.k)
     evidence = selection.evidence
+    # one figure: the WCSS elbow and the silhouette are two of its four panels
     evidence_png = None if evidence is None else evidence_plot(
         evidence.rename(columns={"smallest_share": "min_share"}), selection.k, f"structure: {structure}"
     )
@@ -82,8 +81,6 @@ def k_selection(
         mlflow.set_tag("k_structure", structure)
         if structure != "clear":
             mlflow.set_tag("k_structure_warning", f"segment structure is {structure}: {selection.reason}")
-        registry.log_png(elbow, "k_selection/elbow.png")
-        registry.log_png(silhouette, "k_selection/silhouette.png")
         if evidence_png is not None:
             registry.log_png(evidence_png, "k_selection/evidence.png")
         registry.log_frame(selection.metrics, "k_selection/metrics.csv")
@@ -93,8 +90,6 @@ def k_selection(
         "structure": dg.MetadataValue.text(structure),
         "silhouette_sample_size": dg.MetadataValue.int(int(selection.silhouette_sample_size)),
         "metrics": table(selection.metrics),
-        "elbow": image(elbow, "elbow curve"),
-        "silhouette": image(silhouette, "silhouette curve"),
     }
     if evidence is not None and evidence_png is not None:
         metadata["evidence"] = table(evidence)

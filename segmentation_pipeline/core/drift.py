@@ -21,7 +21,6 @@ with pandas, because it is a plain ``value_counts`` and is wanted for the summar
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,6 +28,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+from segmentation_pipeline.core.plots import png_bytes
 
 Severity = Literal["ok", "warn", "error"]
 
@@ -329,6 +330,4 @@ def drift_plot(result: DriftResult) -> bytes:
         seg_ax.set_title(f"Segment mix (PSI {psi})")
         seg_ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return png_bytes(fig)

@@ -16,7 +16,6 @@ centroids so that a feature measured in dollars does not drown one measured in y
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from segmentation_pipeline.core.naming import segment_sums
+from segmentation_pipeline.core.plots import png_bytes
 from segmentation_pipeline.core.rows import ROW_BLOCK, distinct_labels
 
 
@@ -181,6 +181,4 @@ def migration_plot(matrix: pd.DataFrame) -> bytes:
                     color="white" if shares[i, j] > 0.5 else "black",
                 )
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return png_bytes(fig)

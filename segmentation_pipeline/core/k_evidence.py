@@ -42,6 +42,7 @@ from segmentation_pipeline.core.k_selection import (
     sweep_k,
 )
 from segmentation_pipeline.core.modeling import sample_indices
+from segmentation_pipeline.core.threads import threads_for
 
 __all__ = [
     "EVIDENCE_COLUMNS",
@@ -177,32 +178,33 @@ def sample_evidence(S: np.ndarray, k_values: Sequence[int], settings: EvidenceSe
     """
     S = np.asarray(S, dtype=np.float64)
     ks = sorted({1, *(int(k) for k in k_values)})
-    seconds = {"eval_fits": 0.0, "stability": 0.0, "bic": 0.0, "gap": 0.0}
-    log_w, stability, min_share, bic = [], [], [], []
-    for k in ks:
+    with threads_for(len(S)):  # ~100 fits on a bounded sample: threads cost more than they save
+        seconds = {"eval_fits": 0.0, "stability": 0.0, "bic": 0.0, "gap": 0.0}
+        log_w, stability, min_share, bic = [], [], [], []
+        for k in ks:
+            started = time.perf_counter()
+            fit = _kmeans(S, k, settings.n_init, settings.random_state)
+            log_w.append(np.log(max(fit.inertia_, 1e-300)))
+            min_share.append(float(np.bincount(fit.labels_, minlength=k).min() / len(S)))
+            seconds["eval_fits"] += time.perf_counter() - started
+            started = time.perf_counter()
+            stability.append(_stability(S, fit.labels_, k, settings))
+            seconds["stability"] += time.perf_counter() - started
+            started = time.perf_counter()
+            if settings.bic:
+                gmm = GaussianMixture(k, covariance_type="full", random_state=settings.random_state)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    bic.append(float(gmm.fit(S).bic(S)))
+            else:
+                bic.append(float("nan"))
+            seconds["bic"] += time.perf_counter() - started
         started = time.perf_counter()
-        fit = _kmeans(S, k, settings.n_init, settings.random_state)
-        log_w.append(np.log(max(fit.inertia_, 1e-300)))
-        min_share.append(float(np.bincount(fit.labels_, minlength=k).min() / len(S)))
-        seconds["eval_fits"] += time.perf_counter() - started
-        started = time.perf_counter()
-        stability.append(_stability(S, fit.labels_, k, settings))
-        seconds["stability"] += time.perf_counter() - started
-        started = time.perf_counter()
-        if settings.bic:
-            gmm = GaussianMixture(k, covariance_type="full", random_state=settings.random_state)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                bic.append(float(gmm.fit(S).bic(S)))
-        else:
-            bic.append(float("nan"))
-        seconds["bic"] += time.perf_counter() - started
-    started = time.perf_counter()
-    gap, gap_se = gap_statistic(
-        S, ks, np.asarray(log_w), n_references=settings.n_references,
-        random_state=settings.random_state, method=settings.reference,
-    )
-    seconds["gap"] = time.perf_counter() - started
+        gap, gap_se = gap_statistic(
+            S, ks, np.asarray(log_w), n_references=settings.n_references,
+            random_state=settings.random_state, method=settings.reference,
+        )
+        seconds["gap"] = time.perf_counter() - started
     table = pd.DataFrame(
         {"k": ks, "log_w": log_w, "gap": gap, "gap_se": gap_se, "stability": stability, "min_share": min_share,
          "bic": bic}

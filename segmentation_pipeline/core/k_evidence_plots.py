@@ -5,11 +5,10 @@
 
 from __future__ import annotations
 
-import io
-
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from segmentation_pipeline.core.plots import png_bytes
 
 __all__ = ["evidence_plot"]
 
@@ -43,7 +42,4 @@ def evidence_plot(evidence: pd.DataFrame, chosen_k: int | None = None, title: st
             axes.legend(loc="best", fontsize="small")
     if title:
         figure.suptitle(title)
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return png_bytes(figure)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from segmentation_pipeline.core.modeling import fit_kmeans, sample_indices, silhouette_scores, spread_scores
+from segmentation_pipeline.core.threads import threads_for
 
 __all__ = [
     "KSelection",
@@ -168,8 +169,9 @@ def sweep_k(
     # whole sweep or one distance pass per k.
     fitted: list[tuple[int, float, np.ndarray]] = []
     for k in ks:
-        model = fit_kmeans(X_fit, k, n_init=n_init, max_iter=300, random_state=random_state, canonical=False)
-        fitted.append((k, float(model.inertia_), model.predict(X_sil)))
+        with threads_for(len(X_fit)):
+            model = fit_kmeans(X_fit, k, n_init=n_init, max_iter=300, random_state=random_state, canonical=False)
+            fitted.append((k, float(model.inertia_), model.predict(X_sil)))
         if progress is not None:
             progress(k, {"k": k, "inertia": float(model.inertia_)})
     silhouettes = silhouette_scores(X_sil, [labels for _k, _i, labels in fitted])

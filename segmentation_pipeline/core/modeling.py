@@ -33,6 +33,7 @@ from segmentation_pipeline.core.algorithms import (
     cluster_centres,
 )
 from segmentation_pipeline.core.rows import ROW_BLOCK, distinct_labels, label_codes
+from segmentation_pipeline.core.threads import threads_for
 
 __all__ = [
     "build_model_pipeline",
@@ -199,15 +200,16 @@ def fit_kmeans(
         raise ValueError(f"k must be >= 1, got {k}")
     if len(X_fit) < k:
         raise ValueError(f"k={k} needs at least {k} rows to fit; got {len(X_fit)}")
-    model = KMeans(
-        n_clusters=k,
-        init="k-means++",
-        algorithm="lloyd",
-        n_init=n_init,
-        max_iter=max_iter,
-        random_state=random_state,
-        copy_x=not overwrite_input,
-    ).fit(X_fit)
+    with threads_for(len(X_fit)):
+        model = KMeans(
+            n_clusters=k,
+            init="k-means++",
+            algorithm="lloyd",
+            n_init=n_init,
+            max_iter=max_iter,
+            random_state=random_state,
+            copy_x=not overwrite_input,
+        ).fit(X_fit)
     return canonicalize_kmeans(model) if canonical else model
 
 
@@ -232,7 +234,8 @@ def fit_clustering(
     if len(X_fit) < k:
         raise ValueError(f"k={k} needs at least {k} rows to fit; got {len(X_fit)}")
     settings = FitSettings(n_init=n_init, max_iter=max_iter, random_state=random_state, copy_x=not overwrite_input)
-    return build_estimator(algorithm, k, settings).fit(X_fit)
+    with threads_for(len(X_fit)):
+        return build_estimator(algorithm, k, settings).fit(X_fit)
 
 
 def fit_metrics(estimator: object, X: np.ndarray, fit_mask: np.ndarray) -> dict[str, float]:

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
-from threadpoolctl import threadpool_limits
 
 from segmentation_pipeline.config import PipelineConfig
+from segmentation_pipeline.core.threads import threads_for
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def choose_provisional_k(sample: np.ndarray, config: PipelineConfig, n: int) -> 
     if config.k is not None:
         k = config.k
     else:
-        with threadpool_limits(1):  # on a few thousand rows thread start-up costs more than it saves
+        with threads_for(sample.shape[0]):  # a few thousand rows: one thread (core.threads)
             ceiling = min(PROVISIONAL_MAX_K, sample.shape[0] // MIN_SEGMENT_ROWS)
             for cand in config.k_candidates:
                 if not 2 <= cand <= ceiling:

@@ -35,6 +35,7 @@ from segmentation_pipeline.core.outlier_guard import (
 )
 from segmentation_pipeline.core.rows import ROW_BLOCK, map_row_blocks
 from segmentation_pipeline.core.skew import resolve_log1p
+from segmentation_pipeline.core.threads import threads_for
 
 __all__ = ["OutlierPolicyError", "OutlierResult", "LocalOutlierBackend", "detect_outliers", "flag_labels", "iqr_fences"]
 
@@ -197,7 +198,8 @@ def _provisional_labels(z: _Columns, config: PipelineConfig) -> tuple[np.ndarray
     if k == 1:
         return np.zeros(n, dtype=np.int32), provisional_facts(k, silhouettes)
     fit_rows = scaler.transform(z.rows(_sample(n, PROVISIONAL_FIT_ROWS, rng)))
-    model = KMeans(k, n_init=PROVISIONAL_N_INIT, random_state=seed).fit(fit_rows)
+    with threads_for(len(fit_rows)):
+        model = KMeans(k, n_init=PROVISIONAL_N_INIT, random_state=seed).fit(fit_rows)
     dissolved = dissolved_clusters(np.bincount(model.labels_, minlength=k))
     # block by block: predict's scratch stays small; int32 labels, no int64 copy
     labels = map_row_blocks(lambda start, stop: model.predict(scaler.transform(z.rows(slice(start, stop)))), n)

@@ -15,13 +15,13 @@ from matplotlib.figure import Figure
 
 from segmentation_pipeline.core.naming import population_moments
 
-__all__ = ["elbow_plot", "metrics_plot", "profile_plot", "silhouette_plot"]
+__all__ = ["png_bytes", "profile_plot"]
 
 _DPI = 100
-_CHOSEN_COLOR = "tab:red"
 
 
-def _png(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
+    """The figure rendered to PNG at the project's one resolution."""
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI)
@@ -30,52 +30,6 @@ def _png(figure: Figure) -> bytes:
 
 def _number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.1f}"
-
-
-def _metric_panel(axes, metrics: pd.DataFrame, column: str, label: str, chosen_k: int | None) -> None:
-    table = metrics.sort_values("k")
-    axes.plot(table["k"], table[column], marker="o", color="tab:blue")
-    if chosen_k is not None:
-        axes.axvline(chosen_k, color=_CHOSEN_COLOR, linestyle="--", label=f"chosen k={chosen_k}")
-        axes.legend(loc="best", fontsize="small")
-    axes.set_xlabel("k")
-    axes.set_ylabel(label)
-    axes.set_xticks(table["k"].to_numpy())
-    axes.grid(alpha=0.3)
-
-
-def elbow_plot(metrics: pd.DataFrame, chosen_k: int | None) -> bytes:
-    """WCSS (inertia) against k with the chosen k marked."""
-    figure = Figure(figsize=(6, 4), layout="constrained")
-    axes = figure.add_subplot()
-    _metric_panel(axes, metrics, "inertia", "WCSS (inertia)", chosen_k)
-    axes.set_title("Elbow: within-cluster sum of squares")
-    return _png(figure)
-
-
-def silhouette_plot(metrics: pd.DataFrame, chosen_k: int | None) -> bytes:
-    """Mean silhouette against k with the chosen k marked."""
-    figure = Figure(figsize=(6, 4), layout="constrained")
-    axes = figure.add_subplot()
-    _metric_panel(axes, metrics, "silhouette", "mean silhouette", chosen_k)
-    axes.set_title("Silhouette (higher is better)")
-    return _png(figure)
-
-
-def metrics_plot(metrics: pd.DataFrame, chosen_k: int | None) -> bytes:
-    """All four sweep metrics in one 2x2 figure (inertia, silhouette, Davies-Bouldin, Calinski-Harabasz)."""
-    figure = Figure(figsize=(10, 7), layout="constrained")
-    panels = [
-        ("inertia", "WCSS (inertia)"),
-        ("silhouette", "silhouette (higher better)"),
-        ("davies_bouldin", "Davies-Bouldin (lower better)"),
-        ("calinski_harabasz", "Calinski-Harabasz (higher better)"),
-    ]
-    for index, (column, label) in enumerate(panels, start=1):
-        if column in metrics.columns:
-            _metric_panel(figure.add_subplot(2, 2, index), metrics, column, label, chosen_k)
-    figure.suptitle("k sweep")
-    return _png(figure)
 
 
 def profile_plot(
@@ -121,4 +75,4 @@ def profile_plot(
             axes.text(j, i, _number(means[i, j]), ha="center", va="center", fontsize="small")
     figure.colorbar(image, ax=axes, label="z-score of segment mean")
     axes.set_title("Segment profiles")
-    return _png(figure)
+    return png_bytes(figure)

@@ -26,6 +26,7 @@ from segmentation_pipeline.core.algorithms import (
 )
 from segmentation_pipeline.core.identity import migration_matrix
 from segmentation_pipeline.core.modeling import silhouette_scores, spread_scores
+from segmentation_pipeline.core.threads import threads_for
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,11 @@ def bootstrap_stability(
     reference = data[_sample_indices(n, sample, rng)]
     size = min(n, sample)
     assignments: list[np.ndarray] = []
-    for round_index in range(rounds):
-        resample = data[rng.integers(0, n, size=size)]
-        model = build_estimator(algorithm, k, FitSettings(n_init=n_init, max_iter=300, random_state=random_state + round_index))
-        assignments.append(model.fit(resample).predict(reference))
+    with threads_for(size):
+        for round_index in range(rounds):
+            resample = data[rng.integers(0, n, size=size)]
+            settings = FitSettings(n_init=n_init, max_iter=300, random_state=random_state + round_index)
+            assignments.append(build_estimator(algorithm, k, settings).fit(resample).predict(reference))
     scores = [adjusted_rand_score(a, b) for a, b in itertools.combinations(assignments, 2)]
     return float(np.mean(scores))
 
