@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,17 +169,46 @@ def find_run(target: TrackingTarget, dagster_run_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+#: The MLflow run of each recent Dagster run, by (tracking URI, experiment, Dagster run id): every
+#: step of a run reopens the same MLflow run, and finding it again (experiment lookup, run search)
+#: cost a dozen store round trips per run. A few runs are remembered, never a run's content.
+_KNOWN_RUNS: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+_KNOWN_RUNS_MAX = 16
+
+
+def _start_known_run(key: tuple[str, str, str]) -> Any | None:
+    """Reopen the remembered MLflow run of ``key``; None (and forgotten) when there is none or it is gone."""
+    run_id = _KNOWN_RUNS.get(key)
+    if run_id is None:
+        return None
+    try:
+        return mlflow.start_run(run_id=run_id)
+    except MlflowException:  # deleted meanwhile: look it up, or start it, again
+        _KNOWN_RUNS.pop(key, None)
+        return None
+
+
 @contextmanager
 def training_run(target: TrackingTarget, dagster_run_id: str, run_name: str | None = None) -> Iterator[str]:
     """Resume the MLflow run of this Dagster run, or start it; yields the MLflow run id."""
-    experiment_id = configure(target)
-    existing = find_run(target, dagster_run_id)
+    key = (target.tracking_uri, target.experiment, dagster_run_id)
     if mlflow.active_run() is not None:
         mlflow.end_run()
-    if existing:
-        run = mlflow.start_run(run_id=existing)
-    else:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={DAGSTER_RUN_TAG: dagster_run_id})
+    check_reachable(target.tracking_uri)
+    _set_tracking_uri(target.tracking_uri)
+    run = _start_known_run(key)
+    if run is None:
+        experiment_id = configure(target)
+        existing = find_run(target, dagster_run_id)
+        if existing:
+            run = mlflow.start_run(run_id=existing)
+        else:
+            run = mlflow.start_run(
+                experiment_id=experiment_id, run_name=run_name, tags={DAGSTER_RUN_TAG: dagster_run_id}
+            )
+        _KNOWN_RUNS[key] = run.info.run_id
+        while len(_KNOWN_RUNS) > _KNOWN_RUNS_MAX:
+            _KNOWN_RUNS.popitem(last=False)
     try:
         yield run.info.run_id
     except BaseException:
@@ -284,7 +314,9 @@ def log_frame(frame: pd.DataFrame, artifact_file: str) -> None:
 
 def run_json(target: TrackingTarget, dagster_run_id: str, artifact_file: str) -> Any | None:
     """A JSON artifact an earlier step of this Dagster run logged (None when it has none)."""
-    run_id = find_run(target, dagster_run_id)
+    run_id = _KNOWN_RUNS.get((target.tracking_uri, target.experiment, dagster_run_id)) or find_run(
+        target, dagster_run_id
+    )
     if run_id is None:
         return None
     try:
