@@ -21,6 +21,7 @@ the local MariaDB (database ``seglaunch``, dropped and recreated), as production
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -40,13 +41,35 @@ MYSQL_URL = f"mysql+pymysql://root@127.0.0.1:3306/{MYSQL_DB}"
 IMPORT_FLOOR = "import dagster, mlflow, sklearn.cluster"
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
+def timed(cmd: list[str], env: dict[str, str], *, cpu: list[float] | None = None) -> float:
+    """Wall seconds of ``cmd``; with ``cpu``, its user + system CPU seconds are appended there."""
+    before = os.times()
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    after = os.times()
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    if cpu is not None:
+        cpu.append((after.children_user - before.children_user) + (after.children_system - before.children_system))
     return elapsed
+
+
+STEP_SCRIPT = """
+import json, dagster as dg
+instance = dg.DagsterInstance.get()
+run = instance.get_runs(limit=1)[0]
+stats = instance.get_run_stats(run.run_id)
+steps = {s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(run.run_id)}
+print(json.dumps({"run": stats.end_time - stats.start_time, "steps": steps}))
+"""
+
+
+def last_run_steps(env: dict[str, str]) -> dict[str, Any]:
+    """The newest run's wall time inside Dagster and its step durations (from the run's instance)."""
+    done = subprocess.run([sys.executable, "-c", STEP_SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+    return json.loads(done.stdout)
 
 
 def prepare(workdir: Path, rows: int) -> tuple[Path, dict[str, str]]:
@@ -80,13 +103,21 @@ def bench(rows: int, repeats: int) -> dict[str, Any]:
         floor = [sys.executable, "-c", IMPORT_FLOOR]
         warmup = timed(cli, env)  # registers the champion: every timed run below is a retrain
         times: dict[str, list[float]] = {"cli": [], "job": [], "floor": []}
+        cpu: dict[str, list[float]] = {"cli": [], "floor": []}
+        inside: list[dict[str, Any]] = []
         for _ in range(repeats):
-            times["floor"].append(timed(floor, env))
+            times["floor"].append(timed(floor, env, cpu=cpu["floor"]))
             times["job"].append(timed(job, env))
-            times["cli"].append(timed(cli, env))
+            times["cli"].append(timed(cli, env, cpu=cpu["cli"]))
+            inside.append(last_run_steps(env))
         medians = {name: statistics.median(values) for name, values in times.items()}
-        return {"rows": rows, "warmup_s": warmup, "times": times, "median": medians,
-                "job_vs_cli": medians["job"] / medians["cli"], "cli_vs_floor": medians["cli"] / medians["floor"]}
+        cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
+        # the CLI run whose wall time is the median: where its time went, step by step
+        middle = inside[sorted(range(repeats), key=lambda i: times["cli"][i])[repeats // 2]]
+        return {"rows": rows, "warmup_s": warmup, "times": times, "median": medians, "cpu": cpu,
+                "cpu_median": cpu_medians, "cli_steps": middle,
+                "job_vs_cli": medians["job"] / medians["cli"], "cli_vs_floor": medians["cli"] / medians["floor"],
+                "cli_vs_floor_cpu": cpu_medians["cli"] / cpu_medians["floor"]}
 
 
 def render(results: list[dict[str, Any]], command: str) -> str:
@@ -97,14 +128,29 @@ def render(results: list[dict[str, Any]], command: str) -> str:
         "fresh processes, each a retrain with a champion in place)",
         "",
         "| rows | import floor | `segmentation run` | `dagster job execute` (UI's executor) | job ÷ CLI (≤ 1.5×) "
-        "| CLI ÷ import floor (≤ 2× at 200 rows) |",
-        "|---|---|---|---|---|---|",
+        "| CLI ÷ import floor (≤ 2× at 200 rows) | same, CPU seconds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        m = r["median"]
+        m, c = r["median"], r["cpu_median"]
         lines.append(f"| {r['rows']:,} | {m['floor']:.2f} s | {m['cli']:.2f} s | {m['job']:.2f} s "
-                     f"| {r['job_vs_cli']:.2f}× | {r['cli_vs_floor']:.2f}× |")
+                     f"| {r['job_vs_cli']:.2f}× | {r['cli_vs_floor']:.2f}× | {r['cli_vs_floor_cpu']:.2f}× "
+                     f"({c['cli']:.1f} / {c['floor']:.1f} s) |")
+    lines += ["", "Where the median `segmentation run` spent its time (Dagster run and step durations, the rest is "
+              "process start, imports, config and instance):", "",
+              "| rows | process | Dagster run | " + " | ".join(STEP_COLUMNS) + " | other steps |",
+              "|---|---|---|" + "---|" * (len(STEP_COLUMNS) + 1)]
+    for r in results:
+        steps = dict(r["cli_steps"]["steps"])
+        wall = sorted(r["times"]["cli"])[len(r["times"]["cli"]) // 2]
+        shown = [steps.pop(name, 0.0) for name in STEP_COLUMNS]
+        lines.append(f"| {r['rows']:,} | {wall:.2f} s | {r['cli_steps']['run']:.2f} s | "
+                     + " | ".join(f"{v:.2f} s" for v in shown) + f" | {sum(steps.values()):.2f} s |")
     return "\n".join(lines) + "\n"
+
+
+STEP_COLUMNS = ["raw_customers", "clean_and_reject", "customer_features", "k_selection", "segmentation_model",
+                "model_promotion", "customer_segments"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -293,18 +293,20 @@ def run_training(
     tags: Mapping[str, str] | None = None,
 ) -> dg.JobExecutionResult:
     """Run the training job in this process; raises the step's error when a step fails."""
+    global _RUN_JOBS
     map_large_allocations()
     fail_abandoned_runs(instance)
-    job = dg.build_reconstructable_job(
-        __name__, training_job.__name__, reconstructable_args=(config_path, overrides_json)
-    )
-    global _RUN_JOBS
-    gc.collect()
-    gc.freeze()  # the interpreter's modules are never garbage: the per-step collections skip them
-    _RUN_JOBS = {}
+    _RUN_JOBS = {}  # from the first reconstruction on: the job is built once per run
     try:
-        return dg.execute_job(job, instance=instance, run_config=dict(run_config or {}),
-                              tags={**(tags or {}), **process_tags()}, raise_on_error=True)
+        job = dg.build_reconstructable_job(
+            __name__, training_job.__name__, reconstructable_args=(config_path, overrides_json)
+        )
+        gc.collect()
+        gc.freeze()  # the interpreter's modules are never garbage: the per-step collections skip them
+        try:
+            return dg.execute_job(job, instance=instance, run_config=dict(run_config or {}),
+                                  tags={**(tags or {}), **process_tags()}, raise_on_error=True)
+        finally:
+            gc.unfreeze()
     finally:
         _RUN_JOBS = None
-        gc.unfreeze()

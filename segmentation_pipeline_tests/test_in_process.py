@@ -132,6 +132,9 @@ def test_cli_run_releases_the_raw_table_before_the_sweep(tmp_path, sqlite_url, l
         loads.append(args)
         return real_load(*args, **kwargs)
 
+    builds: list[tuple] = []
+    real_build = in_process.build_training_job
+    monkeypatch.setattr(in_process, "build_training_job", lambda *a: builds.append(a) or real_build(*a))
     monkeypatch.setattr(resources, "load_config", load_config)
     monkeypatch.setattr(local_engine, "read_customers", read_customers)
     monkeypatch.setattr(local_engine, "select_k", select_k)
@@ -139,6 +142,7 @@ def test_cli_run_releases_the_raw_table_before_the_sweep(tmp_path, sqlite_url, l
 
     assert alive_at_sweep == [False], "the raw table outlived its only consumer (cleaning)"
     assert len(loads) == 1, f"one CLI run read its config {len(loads)} times"
+    assert len(builds) == 1, f"one run built its job {len(builds)} times"
     assert summary["n_input"] == len(frame) == summary["n_segmented"] + summary["n_rejected"]
     assert summary["promoted"] and summary["promotion_reasons"] and summary["segments"]
     assert {s["segment_id"] for s in summary["segments"]} == set(range(summary["k"]))
