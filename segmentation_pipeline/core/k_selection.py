@@ -168,12 +168,12 @@ def sweep_k(
     # silhouette sample's distances (silhouette_scores), instead of an n x n matrix held for the
     # whole sweep or one distance pass per k.
     fitted: list[tuple[int, float, np.ndarray]] = []
-    for k in ks:
-        with threads_for(len(X_fit)):
+    with threads_for(len(X_fit)):
+        for k in ks:
             model = fit_kmeans(X_fit, k, n_init=n_init, max_iter=300, random_state=random_state, canonical=False)
             fitted.append((k, float(model.inertia_), model.predict(X_sil)))
-        if progress is not None:
-            progress(k, {"k": k, "inertia": float(model.inertia_)})
+            if progress is not None:
+                progress(k, {"k": k, "inertia": float(model.inertia_)})
     silhouettes = silhouette_scores(X_sil, [labels for _k, _i, labels in fitted])
     rows = [
         {"k": k, "inertia": inertia, "silhouette": silhouette, **spread_scores(X_sil, labels)}

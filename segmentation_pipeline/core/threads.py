@@ -13,9 +13,10 @@ Large fits (the sweep and the final model on hundreds of thousands of rows) keep
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 __all__ = ["SINGLE_THREAD_ROWS", "threads_for"]
 
@@ -31,5 +32,12 @@ def threads_for(rows: int) -> Iterator[None]:
     if rows > SINGLE_THREAD_ROWS:
         yield
         return
-    with threadpool_limits(limits=1):
+    with _controller().limit(limits=1):
         yield
+
+
+@functools.cache
+def _controller() -> ThreadpoolController:
+    """One inspection of the loaded thread pools per process: building a controller walks every
+    loaded shared library (~10 ms), which a hundred small fits would otherwise repeat."""
+    return ThreadpoolController()
