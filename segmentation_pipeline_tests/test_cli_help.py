@@ -42,3 +42,17 @@ def test_demo_data_says_what_it_replaced(tmp_path, capsys):
     assert main(["--config", str(config), "demo-data", "--rows", "200"]) == 0
     assert "wrote 200 demo customers" in (out := capsys.readouterr().out)
     assert "(replaced the previous 300 rows)" in out
+
+
+def test_the_command_returns_mains_code_and_leaves_the_heap_to_the_os(monkeypatch):
+    import gc
+
+    from segmentation_pipeline import cli
+
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    gc.unfreeze()
+    try:
+        assert cli.console_main() == 3
+        assert gc.get_freeze_count() > 0  # the interpreter's final collections have nothing to walk
+    finally:
+        gc.unfreeze()

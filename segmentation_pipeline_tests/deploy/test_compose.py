@@ -413,7 +413,7 @@ def test_services_and_topology(compose):
 
 def test_every_command_names_an_existing_entry_point(compose):
     scripts = pyproject()["project"].get("scripts", {})
-    assert scripts.get("segmentation") == "segmentation_pipeline.cli:main"
+    assert scripts.get("segmentation") == "segmentation_pipeline.cli:console_main"
     assert check_entrypoints(compose, console_scripts=scripts, bin_dir=VENV_BIN) == []
     code_server = command_of(compose["services"]["dagster-user-code"])
     assert code_server[:3] == ["dagster", "code-server", "start"]
