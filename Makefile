@@ -8,12 +8,12 @@ export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 .PHONY: setup setup-test services lock run run-orders test ui mlflow-ui score drift bench clean stack-up stack-down stack-status compose-up compose-down
 
 # What running needs (no pyspark, no playwright), from uv.lock; progress and timing on screen.
-$(VENV)/.installed-run: pyproject.toml uv.lock requirements/run.txt
+$(VENV)/.installed-run: pyproject.toml uv.lock scripts/requirements/run.txt
 	PYTHON=$(PYTHON) scripts/install.sh run
 	touch $@
 
 # The test extras on top (pytest, playwright, pyspark).
-$(VENV)/.installed-test: pyproject.toml uv.lock requirements/test.txt
+$(VENV)/.installed-test: pyproject.toml uv.lock scripts/requirements/test.txt
 	PYTHON=$(PYTHON) scripts/install.sh test
 	touch $@
 
@@ -31,8 +31,8 @@ services:
 ## lock: re-resolve uv.lock and the pip fallback files exported from it (needs uv)
 lock:
 	uv lock
-	uv export --frozen --no-emit-project --no-dev --format requirements-txt -o requirements/run.txt
-	uv export --frozen --no-emit-project --no-dev --extra dev --extra spark --format requirements-txt -o requirements/test.txt
+	uv export --frozen --no-emit-project --no-dev --format requirements-txt -o scripts/requirements/run.txt
+	uv export --frozen --no-emit-project --no-dev --extra dev --extra spark --format requirements-txt -o scripts/requirements/test.txt
 
 ## run: set up, seed demo data on first run, run the whole pipeline on the embedded default
 run: setup

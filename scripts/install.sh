@@ -2,7 +2,7 @@
 # Installs the locked environment (uv.lock) into .venv and says how long it took.
 #   scripts/install.sh run    what running the pipeline needs
 #   scripts/install.sh test   plus the dev and spark extras (pytest, playwright, pyspark)
-# With uv on PATH: `uv sync --frozen`. Without: pip from requirements/<target>.txt, exported from
+# With uv on PATH: `uv sync --frozen`. Without: pip from scripts/requirements/<target>.txt, exported from
 # the same lock with hashes (`make lock` regenerates both), then the project itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ if command -v uv >/dev/null 2>&1; then
 else
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   # --no-deps: the export is the whole locked closure already, each pinned with its hashes
-  "$venv/bin/python" -m pip install --progress-bar on --no-deps --require-hashes -r "requirements/$target.txt"
+  "$venv/bin/python" -m pip install --progress-bar on --no-deps --require-hashes -r "scripts/requirements/$target.txt"
   "$venv/bin/python" -m pip install --no-deps -e .
 fi
 echo "==> $venv ready for '$target' in $(( $(date +%s) - start )) s"

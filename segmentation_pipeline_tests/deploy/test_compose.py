@@ -27,9 +27,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "segmentation_pipeline"
 COMPOSE = REPO / "docker-compose.yml"
-DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKER_DIR = REPO / "docker"
+DOCKERFILE = DOCKER_DIR / "Dockerfile"
 VENV_BIN = Path(sys.executable).parent
 
 # Services that run the project's code, from the project image.
