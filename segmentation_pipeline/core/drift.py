@@ -27,9 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from segmentation_pipeline.core.plots import png_bytes
+from segmentation_pipeline.core.plots import new_figure, png_bytes
 
 Severity = Literal["ok", "warn", "error"]
 
@@ -302,7 +301,7 @@ def drift_plot(result: DriftResult) -> bytes:
     Uses a bare ``Figure`` (Agg canvas) rather than pyplot so it is safe in worker threads.
     """
     has_segments = not result.segment_shares.empty
-    fig = Figure(figsize=(12 if has_segments else 7, max(3.0, 0.35 * len(result.feature_scores) + 1.5)))
+    fig = new_figure(figsize=(12 if has_segments else 7, max(3.0, 0.35 * len(result.feature_scores) + 1.5)))
     ax = fig.add_subplot(1, 2 if has_segments else 1, 1)
     names = list(result.feature_scores)
     scores = [result.feature_scores[n] for n in names]

@@ -20,12 +20,11 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from matplotlib.figure import Figure
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from segmentation_pipeline.core.naming import segment_sums
-from segmentation_pipeline.core.plots import png_bytes
+from segmentation_pipeline.core.plots import new_figure, png_bytes
 from segmentation_pipeline.core.rows import ROW_BLOCK, distinct_labels
 
 
@@ -159,7 +158,7 @@ def migration_plot(matrix: pd.DataFrame) -> bytes:
     row_totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, row_totals, out=np.zeros_like(counts), where=row_totals > 0)
     n_rows, n_cols = counts.shape
-    fig = Figure(figsize=(max(4.0, 0.8 * n_cols + 2.5), max(3.0, 0.6 * n_rows + 1.5)))
+    fig = new_figure(figsize=(max(4.0, 0.8 * n_cols + 2.5), max(3.0, 0.6 * n_rows + 1.5)))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
     fig.colorbar(image, ax=ax, label="share of old segment")

@@ -6,9 +6,8 @@
 from __future__ import annotations
 
 import pandas as pd
-from matplotlib.figure import Figure
 
-from segmentation_pipeline.core.plots import png_bytes
+from segmentation_pipeline.core.plots import new_figure, png_bytes
 
 __all__ = ["evidence_plot"]
 
@@ -17,7 +16,7 @@ def evidence_plot(evidence: pd.DataFrame, chosen_k: int | None = None, title: st
     """Four panels against k: WCSS (elbow), silhouette, gap with 1-SE bars (Tibshirani et al. 2001),
     resampling stability; the chosen k is marked in each and k with a too-small segment are hollow."""
     table = evidence.sort_values("k")
-    figure = Figure(figsize=(10, 7))
+    figure = new_figure(figsize=(10, 7))
     panels = figure.subplots(2, 2)
     # fixed margins: a layout engine re-measures every label and costs as much as drawing the figure
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.92, wspace=0.22, hspace=0.28)

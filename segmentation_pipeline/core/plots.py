@@ -7,21 +7,33 @@ backend, so plotting is safe in worker threads and never leaks figures between r
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from segmentation_pipeline.core.naming import population_moments
 
-__all__ = ["png_bytes", "profile_plot"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["new_figure", "png_bytes", "profile_plot"]
 
 _DPI = 100
 
 
+def new_figure(**options: Any) -> Figure:
+    """A bare matplotlib ``Figure`` (``options`` as its constructor takes them). matplotlib is
+    imported here, when a figure is drawn, not when the code location loads (~0.5 s)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
 def png_bytes(figure: Figure) -> bytes:
     """The figure rendered to PNG at the project's one resolution."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI)
@@ -63,7 +75,7 @@ def profile_plot(
 
     height = max(2.5, 0.5 * len(ids) + 1.5)
     width = max(6.0, 2.0 + 1.4 * len(features) + 0.07 * max(len(r) for r in rows))
-    figure = Figure(figsize=(min(width, 18.0), height), layout="constrained")
+    figure = new_figure(figsize=(min(width, 18.0), height), layout="constrained")
     axes = figure.add_subplot()
     # colours saturate at |z| = 3 so one extreme segment does not wash out the rest
     limit = min(3.0, max(1.0, float(np.nanmax(np.abs(z))) if z.size else 1.0))
