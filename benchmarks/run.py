@@ -1,15 +1,16 @@
 """Benchmark harness (issue 4): the real pipeline against the real MariaDB, stage by stage, vs floors.
 
-    python -m benchmarks.run                                  # 100k, 1M, 5M -> benchmarks/RESULTS.md
+    python -m benchmarks.run                                  # 100k, 1M, 5M + user runs at 1M -> benchmarks/RESULTS.md
     python -m benchmarks.run --sizes 100000,1000000
-    python -m benchmarks.run --quick                          # CI smoke: 10k, no baseline, < 60 s
+    python -m benchmarks.run --user-size 0                    # without the six-feature user runs
+    python -m benchmarks.run --quick                          # CI smoke: 10k, no baseline, no user runs, < 60 s
 
 For every size N (each in its own fresh state):
 
 1. ``generate_customers(N, seed=0)`` (planted segments, dirty rows, outliers). The generator's stale
    duplicate-id rows (~0.33 %, planted label -1) are dropped so the table can carry
    ``PRIMARY KEY (customer_id)``; the frame is loaded with the project's ``load_frame`` into the
-   dedicated database ``segbench`` (dropped and recreated by the harness).
+   dedicated database ``segbench`` (``--database``; dropped and recreated by the harness).
 2. A **worker subprocess** (fresh interpreter, so peak RSS is the pipeline's own) runs the real
    pipeline through ``segmentation_pipeline.cli.run_pipeline(config)`` with a temp config
    (database -> segbench, MLflow -> a sqlite store in a temp dir, data_dir temp). Stage times come
@@ -29,6 +30,14 @@ For every size N (each in its own fresh state):
 5. At 100k only (not --quick): a seed-style baseline: pandas.read_sql over PyMySQL of the whole
    table, KMeans (sklearn defaults) for every k, full silhouette_score for every k (measured for
    one k and multiplied by 9 — stated in the output), to_sql write-back.
+6. After the sizes (``--user-size``, default 1M; issue 19): the run as a user meets it. A fresh table
+   with six numeric features (the three above and tenure_months, orders_per_year, avg_order_value,
+   drawn per planted segment) is loaded the same way; a worker run on it gives the stage times and
+   its floors are measured as in 3. Then every table but the source is dropped and the
+   ``segmentation`` console script runs ``--config <temp config> run --json`` twice as a fresh
+   process, on a new MLflow store and Dagster home (both created before timing, as the worker's
+   MLflow store is): the first run, then the retrain with the first run's champion in place. Each is timed by wall clock from process start to exit (imports
+   included) and judged against the sum of that table's three floors (target <= 2.5x).
 
 The MLflow sqlite store is created (schema migrations) before timing: a production store exists.
 """
@@ -57,12 +66,34 @@ TABLE = "customers"
 URL = f"mysql+pymysql://{USER}@{HOST}:{PORT}/{DB}"
 K_VALUES = list(range(2, 11))
 FEATURES = ["age", "annual_income", "spending_score"]
+# The user-run table adds three numeric columns drawn per planted segment (demo_data.SEGMENTS order):
+# tenure in months (mean, sd), orders per year (median, log-sd), average order value (median, log-sd).
+# Each column separates the same five segments, so k selection on six features has real structure.
+EXTRA_FEATURES = ["tenure_months", "orders_per_year", "avg_order_value"]
+EXTRA_SEGMENTS = [
+    (14.0, 6.0, 26.0, 0.25, 45.0, 0.25),  # young high spenders
+    (60.0, 15.0, 10.0, 0.25, 70.0, 0.25),  # middle-aged average
+    (96.0, 20.0, 4.0, 0.30, 240.0, 0.25),  # affluent careful
+    (40.0, 12.0, 22.0, 0.25, 190.0, 0.25),  # affluent spenders
+    (130.0, 25.0, 5.0, 0.30, 28.0, 0.25),  # frugal seniors
+]
+EXTRA_RANGES = {"tenure_months": {"min": 0, "max": 600}, "orders_per_year": {"min": 0, "max": 1000},
+                "avg_order_value": {"min": 0, "max": 100_000}}
+SIX_FEATURES = FEATURES + EXTRA_FEATURES
+USER_SIZE = 1_000_000
+USER_RUN_TARGET = 2.5  # issue 19: whole `segmentation run` <= 2.5x the sum of the three floors
 STAGES = ["extraction", "cleaning", "features", "sweep", "final_fit", "promotion", "write_back", "mlflow"]
 BASELINE_SIZE = 100_000
 ANALYSIS_MARKER = "<!-- analysis: kept by benchmarks/run.py across re-runs -->"
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def use_database(name: str) -> None:
+    """Point the harness at another database (a trial beside a running benchmark must not drop its tables)."""
+    global DB, URL
+    DB, URL = name, f"mysql+pymysql://{USER}@{HOST}:{PORT}/{name}"
 
 
 def mariadb(*args: str, db: str | None = None) -> list[str]:
@@ -122,11 +153,27 @@ def fmt_n(n: int) -> str:
 # --------------------------------------------------------------------------- worker: the pipeline
 
 
+def prepare_mlflow_store(cfg_path: Path) -> None:
+    """The store a production deployment already has: its schema migrations are no part of a run."""
+    from mlflow.tracking import MlflowClient
+
+    from segmentation_pipeline.config import load_config
+
+    MlflowClient(load_config(cfg_path).mlflow.tracking_uri).search_experiments()
+
+
+def prepare_dagster_instance(cfg_path: Path) -> None:
+    """The Dagster instance the CLI keeps its runs in, created the CLI's own way before a timed process
+    (its schemas cost seconds once per deployment, not per run)."""
+    from segmentation_pipeline import cli
+
+    cli._instance(str(cfg_path)).get_runs(limit=1)
+
+
 def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
     """Runs in a fresh interpreter: the real pipeline, timed stage by stage; writes pipeline.json."""
     import mlflow
     import numpy as np
-    from mlflow.tracking import MlflowClient
     from threadpoolctl import threadpool_info
 
     import segmentation_pipeline.assets.training as training_asset
@@ -138,8 +185,7 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
 
     cfg_path = workdir / "config.yaml"
     cfg = load_config(cfg_path)
-    # the store a production deployment already has: schema migrations are not part of a run
-    MlflowClient(cfg.mlflow.tracking_uri).search_experiments()
+    prepare_mlflow_store(cfg_path)
 
     timings: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
@@ -299,10 +345,12 @@ def worker_pipeline(workdir: Path, profile: str | None = None) -> None:
 # --------------------------------------------------------------------------- setup and floors
 
 
-def write_config(workdir: Path) -> Path:
+def write_config(workdir: Path, features: list[str] = FEATURES) -> Path:
     import yaml
 
     raw = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    raw["features"] = features
+    raw["cleaning"]["ranges"].update({f: EXTRA_RANGES[f] for f in features if f in EXTRA_RANGES})
     raw["database"]["url"] = URL
     raw["mlflow"]["tracking_uri"] = f"sqlite:///{workdir / 'mlflow.db'}"
     raw["mlflow"]["artifact_location"] = str(workdir / "mlartifacts")
@@ -312,7 +360,23 @@ def write_config(workdir: Path) -> Path:
     return path
 
 
-def setup_database(n: int, workdir: Path) -> dict[str, Any]:
+def add_planted_features(frame: Any, planted: Any, seed: int = 1) -> Any:
+    """The three EXTRA_FEATURES, drawn from each row's planted segment (dirty and outlier rows: a
+    random one); a separate random stream, so the first three columns equal the three-feature table."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    segment = np.where(planted >= 0, planted, rng.integers(0, len(EXTRA_SEGMENTS), len(planted)))
+    p = np.asarray(EXTRA_SEGMENTS, dtype=np.float64)[segment]
+    n = len(frame)
+    return frame.assign(
+        tenure_months=np.clip(np.rint(rng.normal(p[:, 0], p[:, 1], n)), 1, 600).astype(np.int64),
+        orders_per_year=np.clip(np.rint(np.exp(rng.normal(np.log(p[:, 2]), p[:, 3], n))), 1, 1000).astype(np.int64),
+        avg_order_value=np.round(np.exp(rng.normal(np.log(p[:, 4]), p[:, 5], n)), 2),
+    )
+
+
+def setup_database(n: int, workdir: Path, extra_features: bool = False) -> dict[str, Any]:
     import numpy as np
 
     from segmentation_pipeline.core.demo_data import generate_customers
@@ -321,9 +385,11 @@ def setup_database(n: int, workdir: Path) -> dict[str, Any]:
 
     started = time.perf_counter()
     frame, planted = generate_customers(n, seed=0)
-    generated = time.perf_counter() - started
     stale = frame["customer_id"].duplicated(keep=False).to_numpy() & (planted == -1)
     frame, planted = frame[~stale].reset_index(drop=True), planted[~stale]
+    if extra_features:
+        frame = add_planted_features(frame, planted)
+    generated = time.perf_counter() - started
     np.save(workdir / "planted.npy", np.stack([frame["customer_id"].to_numpy(), planted]))
     run_sql(f"DROP DATABASE IF EXISTS {DB}; CREATE DATABASE {DB} CHARACTER SET utf8mb4")
     engine = create_db_engine(URL)
@@ -462,6 +528,56 @@ def seed_baseline(workdir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- one size
 
 
+def run_worker(workdir: Path, profile: str | None = None) -> dict[str, Any]:
+    """One in-process pipeline run in a fresh worker interpreter; its pipeline.json."""
+    cmd = [sys.executable, "-m", "benchmarks.run", "--worker", "pipeline", "--workdir", str(workdir)]
+    subprocess.run(cmd + (["--profile", profile] if profile else []), check=True, cwd=ROOT)
+    return json.loads((workdir / "pipeline.json").read_text())
+
+
+def cli_command() -> list[str]:
+    """The console script a user runs (the module where the script is not installed)."""
+    script = Path(sys.executable).parent / "segmentation"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "segmentation_pipeline.cli"]
+
+
+def run_cli(workdir: Path) -> dict[str, Any]:
+    """``segmentation run`` as a user starts it: a fresh process timed by wall clock from its start to
+    its exit, its own peak RSS (wait4 of that child), and what its JSON summary says."""
+    cmd = [*cli_command(), "--config", str(workdir / "config.yaml"), "--log-file", str(workdir / "cli.log"),
+           "run", "--json"]
+    with open(workdir / "cli.out", "w") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(cmd, cwd=ROOT, stdout=out)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise RuntimeError(f"{shlex.join(cmd)} exited {process.returncode} (log: {workdir / 'cli.log'})")
+    summary = json.loads((workdir / "cli.out").read_text().strip().splitlines()[-1])
+    return {"wall_s": wall, "rss_peak": usage.ru_maxrss * 1024, "run_s": summary["seconds"], "k": summary["k"],
+            "n_segmented": summary["n_segmented"], "model_version": summary["model_version"],
+            "promoted": summary["promoted"]}
+
+
+def drop_outputs() -> None:
+    """Everything but the source table goes: the database a user's first run starts from."""
+    tables = run_sql("SELECT table_name FROM information_schema.tables "
+                     f"WHERE table_schema = '{DB}' AND table_name <> '{TABLE}'").split()
+    if tables:
+        run_sql("DROP TABLE " + ", ".join(f"`{t}`" for t in tables), db=DB)
+
+
+def measure_floors(res: dict[str, Any], workdir: Path, tag: str, log: Any) -> None:
+    """The three floors of the table just run (after a worker run: its write-back and PCA matrix)."""
+    log(f"{tag} floors ...")
+    res["cli_read_s"] = floor_cli_read()
+    res["load_data_s"], res["load_data_rows"] = floor_load_data(workdir)
+    res["lloyd"] = floor_lloyd(workdir, res["pipeline"]["k"])
+    log(f"{tag} cli read {res['cli_read_s']:.2f} s, LOAD DATA {res['load_data_s']:.2f} s, "
+        f"Lloyd sweep {res['lloyd']['lloyd_sweep_s']:.2f} s")
+
+
 def bench_size(n: int, *, baseline: bool, log: Any, profile: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"segbench-{n}-") as tmp:
         workdir = Path(tmp)
@@ -471,27 +587,16 @@ def bench_size(n: int, *, baseline: bool, log: Any, profile: str | None = None) 
         log(f"[{fmt_n(n)}] setup: {json.dumps(res['setup'])}")
 
         log(f"[{fmt_n(n)}] pipeline (worker subprocess) ...")
-        env_cmd = [sys.executable, "-m", "benchmarks.run", "--worker", "pipeline", "--workdir", str(workdir)]
-        if profile:  # cProfile slows the run: use for finding where time goes, not for the targets
-            env_cmd += ["--profile", f"{profile}.{n}.prof"]
-        subprocess.run(env_cmd, check=True, cwd=ROOT)
-        res["pipeline"] = json.loads((workdir / "pipeline.json").read_text())
+        # cProfile slows the run: use for finding where time goes, not for the targets
+        res["pipeline"] = run_worker(workdir, f"{profile}.{n}.prof" if profile else None)
         res["pipeline"]["ari"] = pipeline_ari(workdir)
         log(f"[{fmt_n(n)}] whole run {res['pipeline']['whole_s']:.2f} s, stages "
             + ", ".join(f"{k}={v:.2f}" for k, v in res["pipeline"]["stages_s"].items()))
-
-        log(f"[{fmt_n(n)}] floors ...")
-        res["cli_read_s"] = floor_cli_read()
-        res["load_data_s"], res["load_data_rows"] = floor_load_data(workdir)
-        res["lloyd"] = floor_lloyd(workdir, res["pipeline"]["k"])
-        log(f"[{fmt_n(n)}] cli read {res['cli_read_s']:.2f} s, LOAD DATA {res['load_data_s']:.2f} s, "
-            f"Lloyd sweep {res['lloyd']['lloyd_sweep_s']:.2f} s")
+        measure_floors(res, workdir, f"[{fmt_n(n)}]", log)
         # the steady state: the same table again, now with a champion to compare with and fall back
         # on (its assignments of every row, the migration matrix, the agreement), in a fresh worker
         log(f"[{fmt_n(n)}] retrain with a champion (worker subprocess) ...")
-        subprocess.run([sys.executable, "-m", "benchmarks.run", "--worker", "pipeline", "--workdir", str(workdir)],
-                       check=True, cwd=ROOT)
-        res["retrain"] = json.loads((workdir / "pipeline.json").read_text())
+        res["retrain"] = run_worker(workdir)
         log(f"[{fmt_n(n)}] retrain {res['retrain']['whole_s']:.2f} s, peak RSS {fmt_mb(res['retrain']['rss_peak'])}")
         if baseline:
             log(f"[{fmt_n(n)}] seed-style baseline (full silhouette for one k, extrapolated) ...")
@@ -500,10 +605,70 @@ def bench_size(n: int, *, baseline: bool, log: Any, profile: str | None = None) 
         return res
 
 
+def bench_user_runs(n: int, *, log: Any) -> dict[str, Any]:
+    """Six features, as a user meets them: a worker run (stage times) and the floors of that table, then
+    ``segmentation run`` twice in fresh processes on a new MLflow store: the first run and a retrain."""
+    tag = f"[{fmt_n(n)}, six features]"
+    with tempfile.TemporaryDirectory(prefix=f"segbench-user-{n}-") as tmp:
+        workdir = Path(tmp)
+        write_config(workdir, SIX_FEATURES)
+        log(f"{tag} generating and loading customers into {DB}.{TABLE} ...")
+        res: dict[str, Any] = {"n": n, "features": SIX_FEATURES,
+                               "setup": setup_database(n, workdir, extra_features=True)}
+        log(f"{tag} pipeline (worker subprocess) ...")
+        res["pipeline"] = run_worker(workdir)
+        res["pipeline"]["ari"] = pipeline_ari(workdir)
+        log(f"{tag} whole run {res['pipeline']['whole_s']:.2f} s")
+        measure_floors(res, workdir, tag, log)
+        drop_outputs()
+        cli_dir = workdir / "cli"
+        cli_dir.mkdir()
+        cli_config = write_config(cli_dir, SIX_FEATURES)
+        prepare_mlflow_store(cli_config)
+        prepare_dagster_instance(cli_config)
+        for key, what in (("cli_first", "first run"), ("cli_retrain", "retrain with a champion")):
+            log(f"{tag} `segmentation run`, {what} (fresh process) ...")
+            res[key] = run_cli(cli_dir)
+            log(f"{tag} {what}: {res[key]['wall_s']:.2f} s wall, {res[key]['run_s']:.2f} s in the run, "
+                f"peak RSS {fmt_mb(res[key]['rss_peak'])}")
+        return res
+
+
 # --------------------------------------------------------------------------- targets and report
 
 
-def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def floors_sum(res: dict[str, Any]) -> float:
+    return res["cli_read_s"] + res["load_data_s"] + res["lloyd"]["lloyd_sweep_s"]
+
+
+def stage_targets(add: Any, label: str, res: dict[str, Any]) -> None:
+    """Extraction, write-back and sweep of a worker run against the floors of the same table."""
+    p = res["pipeline"]
+    for stage, floor, what, limit in (("extraction", res["cli_read_s"], "mariadb CLI read", 1.5),
+                                      ("write_back", res["load_data_s"], "LOAD DATA", 2),
+                                      ("sweep", res["lloyd"]["lloyd_sweep_s"], "one plain Lloyd sweep", 1.5)):
+        ratio = p["stages_s"][stage] / floor
+        name = {"write_back": "write-back", "sweep": "k sweep"}.get(stage, stage)
+        add(f"{label}: {name} ≤ {limit:g}× {what}", f"{ratio:.2f}× ({fmt_s(p['stages_s'][stage])} vs "
+            f"{fmt_s(floor)})", ratio <= limit)
+
+
+def user_targets(add: Any, user: dict[str, Any]) -> None:
+    """Issue 19: the six-feature table's stages, and ``segmentation run`` processes against its floors."""
+    label = f"{fmt_n(user['n'])}, six features"
+    stage_targets(add, label, user)
+    floors = floors_sum(user)
+    in_process = user["pipeline"]["whole_s"] / floors
+    for key, what in (("cli_first", "first run"), ("cli_retrain", "retrain with a champion")):
+        run = user[key]
+        ratio = run["wall_s"] / floors
+        add(f"{label}: `segmentation run` ({what}, fresh process) ≤ {USER_RUN_TARGET:g}× sum of the three floors",
+            f"{ratio:.2f}× ({fmt_s(run['wall_s'])} vs {fmt_s(floors)})", ratio <= USER_RUN_TARGET,
+            f"wall clock from process start to exit, of which {fmt_s(run['run_s'])} in the run"
+            + (f"; the worker's in-process first run: {in_process:.2f}×" if key == "cli_first" else ""))
+
+
+def evaluate(results: list[dict[str, Any]], user: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     by_n = {r["n"]: r for r in results}
     rows: list[dict[str, Any]] = []
 
@@ -523,21 +688,15 @@ def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     big = by_n.get(1_000_000)
     if big:
         p = big["pipeline"]
-        ratio = p["stages_s"]["extraction"] / big["cli_read_s"]
-        add("1M: extraction ≤ 1.5× mariadb CLI read", f"{ratio:.2f}× ({fmt_s(p['stages_s']['extraction'])} vs "
-            f"{fmt_s(big['cli_read_s'])})", ratio <= 1.5)
-        ratio = p["stages_s"]["write_back"] / big["load_data_s"]
-        add("1M: write-back ≤ 2× LOAD DATA", f"{ratio:.2f}× ({fmt_s(p['stages_s']['write_back'])} vs "
-            f"{fmt_s(big['load_data_s'])})", ratio <= 2)
-        ratio = p["stages_s"]["sweep"] / big["lloyd"]["lloyd_sweep_s"]
-        add("1M: k sweep ≤ 1.5× one plain Lloyd sweep", f"{ratio:.2f}× ({fmt_s(p['stages_s']['sweep'])} vs "
-            f"{fmt_s(big['lloyd']['lloyd_sweep_s'])})", ratio <= 1.5)
+        stage_targets(add, "1M", big)
         rel = (p["final_inertia"] - big["lloyd"]["ref_inertia"]) / big["lloyd"]["ref_inertia"]
         add("1M: final inertia within 1% of sklearn n_init=10", f"{100 * rel:+.3f}% at k={p['k']}", abs(rel) <= 0.01)
-        floors = big["cli_read_s"] + big["load_data_s"] + big["lloyd"]["lloyd_sweep_s"]
+        floors = floors_sum(big)
         ratio = p["whole_s"] / floors
         add("1M: whole run ≤ 3× sum of the three floors", f"{ratio:.2f}× ({fmt_s(p['whole_s'])} vs "
             f"{fmt_s(floors)})", ratio <= 3)
+    if user:
+        user_targets(add, user)
     sizes = sorted(by_n)
     memory_fixed: float | None = None  # size-independent part of the peak-RSS increment, when fitted
     if len(sizes) > 1:
@@ -618,8 +777,87 @@ def versions() -> dict[str, str]:
             "MariaDB": server}
 
 
+def table_row(label: str, results: list[dict[str, Any]], fn: Any) -> str:
+    return f"| {label} | " + " | ".join(str(fn(r)) for r in results) + " |"
+
+
+def stage_lines(results: list[dict[str, Any]], prefix: str = "") -> list[str]:
+    """A worker run's wrapped stages, the rest, and the whole run (rows of a table, one column per result)."""
+    def stage(r: dict[str, Any], name: str) -> float | None:
+        return r["pipeline"]["stages_s"].get(name)
+
+    return [
+        *(table_row(prefix + name, results, lambda r, s=name: fmt_s(stage(r, s))) for name in STAGES),
+        table_row(prefix + "other (Dagster, predict/profile/plots, metrics)", results,
+                  lambda r: fmt_s(r["pipeline"]["whole_s"] - sum(stage(r, s) or 0.0 for s in STAGES))),
+        table_row(f"**{prefix}whole run**", results, lambda r: f"**{fmt_s(r['pipeline']['whole_s'])}**"),
+        table_row(prefix + "µs per input row", results, lambda r: f"{1e6 * r['pipeline']['whole_s'] / r['n']:.1f}"),
+    ]
+
+
+def floor_lines(results: list[dict[str, Any]]) -> list[str]:
+    return [
+        table_row("`mariadb --batch --quick` SELECT * > /dev/null", results, lambda r: fmt_s(r["cli_read_s"])),
+        table_row("LOAD DATA LOCAL INFILE of the customer_segments rows (CLI)", results,
+                  lambda r: fmt_s(r["load_data_s"])),
+        table_row("sklearn Lloyd sweep k=2..10, n_init=1, PCA matrix (fit rows)", results,
+                  lambda r: fmt_s(r["lloyd"]["lloyd_sweep_s"])),
+        table_row("sklearn KMeans n_init=10 at chosen k (inertia reference)", results,
+                  lambda r: fmt_s(r["lloyd"]["ref_fit_s"])),
+    ]
+
+
+def data_lines(results: list[dict[str, Any]], prefix: str = "") -> list[str]:
+    """The table and the model a worker run made of it."""
+    p = "pipeline"
+    return [table_row(prefix + label, results, fn) for label, fn in (
+        ("rows loaded (stale duplicate ids dropped)",
+         lambda r: f"{r['setup']['rows']:,} ({r['setup']['dropped_stale_duplicates']:,})"),
+        ("load_frame into MariaDB (setup, untimed for targets)", lambda r: fmt_s(r["setup"]["load_frame_s"])),
+        ("clean / rejected", lambda r: f"{r[p]['n_segmented']:,} / {r[p]['n_rejected']:,}"),
+        ("sweep rows × n_init", lambda r: f"{r[p]['sweep_rows']:,} × {r[p]['sweep_n_init']}"),
+        ("chosen k", lambda r: r[p]["k"]),
+        ("ARI vs planted segments", lambda r: f"{r[p]['ari']:.4f}"),
+        ("final inertia vs sklearn n_init=10",
+         lambda r: f"{100 * (r[p]['final_inertia'] / r['lloyd']['ref_inertia'] - 1):+.3f}%"),
+        ("feature matrix (pipeline)", lambda r: f"{r[p]['matrix_shape']} {r[p]['matrix_dtype']}"),
+    )]
+
+
+def user_lines(user: dict[str, Any]) -> list[str]:
+    """Issue 19's section: the six-feature table's worker stages and floors, then the CLI processes."""
+    results = [user]
+    floors = floors_sum(user)
+    lines = [
+        "", f"## As a user meets it: `segmentation run` on six numeric features, {fmt_n(user['n'])} rows (issue 19)", "",
+        f"Features: {', '.join(user['features'])} (the last three drawn per planted segment by the harness). "
+        "A worker run on this table gives the stage times and the floors are measured on it; then the output "
+        "tables are dropped and `segmentation --config … run --json` starts twice as a fresh process on a new "
+        "MLflow store and Dagster home (created before timing): the first run, then the retrain with the first "
+        "run's champion in place. "
+        "Wall clock from process start to exit; peak RSS is the process's own (wait4).", "",
+        f"| | {fmt_n(user['n'])}, six features |", "|---|---|",
+        *stage_lines(results, "worker: "),
+        *floor_lines(results),
+        table_row("**sum of the three floors** (read, LOAD DATA, Lloyd sweep)", results, lambda r: f"**{fmt_s(floors)}**"),
+    ]
+    for key, what in (("cli_first", "first run"), ("cli_retrain", "retrain with a champion")):
+        run = user[key]
+        lines += [
+            table_row(f"`segmentation run`, {what}: wall clock (in the run)", results,
+                      lambda r, x=run: f"**{fmt_s(x['wall_s'])}** ({fmt_s(x['run_s'])})"),
+            table_row(f"`segmentation run`, {what}: ÷ sum of the floors (≤ {USER_RUN_TARGET:g}×)", results,
+                      lambda r, x=run: f"{x['wall_s'] / floors:.2f}×"),
+            table_row(f"`segmentation run`, {what}: peak RSS, chosen k, registered model", results,
+                      lambda r, x=run: f"{fmt_mb(x['rss_peak'])}, k={x['k']}, v{x['model_version']} "
+                      + ("promoted" if x["promoted"] else "not promoted")),
+        ]
+    return [*lines, *data_lines(results, "worker: "),
+            table_row("worker: peak RSS (VmHWM)", results, lambda r: fmt_mb(r["pipeline"]["rss_peak"]))]
+
+
 def render(results: list[dict[str, Any]], rows: list[dict[str, Any]], command: str, elapsed: float,
-           notes: list[str]) -> str:
+           notes: list[str], user: dict[str, Any] | None = None) -> str:
     lines = ["# Benchmark results (issue 4)", "",
              "Generated by `benchmarks/run.py`; every ratio below compares numbers measured in the same run",
              "(the machine is shared and noisy: absolute seconds move between runs, ratios much less).", "",
@@ -630,39 +868,20 @@ def render(results: list[dict[str, Any]], rows: list[dict[str, Any]], command: s
               ""]
     sizes = [r["n"] for r in results]
     header = "| stage | " + " | ".join(fmt_n(n) for n in sizes) + " |"
-    lines += [header, "|---|" + "---|" * len(sizes)]
-    for stage in STAGES:
-        lines.append(f"| {stage} | " + " | ".join(fmt_s(r["pipeline"]["stages_s"].get(stage)) for r in results) + " |")
-    lines.append("| other (Dagster, predict/profile/plots, metrics) | " + " | ".join(
-        fmt_s(r["pipeline"]["whole_s"] - sum(r["pipeline"]["stages_s"].get(s, 0.0) for s in STAGES)) for r in results)
-        + " |")
-    lines.append("| **whole run** | " + " | ".join(f"**{fmt_s(r['pipeline']['whole_s'])}**" for r in results) + " |")
-    lines.append("| µs per input row | " + " | ".join(f"{1e6 * r['pipeline']['whole_s'] / r['n']:.1f}" for r in results)
-                 + " |")
+    lines += [header, "|---|" + "---|" * len(sizes), *stage_lines(results)]
     lines += ["", "Dagster STEP_SUCCESS durations (each step includes its own MLflow calls):", "",
               header, "|---|" + "---|" * len(sizes)]
     steps = list(dict.fromkeys(s for r in results for s in r["pipeline"]["dagster_steps_s"]))
     for step in steps:
         lines.append(f"| {step} | " + " | ".join(fmt_s(r["pipeline"]["dagster_steps_s"].get(step)) for r in results)
                      + " |")
-    lines += ["", "## Floors (same run)", "", header, "|---|" + "---|" * len(sizes)]
-    lines.append("| `mariadb --batch --quick` SELECT * > /dev/null | " + " | ".join(fmt_s(r["cli_read_s"]) for r in results) + " |")
-    lines.append("| LOAD DATA LOCAL INFILE of the customer_segments rows (CLI) | " + " | ".join(fmt_s(r["load_data_s"]) for r in results) + " |")
-    lines.append("| sklearn Lloyd sweep k=2..10, n_init=1, PCA matrix (fit rows) | " + " | ".join(fmt_s(r["lloyd"]["lloyd_sweep_s"]) for r in results) + " |")
-    lines.append("| sklearn KMeans n_init=10 at chosen k (inertia reference) | " + " | ".join(fmt_s(r["lloyd"]["ref_fit_s"]) for r in results) + " |")
+    lines += ["", "## Floors (same run)", "", header, "|---|" + "---|" * len(sizes), *floor_lines(results)]
     lines += ["", "## Data, model and memory", "", header, "|---|" + "---|" * len(sizes)]
 
     def row(label: str, fn: Any) -> None:
-        lines.append(f"| {label} | " + " | ".join(str(fn(r)) for r in results) + " |")
+        lines.append(table_row(label, results, fn))
 
-    row("rows loaded (stale duplicate ids dropped)", lambda r: f"{r['setup']['rows']:,} ({r['setup']['dropped_stale_duplicates']:,})")
-    row("load_frame into MariaDB (setup, untimed for targets)", lambda r: fmt_s(r["setup"]["load_frame_s"]))
-    row("clean / rejected", lambda r: f"{r['pipeline']['n_segmented']:,} / {r['pipeline']['n_rejected']:,}")
-    row("sweep rows × n_init", lambda r: f"{r['pipeline']['sweep_rows']:,} × {r['pipeline']['sweep_n_init']}")
-    row("chosen k", lambda r: r["pipeline"]["k"])
-    row("ARI vs planted segments", lambda r: f"{r['pipeline']['ari']:.4f}")
-    row("final inertia vs sklearn n_init=10", lambda r: f"{100 * (r['pipeline']['final_inertia'] / r['lloyd']['ref_inertia'] - 1):+.3f}%")
-    row("feature matrix (pipeline)", lambda r: f"{r['pipeline']['matrix_shape']} {r['pipeline']['matrix_dtype']}")
+    lines += data_lines(results)
     row("3× float64 feature matrix (n × features × 8 B × 3)", lambda r: fmt_mb(3 * r["pipeline"]["feature_matrix_f64_bytes"]))
     row("RSS after imports (before run)", lambda r: fmt_mb(r["pipeline"]["rss_before"]))
     row("peak RSS (VmHWM)", lambda r: fmt_mb(r["pipeline"]["rss_peak"]))
@@ -685,6 +904,8 @@ def render(results: list[dict[str, Any]], rows: list[dict[str, Any]], command: s
                            ("write_s", "to_sql write-back"), ("total_s", "**total**")):
             lines.append(f"| {label} | {fmt_s(baseline[key])} |")
         lines.append(f"| chosen k / ARI | {baseline['k']} / {baseline['ari']:.4f} |")
+    if user:
+        lines += user_lines(user)
     lines += ["", "## Environment", ""]
     lines += [f"- {k}: {v}" for k, v in versions().items()]
     info = results[0]["pipeline"]["threadpool_info"]
@@ -717,6 +938,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline at 100k")
     parser.add_argument("--profile", metavar="PREFIX",
                         help="run the pipeline under cProfile, stats to PREFIX.<n>.prof (distorts the timings)")
+    parser.add_argument("--user-size", type=int, default=USER_SIZE,
+                        help="rows of the six-feature table run as a user meets it (`segmentation run` processes; "
+                             "0 skips it; --quick always skips it)")
+    parser.add_argument("--database", default=DB, help="MariaDB database the harness drops, fills and drops again")
     parser.add_argument("--worker", choices=["pipeline"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -725,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_pipeline(Path(args.workdir), args.profile)
         return 0
 
+    use_database(args.database)
     sizes = [10_000] if args.quick else [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     out = args.out if args.out else (None if args.quick else str(ROOT / "benchmarks" / "RESULTS.md"))
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -742,9 +968,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         results.append(bench_size(n, baseline=(n == BASELINE_SIZE and not args.quick and not args.no_baseline), log=log,
                                    profile=args.profile))
+    user = bench_user_runs(args.user_size, log=log) if args.user_size and not args.quick else None
     run_sql(f"DROP DATABASE IF EXISTS {DB}")
-    rows = evaluate(results)
-    report = render(results, rows, command.strip(), time.perf_counter() - started, notes)
+    rows = evaluate(results, user)
+    report = render(results, rows, command.strip(), time.perf_counter() - started, notes, user)
     print("\n" + report)
     if out:
         # a hand-written analysis below the marker survives re-runs (it is about a specific run: re-check it)
