@@ -36,8 +36,9 @@ For every size N (each in its own fresh state):
    its floors are measured as in 3. Then every table but the source is dropped and the
    ``segmentation`` console script runs ``--config <temp config> run --json`` twice as a fresh
    process, on a new MLflow store and Dagster home (both created before timing, as the worker's
-   MLflow store is): the first run, then the retrain with the first run's champion in place. Each is timed by wall clock from process start to exit (imports
-   included) and judged against the sum of that table's three floors (target <= 2.5x).
+   MLflow store is): the first run, then the retrain with the first run's champion in place. Each
+   is timed by wall clock from process start to exit (imports included) and judged against the sum
+   of that table's three floors (target <= 2.5x).
 
 The MLflow sqlite store is created (schema migrations) before timing: a production store exists.
 """
@@ -829,7 +830,8 @@ def user_lines(user: dict[str, Any]) -> list[str]:
     results = [user]
     floors = floors_sum(user)
     lines = [
-        "", f"## As a user meets it: `segmentation run` on six numeric features, {fmt_n(user['n'])} rows (issue 19)", "",
+        "", f"## As a user meets it: `segmentation run` on six numeric features, {fmt_n(user['n'])} rows "
+        "(issue 19)", "",
         f"Features: {', '.join(user['features'])} (the last three drawn per planted segment by the harness). "
         "A worker run on this table gives the stage times and the floors are measured on it; then the output "
         "tables are dropped and `segmentation --config … run --json` starts twice as a fresh process on a new "
@@ -839,7 +841,8 @@ def user_lines(user: dict[str, Any]) -> list[str]:
         f"| | {fmt_n(user['n'])}, six features |", "|---|---|",
         *stage_lines(results, "worker: "),
         *floor_lines(results),
-        table_row("**sum of the three floors** (read, LOAD DATA, Lloyd sweep)", results, lambda r: f"**{fmt_s(floors)}**"),
+        table_row("**sum of the three floors** (read, LOAD DATA, Lloyd sweep)", results,
+                  lambda r: f"**{fmt_s(floors)}**"),
     ]
     for key, what in (("cli_first", "first run"), ("cli_retrain", "retrain with a champion")):
         run = user[key]
