@@ -38,7 +38,9 @@ For every size N (each in its own fresh state):
    process, on a new MLflow store and Dagster home (both created before timing, as the worker's
    MLflow store is): the first run, then the retrain with the first run's champion in place. Each
    is timed by wall clock from process start to exit (imports included) and judged against the sum
-   of that table's three floors (target <= 2.5x).
+   of that table's three floors (target <= 2.5x). This adds about 5-6 min at 1M on a shared 2-core
+   machine (estimated from a 200k trial, 4.8 min: the k evidence, ~50 s a run, stops growing at
+   200k sweep rows); ``--user-size 0`` skips it.
 
 The MLflow sqlite store is created (schema migrations) before timing: a production store exists.
 """
