@@ -616,7 +616,7 @@ def bench_user_runs(n: int, *, log: Any) -> dict[str, Any]:
         workdir = Path(tmp)
         write_config(workdir, SIX_FEATURES)
         log(f"{tag} generating and loading customers into {DB}.{TABLE} ...")
-        res: dict[str, Any] = {"n": n, "features": SIX_FEATURES,
+        res: dict[str, Any] = {"n": n, "features": SIX_FEATURES, "command": shlex.join(cli_command()),
                                "setup": setup_database(n, workdir, extra_features=True)}
         log(f"{tag} pipeline (worker subprocess) ...")
         res["pipeline"] = run_worker(workdir)
@@ -836,7 +836,7 @@ def user_lines(user: dict[str, Any]) -> list[str]:
         "(issue 19)", "",
         f"Features: {', '.join(user['features'])} (the last three drawn per planted segment by the harness). "
         "A worker run on this table gives the stage times and the floors are measured on it; then the output "
-        "tables are dropped and `segmentation --config … run --json` starts twice as a fresh process on a new "
+        f"tables are dropped and `{user['command']} --config … run --json` starts twice as a fresh process on a new "
         "MLflow store and Dagster home (created before timing): the first run, then the retrain with the first "
         "run's champion in place. "
         "Wall clock from process start to exit; peak RSS is the process's own (wait4).", "",

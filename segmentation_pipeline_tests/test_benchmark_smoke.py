@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.e2e
 def test_quick_benchmark_runs_the_real_pipeline_and_reports_targets(mysql_server_url: str, tmp_path: Path) -> None:
     out = tmp_path / "results.md"
+    database = f"segbench_smoke_{uuid.uuid4().hex[:8]}"  # never the one a benchmark beside it is using
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out), "--database", database],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]  # non-zero also when ARI vs the plants < 0.9
@@ -55,7 +57,8 @@ def test_user_runs_are_judged_against_the_floors_of_their_own_table() -> None:
                 "whole_s": 20.0, "n_segmented": 990_000, "n_rejected": 6_667, "sweep_rows": 200_000,
                 "sweep_n_init": 3, "k": 5, "ari": 0.9998, "final_inertia": 1.0, "matrix_shape": [990_000, 4],
                 "matrix_dtype": "float32", "rss_peak": 600 * 2**20}
-    user = {"n": 1_000_000, "features": ["a", "b", "c", "d", "e", "f"], "pipeline": pipeline,
+    user = {"n": 1_000_000, "features": ["a", "b", "c", "d", "e", "f"], "command": "segmentation",
+            "pipeline": pipeline,
             "setup": {"rows": 996_667, "dropped_stale_duplicates": 3_333, "load_frame_s": 2.0},
             "cli_read_s": 1.0, "load_data_s": 3.0,
             "lloyd": {"lloyd_sweep_s": 6.0, "ref_fit_s": 2.0, "ref_inertia": 1.0},
