@@ -38,9 +38,9 @@ For every size N (each in its own fresh state):
    process, on a new MLflow store and Dagster home (both created before timing, as the worker's
    MLflow store is): the first run, then the retrain with the first run's champion in place. Each
    is timed by wall clock from process start to exit (imports included) and judged against the sum
-   of that table's three floors (target <= 2.5x). This adds about 5-6 min at 1M on a shared 2-core
-   machine (estimated from a 200k trial, 4.8 min: the k evidence, ~50 s a run, stops growing at
-   200k sweep rows); ``--user-size 0`` skips it.
+   of that table's three floors (target <= 2.5x). This adds roughly 5-8 min at 1M (estimated from
+   200k trials on a shared 2-core machine, 4.5-4.8 min, mostly size-independent: startup, the k
+   evidence on at most 200k sweep rows, MLflow); ``--user-size 0`` skips it.
 
 The MLflow sqlite store is created (schema migrations) before timing: a production store exists.
 """
@@ -616,7 +616,8 @@ def bench_user_runs(n: int, *, log: Any) -> dict[str, Any]:
         workdir = Path(tmp)
         write_config(workdir, SIX_FEATURES)
         log(f"{tag} generating and loading customers into {DB}.{TABLE} ...")
-        res: dict[str, Any] = {"n": n, "features": SIX_FEATURES, "command": shlex.join(cli_command()),
+        command = "segmentation" if len(cli_command()) == 1 else "python -m segmentation_pipeline.cli"
+        res: dict[str, Any] = {"n": n, "features": SIX_FEATURES, "command": command,
                                "setup": setup_database(n, workdir, extra_features=True)}
         log(f"{tag} pipeline (worker subprocess) ...")
         res["pipeline"] = run_worker(workdir)
