@@ -139,7 +139,9 @@ def segmentation_model(
     if champion is not None:
         champion_eval_ids = engine.assign_eval(clean_customers, customer_features, clusters, champion)
         migration = migration_matrix(champion_eval_ids, eval_ids)
-    population_ids = assigner.label_to_segment[clusters.population_labels]
+    # where the population is the evaluation rows (local engine), its ids are eval_ids: no int64 copy
+    population_ids = eval_ids if clusters.population_labels is clusters.eval_labels \
+        else assigner.label_to_segment[clusters.population_labels]
     explained = explain_model(
         clusters.population, population_ids, clusters.categories, cfg.features, built.names,
         value_feature=cfg.naming.value_feature,
@@ -147,7 +149,7 @@ def segmentation_model(
     )
     profile_png = profile_plot(profile, cfg.features, population=clusters.population, names=built.names)
     reference = reference_sample(clusters.population, population_ids, cfg.features, cfg.drift.sample,
-                                 cfg.model.random_state)
+                                 cfg.model.random_state).astype({"segment_id": "int64"})
 
     with registry.training_run(target, context.run.run_id) as run_id:
         registry.name_run(f"train k={k_selection.k} {datetime.now(timezone.utc):%Y-%m-%d}")

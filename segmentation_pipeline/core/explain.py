@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from segmentation_pipeline.core.naming import segment_sums
+from segmentation_pipeline.core.rows import ROW_BLOCK, label_codes
 
 __all__ = [
     "EFFECT_THRESHOLD",
@@ -37,6 +38,7 @@ __all__ = [
     "categorical_profile",
     "explain_segments",
     "feature_effects",
+    "segment_category_counts",
 ]
 
 #: Effects smaller than this (in population standard deviations) are not worth a sentence.
@@ -138,16 +140,13 @@ def categorical_profile(values: pd.Series, segment_ids: np.ndarray) -> pd.DataFr
     if len(segment_ids) != len(values):
         raise ValueError(f"{len(segment_ids)} segment ids for {len(values)} values")
     categorical = values.astype("category") if not isinstance(values.dtype, pd.CategoricalDtype) else values
-    codes = categorical.cat.codes.to_numpy().astype(np.int64)
+    codes = categorical.cat.codes.to_numpy()  # the column's own small codes: no int64 copy
     categories = [str(c) for c in categorical.cat.categories]
-    if (codes < 0).any():
+    if len(codes) and codes.min() < 0:
         categories.append(MISSING_CATEGORY)
-        codes = np.where(codes < 0, len(categories) - 1, codes)
-    segments, segment_codes = np.unique(segment_ids, return_inverse=True)
+    segments, observed = segment_category_counts(segment_ids, codes, len(categories))
+    observed = observed.astype(np.float64)
     n_categories = len(categories)
-    observed = np.bincount(
-        segment_codes.ravel() * n_categories + codes, minlength=len(segments) * n_categories
-    ).reshape(len(segments), n_categories).astype(np.float64)
     n = observed.sum()
     row_totals = observed.sum(axis=1, keepdims=True)
     column_totals = observed.sum(axis=0, keepdims=True)
@@ -163,6 +162,28 @@ def categorical_profile(values: pd.Series, segment_ids: np.ndarray) -> pd.DataFr
         "share_pct": (100.0 * observed / row_totals).ravel(),
         "residual": residual.ravel(),
     })
+
+
+def segment_category_counts(
+    segment_ids: np.ndarray, codes: np.ndarray, n_categories: int, *, block_rows: int = ROW_BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted segment ids present, rows per (segment, category code) as (segments, n_categories) int64).
+
+    A negative code (missing value) counts in the last category. Block by block over integer
+    codes: a sort of every segment id (``np.unique``) and int64 copies of both code arrays held
+    ~50 bytes a row at once on tables of millions of customers.
+    """
+    labels, uniques = label_codes(segment_ids)
+    width = int(labels.max()) + 1 if len(labels) else 0
+    counts = np.zeros(width * n_categories, dtype=np.int64)
+    for start in range(0, len(labels), block_rows):
+        code = codes[start : start + block_rows].astype(np.int64)
+        code[code < 0] = n_categories - 1
+        pair = labels[start : start + block_rows].astype(np.int64) * n_categories + code
+        counts += np.bincount(pair, minlength=counts.size)
+    table = counts.reshape(width, n_categories)
+    present = np.flatnonzero(table.sum(axis=1))
+    return (present if uniques is None else uniques[present]), table[present]
 
 
 @dataclass

@@ -46,6 +46,7 @@ __all__ = [
     "fit_kmeans",
     "fit_metrics",
     "quality_metrics",
+    "release_fit_labels",
     "sample_indices",
     "order_by_size",
     "silhouette_scores",
@@ -312,6 +313,15 @@ def surrogate_labels(order: np.ndarray) -> np.ndarray:
     per fit row."""
     k = len(order)
     return np.repeat(np.asarray(order, dtype=np.int32), np.arange(k, 0, -1))
+
+
+def release_fit_labels(estimator: object) -> None:
+    """Replace a fitted estimator's ``labels_`` (one int per fit row) by the few-byte surrogate
+    that keeps :func:`canonical_order` the same, in place: every later use of the model (its
+    predict, the served copy of :func:`build_model_pipeline`) reads the centres and that order,
+    and the labels held 4 bytes a fit row until the model was registered."""
+    if getattr(estimator, "labels_", None) is not None:
+        estimator.labels_ = surrogate_labels(canonical_order(estimator))  # type: ignore[attr-defined]
 
 
 def build_model_pipeline(preprocessor: Pipeline, estimator: object) -> Pipeline:

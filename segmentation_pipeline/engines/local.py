@@ -18,7 +18,13 @@ from segmentation_pipeline.core.cleaning import clean_customers, clean_owned_cus
 from segmentation_pipeline.core.features import build_features
 from segmentation_pipeline.core.k_evidence import select_k
 from segmentation_pipeline.core.k_selection import KSelection, check_k_against_clean_rows
-from segmentation_pipeline.core.modeling import canonical_mapping, fit_clustering, fit_metrics, quality_metrics
+from segmentation_pipeline.core.modeling import (
+    canonical_mapping,
+    fit_clustering,
+    fit_metrics,
+    quality_metrics,
+    release_fit_labels,
+)
 from segmentation_pipeline.core.naming import profile_segments, segment_sums
 from segmentation_pipeline.core.rows import map_row_blocks
 from segmentation_pipeline.core.segment_tables import (
@@ -91,11 +97,14 @@ class LocalEngine:
             X[fit_mask], fit_labels, sample=cfg.k_selection.silhouette_sample, random_state=model_cfg.random_state
         )
         metrics.update(fit_metrics(estimator, X, fit_mask))  # no copy of the fit rows for KMeans
+        canonical = canonical_mapping(estimator, fit_labels)
+        del fit_labels  # freed before the feature values are read
+        release_fit_labels(estimator)
         # read only now, after the fit: the feature values are not held while the model is fitted
         population = read_columns(clean, list(cfg.features))
         categorical = [c for c in cfg.cleaning.categorical if c in clean.columns]
         return Clusters(
-            model=estimator, canonical=canonical_mapping(estimator, fit_labels),
+            model=estimator, canonical=canonical,
             label_profile=profile_segments(population, labels, list(cfg.features), cfg.naming.value_feature),
             population=population, population_labels=labels, eval_labels=labels, metrics=metrics,
             categories=read_columns(clean, categorical) if categorical else None,

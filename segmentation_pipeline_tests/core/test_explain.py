@@ -11,6 +11,7 @@ from segmentation_pipeline.core.explain import (
     explain_model,
     explain_segments,
     feature_effects,
+    segment_category_counts,
 )
 
 # segment 0: incomes 10, 30; segment 1: incomes 50, 70, 90 -> average 50, population std sqrt(800)
@@ -95,6 +96,16 @@ def test_missing_values_form_their_own_category():
     shares = profile.set_index(["segment_id", "category"])["share_pct"]
     assert shares[(0, MISSING_CATEGORY)] == pytest.approx(50.0)
     assert shares.groupby(level=0).sum().tolist() == pytest.approx([100.0, 100.0])
+
+
+@pytest.mark.parametrize("ids", [np.array([4, 0, 4, 2, 2, 4, 0, 2, 4]), np.array([-1, 3, 3, -1, 7, 3, 7, 7, -1])])
+@pytest.mark.parametrize("block_rows", [2, 4, 1000])
+def test_block_wise_category_counts_equal_a_crosstab_of_every_row(ids, block_rows):
+    codes = np.array([0, 1, -1, 1, 0, 2, -1, 0, 1], dtype=np.int8)  # -1: missing, counted last
+    segments, counts = segment_category_counts(ids, codes, 4, block_rows=block_rows)
+    expected = pd.crosstab(ids, np.where(codes < 0, 3, codes)).reindex(columns=range(4), fill_value=0)
+    np.testing.assert_array_equal(segments, np.unique(ids))
+    np.testing.assert_array_equal(counts, expected.to_numpy())
 
 
 def test_explain_model_bundles_the_tables_per_segment():

@@ -19,6 +19,7 @@ from segmentation_pipeline.core.modeling import (
     canonicalize_kmeans,
     fit_kmeans,
     quality_metrics,
+    release_fit_labels,
 )
 
 
@@ -140,3 +141,15 @@ def test_served_model_keeps_no_label_per_fit_row_and_the_same_canonical_order() 
     np.testing.assert_array_equal(canonical_order(served), canonical_order(kmeans))
     np.testing.assert_array_equal(served.predict(X), kmeans.predict(X))
     assert len(kmeans.labels_) == len(X)  # the fitted model itself is left alone
+
+
+def test_released_fit_labels_keep_the_canonical_order_predictions_and_served_model() -> None:
+    X = _blobs(seed=2)
+    model = fit_kmeans(X, 5, n_init=1, max_iter=300, random_state=7, canonical=False)
+    order, labels = canonical_order(model), model.predict(X)
+    served = build_model_pipeline(Pipeline([("identity", "passthrough")]), model)[-1].labels_
+    release_fit_labels(model)
+    assert len(model.labels_) < len(X)
+    np.testing.assert_array_equal(canonical_order(model), order)
+    np.testing.assert_array_equal(model.predict(X), labels)
+    np.testing.assert_array_equal(build_model_pipeline(Pipeline([("identity", "passthrough")]), model)[-1].labels_, served)
