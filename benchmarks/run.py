@@ -170,7 +170,7 @@ def prepare_dagster_instance(cfg_path: Path) -> None:
     (its schemas cost seconds once per deployment, not per run)."""
     from segmentation_pipeline import cli
 
-    cli._instance(str(cfg_path)).get_runs(limit=1)
+    cli.cli_instance(str(cfg_path)).get_runs(limit=1)
 
 
 def worker_pipeline(workdir: Path, profile: str | None = None) -> None:

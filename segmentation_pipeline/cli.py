@@ -20,9 +20,12 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from segmentation_pipeline.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load_config
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 
 def _overrides_for_features(cfg_path: str | None, features: list[str]) -> dict[str, Any]:
@@ -62,7 +65,7 @@ def dagster_home(config_path: str | None = None) -> Path:
     return Path(home) if home else (load_config(config_path).data_path / "dagster_home").resolve()
 
 
-def _instance(config_path: str | None = None):
+def cli_instance(config_path: str | None = None) -> dg.DagsterInstance:
     """A persistent instance, so every CLI run is listed in the UI with its logs (never a throwaway one)."""
     import dagster as dg
 
@@ -113,7 +116,7 @@ def run_pipeline(config_path: str | None = None, features: list[str] | None = No
     overrides_json = json.dumps(_overrides_for_features(config_path, features) if features else {})
     cfg = SettingsResource(config_path=config_path, overrides_json=overrides_json).load()  # fail fast on config
     started = time.perf_counter()
-    result = run_training(_instance(config_path), config_path, overrides_json, run_config=QUIET_LOGS, tags={"trigger": "cli"})
+    result = run_training(cli_instance(config_path), config_path, overrides_json, run_config=QUIET_LOGS, tags={"trigger": "cli"})
     return summarise(result, cfg, time.perf_counter() - started)
 
 
@@ -248,7 +251,7 @@ def _run_single_asset(config_path: str | None, asset_name: str, run_config: dict
         assets_for(cfg),
         selection=dg.AssetSelection.assets(asset_name),
         resources=build_resources(settings, cfg, io_manager=dg.mem_io_manager),
-        instance=_instance(config_path),
+        instance=cli_instance(config_path),
         run_config={**QUIET_LOGS, **(run_config or {})},
     )
     [event] = result.asset_materializations_for_node(asset_name)
