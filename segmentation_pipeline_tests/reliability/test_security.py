@@ -164,7 +164,7 @@ def test_pipeline_runs_under_least_privilege_and_never_reveals_the_password(
     import dagster as dg
 
     instance = dg.DagsterInstance.ephemeral()
-    monkeypatch.setattr(cli, "_instance", lambda *_: instance)
+    monkeypatch.setattr(cli, "cli_instance", lambda *_: instance)
     results = []
     real_summarise = cli.summarise
     monkeypatch.setattr(cli, "summarise", lambda result, *a: results.append(result) or real_summarise(result, *a))
