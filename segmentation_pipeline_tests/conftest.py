@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import settings
 
 from segmentation_pipeline_tests.helpers import free_port, stop, wait_for_http
 
@@ -22,13 +21,6 @@ MYSQL_ADMIN_URL = os.environ.get("SEGMENTATION_TEST_MYSQL_URL", "mysql+pymysql:/
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-# Property tests draw the same examples on every CI run (Hypothesis's "derandomize"): a CI result
-# then depends on the commit, not on the draw. Locally they keep exploring new examples.
-settings.register_profile("ci", derandomize=True)
-if _in_ci():
-    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -60,9 +60,10 @@ def test_a_step_change_collects_garbage_only_once_the_run_has_grown(monkeypatch)
     collections: list[int] = []
     monkeypatch.setattr(in_process.gc, "collect", lambda *args: collections.append(1) or 0)
 
-    def step_changes(threshold: int) -> int:
+    def step_changes(growth: int) -> int:
         collections.clear()
-        monkeypatch.setattr(in_process, "COLLECT_ABOVE_BYTES", threshold)
+        readings = iter([1 << 30, (1 << 30) + growth, (1 << 30) + growth])  # at start, then at each step change
+        monkeypatch.setattr(in_process, "resident_bytes", lambda: next(readings))
         manager = ReleasingMemoryIOManager({KEY("a"): 1, KEY("b"): 1}, keep=frozenset())
         for name in ("a", "b"):
             manager.handle_output(dg.build_output_context(asset_key=KEY(name)), [name])
@@ -73,8 +74,8 @@ def test_a_step_change_collects_garbage_only_once_the_run_has_grown(monkeypatch)
         return len(collections)
 
     assert in_process.resident_bytes() is not None  # Linux: the rule is live here
-    assert step_changes(-1) == 2  # grown past the threshold: each new step collects
-    assert step_changes(1 << 40) == 0  # a small run's steps skip the ~0.1 s collection
+    assert step_changes(in_process.COLLECT_ABOVE_BYTES + 1) == 2  # grown past the threshold: each new step collects
+    assert step_changes(in_process.COLLECT_ABOVE_BYTES // 2) == 0  # a small run's steps skip the ~0.1 s collection
 
 
 def test_io_manager_hands_tables_on_as_parquet_files(tmp_path) -> None:
