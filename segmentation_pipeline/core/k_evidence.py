@@ -23,7 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -169,6 +169,41 @@ def _stability(X: np.ndarray, labels: np.ndarray, k: int, settings: EvidenceSett
 SAMPLE_COLUMNS = ["k", "log_w", "gap", "gap_se", "stability", "min_share", "bic"]
 
 
+def _sample_columns(
+    S: np.ndarray, ks: list[int], settings: EvidenceSettings
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The per-k columns of :func:`sample_evidence` and the seconds each part took."""
+    seconds = {"eval_fits": 0.0, "stability": 0.0, "bic": 0.0, "gap": 0.0}
+    log_w, stability, min_share, bic = [], [], [], []
+    for k in ks:
+        started = time.perf_counter()
+        fit = _kmeans(S, k, settings.n_init, settings.random_state)
+        log_w.append(np.log(max(fit.inertia_, 1e-300)))
+        min_share.append(float(np.bincount(fit.labels_, minlength=k).min() / len(S)))
+        seconds["eval_fits"] += time.perf_counter() - started
+        started = time.perf_counter()
+        stability.append(_stability(S, fit.labels_, k, settings))
+        seconds["stability"] += time.perf_counter() - started
+        started = time.perf_counter()
+        if settings.bic:
+            gmm = GaussianMixture(k, covariance_type="full", random_state=settings.random_state)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                bic.append(float(gmm.fit(S).bic(S)))
+        else:
+            bic.append(float("nan"))
+        seconds["bic"] += time.perf_counter() - started
+    started = time.perf_counter()
+    gap, gap_se = gap_statistic(
+        S, ks, np.asarray(log_w), n_references=settings.n_references,
+        random_state=settings.random_state, method=settings.reference,
+    )
+    seconds["gap"] = time.perf_counter() - started
+    columns = {"log_w": log_w, "gap": gap, "gap_se": gap_se, "stability": stability, "min_share": min_share,
+               "bic": bic}
+    return columns, seconds
+
+
 def sample_evidence(S: np.ndarray, k_values: Sequence[int], settings: EvidenceSettings) -> pd.DataFrame:
     """The evidence read on one bounded sample S (columns :data:`SAMPLE_COLUMNS`, k=1 always added):
     log W_k, gap and its SE, resampling stability, smallest segment share, Gaussian-mixture BIC.
@@ -179,36 +214,8 @@ def sample_evidence(S: np.ndarray, k_values: Sequence[int], settings: EvidenceSe
     S = np.asarray(S, dtype=np.float64)
     ks = sorted({1, *(int(k) for k in k_values)})
     with threads_for(len(S)):  # ~100 fits on a bounded sample: threads cost more than they save
-        seconds = {"eval_fits": 0.0, "stability": 0.0, "bic": 0.0, "gap": 0.0}
-        log_w, stability, min_share, bic = [], [], [], []
-        for k in ks:
-            started = time.perf_counter()
-            fit = _kmeans(S, k, settings.n_init, settings.random_state)
-            log_w.append(np.log(max(fit.inertia_, 1e-300)))
-            min_share.append(float(np.bincount(fit.labels_, minlength=k).min() / len(S)))
-            seconds["eval_fits"] += time.perf_counter() - started
-            started = time.perf_counter()
-            stability.append(_stability(S, fit.labels_, k, settings))
-            seconds["stability"] += time.perf_counter() - started
-            started = time.perf_counter()
-            if settings.bic:
-                gmm = GaussianMixture(k, covariance_type="full", random_state=settings.random_state)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    bic.append(float(gmm.fit(S).bic(S)))
-            else:
-                bic.append(float("nan"))
-            seconds["bic"] += time.perf_counter() - started
-        started = time.perf_counter()
-        gap, gap_se = gap_statistic(
-            S, ks, np.asarray(log_w), n_references=settings.n_references,
-            random_state=settings.random_state, method=settings.reference,
-        )
-        seconds["gap"] = time.perf_counter() - started
-    table = pd.DataFrame(
-        {"k": ks, "log_w": log_w, "gap": gap, "gap_se": gap_se, "stability": stability, "min_share": min_share,
-         "bic": bic}
-    )
+        columns, seconds = _sample_columns(S, ks, settings)
+    table = pd.DataFrame({"k": ks, **columns})
     table.attrs.update({"eval_rows": len(S), "seconds": seconds})
     return table
 
