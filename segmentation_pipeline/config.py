@@ -281,7 +281,9 @@ class KSelectionConfig(_Model):
         3, ge=1, description="restarts per k in the sweep; 1 lets one bad local optimum pick the wrong k"
     )
     sweep_max_rows: int = Field(
-        200_000, ge=1000, description="rows sampled for the sweep fits; the final model uses all rows"
+        100_000, ge=1000,
+        description="rows sampled for the sweep fits (they only place the centroids that label the silhouette "
+                    "sample and give the elbow's WCSS); the final model uses all rows",
     )
     eval_rows: int = Field(
         10_000, ge=100, description="rows sampled for the gap, stability, smallest share and BIC evidence"
@@ -300,6 +302,11 @@ class ModelConfig(_Model):
     )
     n_init: int = Field(10, ge=1)
     max_iter: int = Field(300, ge=10)
+    restart_rows: int | None = Field(
+        100_000, ge=1000,
+        description="kmeans, local engine: above twice this many fit rows the n_init restarts run on a seeded "
+                    "sample of this many rows and the best is refined on every row; null: every restart on every row",
+    )
     random_state: int = 42
     alias: str = "champion"
     challenger_alias: str = "challenger"

@@ -149,3 +149,17 @@ def test_cli_run_releases_the_raw_table_before_the_sweep(tmp_path, sqlite_url, l
     assert {s["segment_id"] for s in summary["segments"]} == set(range(summary["k"]))
     data_dir = tmp_path / "data"
     assert data_dir.is_dir() and not list(data_dir.glob(".run-tables-*"))  # the run's table files are gone
+
+
+def test_the_first_run_of_a_process_freezes_without_a_full_collection_later_runs_collect_first(monkeypatch) -> None:
+    collections: list[str] = []
+    monkeypatch.setattr(in_process, "_RUNS_IN_PROCESS", 0)
+    monkeypatch.setattr(in_process.gc, "collect", lambda *a: collections.append("collect") or 0)
+    try:
+        in_process.freeze_heap()
+        assert collections == [] and gc.get_freeze_count() > 0
+        gc.unfreeze()
+        in_process.freeze_heap()  # a second run in this process: the first one's tables are collectable
+        assert collections == ["collect"] and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

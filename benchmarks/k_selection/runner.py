@@ -264,10 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--cost-rows", type=int, default=1_000_000, help="0: skip the cost case")
     parser.add_argument("--shapes", default=None, help="comma-separated subset")
+    parser.add_argument("--eval-rows", type=int, default=None,
+                        help="the evidence sample size (default: EvidenceSettings' own); with --rows above it, "
+                             "compares what the sample size changes")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.k_selection " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    settings = EvidenceSettings()
+    settings = EvidenceSettings() if args.eval_rows is None else EvidenceSettings(eval_rows=args.eval_rows)
     if args.quick:
         settings = EvidenceSettings(n_references=5, n_resamples=3, bic=True)
         args.seeds, args.rows, args.cost_rows = 1, 600, 0

@@ -121,7 +121,8 @@ def segmentation_model(
     champion_version = registry.alias_version(target.tracking_uri, cfg.model.name, cfg.model.alias)
     champion = None
     if champion_version is not None:
-        champion, _ = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias)
+        champion, _ = registry.load_assigner(target.tracking_uri, cfg.model.name, cfg.model.alias,
+                                             version=champion_version)
     change = model_change(champion, cfg.features)
     if change is not None:  # another feature space: neither its ids nor its labels compare
         context.log.warning(f"{change}; the champion is not compared (promotion.on_features_changed decides)")

@@ -97,7 +97,7 @@ class EvidenceSettings:
 
     n_init: int = 3  # KMeans restarts for the sweep and the evaluation-sample fits (as the product's sweep)
     random_state: int = 42
-    max_rows: int = 200_000  # the product sweep's fit sample
+    max_rows: int = 100_000  # the product sweep's fit sample
     silhouette_rows: int = 10_000  # the product sweep's silhouette sample
     eval_rows: int = 10_000  # gap, stability, smallest share and BIC are computed on this many rows
     n_references: int = 5  # B, reference draws for the gap statistic (5 keeps the 1M-row cost <= 2x the sweep)

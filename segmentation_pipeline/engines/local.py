@@ -88,7 +88,7 @@ class LocalEngine:
         estimator = fit_clustering(
             X[fit_mask],  # a copy already: centred in place rather than copied again
             k, model_cfg.algorithm, n_init=model_cfg.n_init, max_iter=model_cfg.max_iter,
-            random_state=model_cfg.random_state, overwrite_input=True,
+            random_state=model_cfg.random_state, overwrite_input=True, restart_rows=model_cfg.restart_rows,
         )
         labels = estimator.predict(X)  # the algorithm's own assignment (a mixture's posterior, a bisection tree)
         fit_labels = labels[fit_mask]

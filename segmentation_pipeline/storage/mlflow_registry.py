@@ -401,10 +401,13 @@ def tag_version(tracking_uri: str, model_name: str, version: str, tags: dict[str
         client.set_model_version_tag(model_name, version, key, value)
 
 
-def load_assigner(tracking_uri: str, model_name: str, alias: str) -> tuple[SegmentAssigner, str]:
-    """The ``SegmentAssigner`` behind ``models:/<name>@<alias>`` and its version."""
+def load_assigner(
+    tracking_uri: str, model_name: str, alias: str, *, version: str | None = None
+) -> tuple[SegmentAssigner, str]:
+    """The ``SegmentAssigner`` behind ``models:/<name>@<alias>`` and its version (``version``: the
+    alias already resolved by the caller, one registry round trip fewer)."""
     _set_tracking_uri(tracking_uri)
-    version = alias_version(tracking_uri, model_name, alias)
+    version = version or alias_version(tracking_uri, model_name, alias)
     if version is None:
         raise RegistryError(
             f"no model version of {model_name!r} carries alias {alias!r} at {tracking_uri}; run the training job first"

@@ -153,3 +153,35 @@ def test_released_fit_labels_keep_the_canonical_order_predictions_and_served_mod
     np.testing.assert_array_equal(canonical_order(model), order)
     np.testing.assert_array_equal(model.predict(X), labels)
     np.testing.assert_array_equal(build_model_pipeline(Pipeline([("identity", "passthrough")]), model)[-1].labels_, served)
+
+
+def test_restarts_on_a_sample_then_one_refinement_on_every_row_find_the_full_restarts_optimum(monkeypatch) -> None:
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import make_blobs
+    from sklearn.metrics import adjusted_rand_score
+
+    from segmentation_pipeline.core import modeling
+
+    X, planted = make_blobs(30_000, 4, centers=[[0, 0, 0, 0], [6, 0, 0, 0], [0, 6, 0, 0], [6, 6, 6, 0], [0, 0, 6, 6]],
+                            cluster_std=1.2, random_state=3)
+    fits: list[tuple[int, int]] = []  # (rows, n_init) of every KMeans fit
+
+    class Counting(KMeans):
+        def fit(self, X, y=None, sample_weight=None):  # noqa: N803 - scikit-learn's signature
+            fits.append((len(X), self.n_init))
+            return super().fit(X, y, sample_weight)
+
+    monkeypatch.setattr(modeling, "KMeans", Counting)
+    seeded = fit_kmeans(X, 5, n_init=10, max_iter=300, random_state=0, restart_rows=5_000)
+    assert fits == [(5_000, 10), (30_000, 1)]  # ten restarts on the sample, one run on every row
+    fits.clear()
+    full = fit_kmeans(X, 5, n_init=10, max_iter=300, random_state=0)
+    assert fits == [(30_000, 10)]
+    assert seeded.inertia_ == pytest.approx(full.inertia_, rel=1e-3)
+    assert adjusted_rand_score(planted, seeded.labels_) == pytest.approx(adjusted_rand_score(planted, full.labels_))
+    # canonical ids either way: the same segment gets the same id
+    assert adjusted_rand_score(seeded.labels_, full.labels_) == 1.0 and (seeded.labels_ == full.labels_).all()
+
+    fits.clear()  # a table under twice the sample: every restart on every row, as before
+    fit_kmeans(X[:9_000], 5, n_init=10, max_iter=300, random_state=0, restart_rows=5_000)
+    assert fits == [(9_000, 10)]
