@@ -19,6 +19,19 @@ from segmentation_pipeline_tests.helpers import free_port, stop, wait_for_http
 MYSQL_ADMIN_URL = os.environ.get("SEGMENTATION_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
+#: Environment variables MLflow's fluent API writes or reads process-wide. ``mlflow.set_tracking_uri``
+#: exports MLFLOW_TRACKING_URI, which ``load_config`` honours as the user's override: a test that
+#: points MLflow at its own store would silently redirect every later test's runs there.
+MLFLOW_PROCESS_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_environment_from_elsewhere() -> None:
+    """Each test starts without MLflow variables, whether a user or an earlier test set them."""
+    for name in MLFLOW_PROCESS_ENV:
+        os.environ.pop(name, None)
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

@@ -32,8 +32,10 @@ def registered(local_mlflow_uri: str) -> tuple[str, str, str]:
     )
     name = f"loading_{uuid.uuid4().hex[:8]}"
     mlflow.set_tracking_uri(local_mlflow_uri)
-    mlflow.set_experiment(name)
-    with mlflow.start_run():
+    # Not mlflow.set_experiment: a process-wide active experiment outlives the test and makes every
+    # later resumed training run in this process fail MLflow's experiment check.
+    experiment_id = mlflow.MlflowClient(local_mlflow_uri).create_experiment(name)
+    with mlflow.start_run(experiment_id=experiment_id):
         version = registry.log_segmentation_model(assigner, frame[FEATURES], name)
     registry.set_alias(local_mlflow_uri, name, "champion", version)
     return local_mlflow_uri, name, version
