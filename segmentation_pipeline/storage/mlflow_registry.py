@@ -201,6 +201,9 @@ def training_run(target: TrackingTarget, dagster_run_id: str, run_name: str | No
         experiment_id = configure(target)
         existing = find_run(target, dagster_run_id)
         if existing:
+            # MLflow refuses to resume a run outside the process's active experiment (a notebook's
+            # own mlflow.set_experiment, or another config's run in the same process).
+            mlflow.set_experiment(experiment_id=experiment_id)
             run = mlflow.start_run(run_id=existing)
         else:
             run = mlflow.start_run(

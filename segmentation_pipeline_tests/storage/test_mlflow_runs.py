@@ -1,6 +1,6 @@
 """storage.mlflow_registry.training_run: every step of a Dagster run reopens one MLflow run, on
 both stores the product supports, without searching for it again; a run deleted meanwhile is
-replaced, not an error."""
+replaced, not an error; an active experiment the caller set elsewhere does not stop a resume."""
 
 from __future__ import annotations
 
@@ -50,3 +50,20 @@ def test_a_run_deleted_between_steps_is_replaced(tracking_uri: str) -> None:
         mlflow.log_param("after", "delete")
     assert second != first
     assert MlflowClient(tracking_uri).get_run(second).data.params == {"after": "delete"}
+
+
+def test_an_active_experiment_set_elsewhere_does_not_stop_the_next_step(tracking_uri: str) -> None:
+    """A notebook that called mlflow.set_experiment before running the pipeline in-process."""
+    client = MlflowClient(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment_id=client.create_experiment(f"notebook-{uuid.uuid4().hex[:8]}"))
+    target = registry.TrackingTarget(tracking_uri, f"runs-{uuid.uuid4().hex[:8]}")
+    dagster_run = str(uuid.uuid4())
+    with registry.training_run(target, dagster_run) as first:
+        pass
+    with registry.training_run(target, dagster_run) as second:
+        mlflow.log_param("second", "step")
+    assert first == second
+    run = client.get_run(first)
+    assert run.info.experiment_id == client.get_experiment_by_name(target.experiment).experiment_id
+    assert run.data.params == {"second": "step"}
