@@ -32,8 +32,7 @@ def registered(local_mlflow_uri: str) -> tuple[str, str, str]:
     )
     name = f"loading_{uuid.uuid4().hex[:8]}"
     mlflow.set_tracking_uri(local_mlflow_uri)
-    # Not mlflow.set_experiment: a process-wide active experiment outlives the test and makes every
-    # later resumed training run in this process fail MLflow's experiment check.
+    # Not mlflow.set_experiment: it would leave this test's experiment active for the rest of the process.
     experiment_id = mlflow.MlflowClient(local_mlflow_uri).create_experiment(name)
     with mlflow.start_run(experiment_id=experiment_id):
         version = registry.log_segmentation_model(assigner, frame[FEATURES], name)
